@@ -1,0 +1,23 @@
+# The two commands of the README. Both create .venv when absent.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORKDIR ?= runs/default
+
+.PHONY: demo test install
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(VENV)/.installed: setup.py $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python -m ascl_jax.main --config configs/default.py --workdir $(WORKDIR)
+
+test: install
+	$(BIN)/python -m pytest -n 2 -q tests

@@ -1,0 +1,30 @@
+"""Installs ascl_jax: adversarially robust contrastive learning (ASCL, ACL) in JAX/Flax."""
+import setuptools
+
+setuptools.setup(
+    name="ascl_jax",
+    version="0.1.0",
+    description="JAX/Flax reimplementation of ASCL and ACL (adversarial contrastive learning).",
+    packages=setuptools.find_packages(include=["ascl_jax", "ascl_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=[
+        "jax>=0.10.2,<0.13",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.6,<0.3",
+        "orbax-checkpoint>=0.11,<0.13",
+        "chex>=0.1.90,<0.2",
+        "ml-collections>=1.0,<2",
+        "absl-py>=2.1",
+        "clu>=0.0.12",
+        "tensorflow-cpu>=2.18,<2.22",
+        "tensorflow-datasets>=4.9.8,<4.10",
+        "importlib_resources>=6.0",  # tfds 4.9.10 imports it without declaring it
+        "numpy>=1.26",
+        "scikit-learn>=1.4",  # ships the embedded default dataset (handwritten digits)
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5"],
+    },
+)
