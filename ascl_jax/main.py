@@ -1,0 +1,60 @@
+"""Command line: `python -m ascl_jax.main --config configs/<experiment>.py --workdir DIR`.
+
+Every config field can be overridden, e.g. `--config.optim.learning_rate=0.01`.
+Modes: train (train, then evaluate into report.json), evaluate (a workdir's latest checkpoint ->
+eval.json, merged into report.json), analyze (R-DIV and plots of a workdir's checkpoint).
+Multi-host: `--multihost` calls jax.distributed.initialize() (auto-detected on Cloud TPU, Slurm,
+Open MPI; or give --coordinator/--num_processes/--process_id), before any other JAX call.
+"""
+import logging
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "analyze"], "What to run.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "host:port of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 0, "Number of processes (multi-process).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (multi-process).")
+
+
+def main(argv):
+    del argv
+    from ascl_jax import parallel
+    if _MULTIHOST.value:
+        parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    logging.getLogger("ascl_jax").setLevel(logging.INFO)
+    from ascl_jax import config_lib, checkpointing, train
+    try:
+        if _MODE.value == "train":
+            if _CONFIG.value is None:
+                raise config_lib.ConfigError("--config is required for --mode=train")
+            report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+        elif _MODE.value == "evaluate":
+            report = train.evaluate_workdir(_WORKDIR.value, _CONFIG.value)
+        else:
+            report = train.analyze_workdir(_WORKDIR.value)
+    except (config_lib.ConfigError, checkpointing.WorkdirError, train.NonFiniteLossError,
+            FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    from ascl_jax import analysis
+    if jax_process_index() == 0:
+        print(analysis.text_summary(report))
+
+
+def jax_process_index():
+    import jax
+    return jax.process_index()
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["workdir"])
+    app.run(main)

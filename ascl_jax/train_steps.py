@@ -1,0 +1,295 @@
+"""Pure train steps, one per method: `train_step(state, batch) -> (state, metrics)` under `jax.jit`.
+
+Batch: {'image': f32 [b, H, W, C] (or [b, 2, H, W, C] with two views), 'label': i32 [b], ...},
+images in [0, 1]. Every step draws its key as fold_in(state.rng, state.step), runs its attack
+inside the same compiled computation, and returns scalar metrics (no host sync inside a step).
+
+Methods (`config.method`):
+- nat:    CE on clean images.
+- adv:    Madry PGD-AT, nat_ce_weight*CE(x) + adv_ce_weight*CE(x_adv) (adversarial only: nat 0).
+- trades: CE(x) + beta * KL_sum(p(x) || p(x_adv)) / b, attack maximises the summed KL from
+          x + 0.001 N(0, 1) (SPEC 3.6). Also used by `trades_finetune`.
+- ascl:   L = nat_ce*CE(x) + adv_ce*CE(x_adv) + scl*L_SCL + vat*L_VAT (ASCL Eq. 6, SPEC 1.1);
+          two_views=True is the authors' ascl_pgd_2trans variant (4b contrastive rows).
+- acl_pretrain: NT-Xent pre-training with S2S / A2A / A2S / DS (ACL §2.2, Algorithm 1, SPEC 3.4).
+- linear_eval: a frozen encoder (BN in eval mode), the classifier trained on clean (standard) or
+          PGD (adversarial) examples (ACL Table 5).
+Terms whose weight is 0 are not computed (as the authors' `add_loss`).
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from ascl_jax import attacks, losses
+
+
+def _variables(params, batch_stats):
+    return {"params": params, "batch_stats": batch_stats}
+
+
+def forward(model, params, batch_stats, x, *, bn="clean", train=True):
+    """One forward pass. Train mode: batch statistics, returns the updated running statistics."""
+    if train:
+        out, upd = model.apply(_variables(params, batch_stats), x, train=True, bn=bn,
+                               mutable=["batch_stats"])
+        return out, upd.get("batch_stats", batch_stats)
+    return model.apply(_variables(params, batch_stats), x, train=False, bn=bn), batch_stats
+
+
+def _accuracy(logits, labels):
+    return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def _pgd(cfg_attack, objective, x, key, **overrides):
+    kw = dict(eps=cfg_attack.eps, step_size=cfg_attack.step_size,
+              num_steps=cfg_attack.num_steps, random_start=cfg_attack.random_start,
+              init=cfg_attack.init, clip_start=cfg_attack.clip_start)
+    kw.update(overrides)
+    return attacks.pgd_linf(objective, x, key, **kw)
+
+
+def _attack_logits_fn(model, state, cfg_attack, bn="clean"):
+    return attacks.model_forward(model, _variables(state.params, state.batch_stats), bn=bn,
+                                 bn_mode=cfg_attack.bn_mode, output="logits")
+
+
+def _split_views(image):
+    """[b, 2, H, W, C] -> two [b, H, W, C] views."""
+    return image[:, 0], image[:, 1]
+
+
+def _apply_update(state, grads, batch_stats, loss, metrics):
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = dict(metrics, loss=loss, grad_norm=_tree_norm(grads), param_norm=_tree_norm(state.params))
+    return new_state, metrics
+
+
+def _tree_norm(tree):
+    leaves = jax.tree.leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in leaves)) if leaves else jnp.zeros(())
+
+
+# --------------------------------------------------------------------------------------------
+# Supervised methods
+
+
+def nat_step(state, batch, *, model, config):
+    x, y = batch["image"], batch["label"]
+
+    def loss_fn(params):
+        out, bs = forward(model, params, state.batch_stats, x)
+        loss = losses.cross_entropy(out["logits"], y)
+        return loss, (bs, {"ce_nat": loss, "acc_nat": _accuracy(out["logits"], y)})
+
+    (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, bs, loss, m)
+
+
+def adv_step(state, batch, *, model, config):
+    x, y = batch["image"], batch["label"]
+    lw = config.loss
+    x_adv = _pgd(config.attack, attacks.ce_objective(_attack_logits_fn(model, state, config.attack), y),
+                 x, state.step_key())
+
+    def loss_fn(params):
+        bs, loss, m = state.batch_stats, 0.0, {}
+        if lw.nat_ce_weight:
+            out, bs = forward(model, params, bs, x)
+            m["ce_nat"] = losses.cross_entropy(out["logits"], y)
+            m["acc_nat"] = _accuracy(out["logits"], y)
+            loss += lw.nat_ce_weight * m["ce_nat"]
+        out_a, bs = forward(model, params, bs, x_adv)
+        m["ce_adv"] = losses.cross_entropy(out_a["logits"], y)
+        m["acc_adv"] = _accuracy(out_a["logits"], y)
+        loss += lw.adv_ce_weight * m["ce_adv"]
+        return loss, (bs, m)
+
+    (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, bs, loss, m)
+
+
+def trades_step(state, batch, *, model, config):
+    x, y = batch["image"], batch["label"]
+    logits_fn = _attack_logits_fn(model, state, config.attack)
+    clean_logits = jax.lax.stop_gradient(logits_fn(x))
+    x_adv = _pgd(config.attack, attacks.kl_objective(logits_fn, clean_logits), x, state.step_key())
+
+    def loss_fn(params):
+        out, bs = forward(model, params, state.batch_stats, x)
+        out_a, bs = forward(model, params, bs, x_adv)
+        ce = losses.cross_entropy(out["logits"], y)
+        kl = losses.trades_kl(out["logits"], out_a["logits"])
+        loss = ce + config.loss.trades_beta * kl
+        return loss, (bs, {"ce_nat": ce, "trades_kl": kl, "acc_nat": _accuracy(out["logits"], y),
+                           "acc_adv": _accuracy(out_a["logits"], y)})
+
+    (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, bs, loss, m)
+
+
+def ascl_step(state, batch, *, model, config):
+    """ASCL (Eq. 6): PGD-CE attack, two train-mode forwards, masked SCL on [z_nat; z_adv] + VAT."""
+    lw = config.loss
+    y = batch["label"]
+    if lw.two_views:  # ascl_pgd_2trans: 2b natural images [view 0; view 1], labels [y; y]
+        v0, v1 = _split_views(batch["image"])
+        x, y = jnp.concatenate([v0, v1]), jnp.concatenate([y, y])
+        b = batch["label"].shape[0]
+        instance_ids = jnp.tile(jnp.arange(b), 4)
+    else:
+        x, instance_ids = batch["image"], None
+    x_adv = _pgd(config.attack, attacks.ce_objective(_attack_logits_fn(model, state, config.attack), y),
+                 x, state.step_key())
+
+    def loss_fn(params):
+        out, bs = forward(model, params, state.batch_stats, x)
+        out_a, bs = forward(model, params, bs, x_adv)
+        ln, la = out["logits"], out_a["logits"]
+        m = {"acc_nat": _accuracy(ln, y), "acc_adv": _accuracy(la, y)}
+        loss = 0.0
+        m["ce_adv"] = losses.cross_entropy(la, y)
+        loss += lw.adv_ce_weight * m["ce_adv"]
+        if lw.nat_ce_weight:
+            m["ce_nat"] = losses.cross_entropy(ln, y)
+            loss += lw.nat_ce_weight * m["ce_nat"]
+        if lw.vat_weight:
+            m["vat"] = losses.kl_divergence(ln, la, reduction=lw.vat_reduction)
+            loss += lw.vat_weight * m["vat"]
+        # The selection counts are computed (cheaply) even when the SCL weight is 0 (Fig. 4).
+        scl, aux = losses.ascl_loss(
+            out[lw.feature], out_a[lw.feature], y, ln, la, strategy=lw.strategy,
+            similarity=lw.similarity, temperature=lw.temperature, normalize=lw.normalize,
+            always_pull_own_view=lw.always_pull_own_view, instance_ids=instance_ids)
+        for k in ("num_positives_nat", "num_positives_adv", "num_negatives_nat", "num_negatives_adv"):
+            m[k] = aux[k]
+        if lw.scl_weight:
+            m["scl"] = scl
+            loss += lw.scl_weight * scl
+        return loss, (bs, m)
+
+    (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, bs, loss, m)
+
+
+# --------------------------------------------------------------------------------------------
+# ACL pre-training (SPEC 3.3, 3.4)
+
+
+def _nt_xent_objective(proj_fn, temperature, *, fixed_view=None):
+    """Objective on stacked views [2N, ...] (rows [view1; view2]) whose sum is the NT-Xent loss.
+
+    With `fixed_view` ([N, p] projections of a clean view) only the N perturbed rows are
+    attacked (A2S: one adversarial view per pair). The loss couples rows, so this attack is not
+    per-example independent."""
+    def objective(x):
+        p = proj_fn(x)
+        if fixed_view is None:
+            n = p.shape[0] // 2
+            loss = losses.nt_xent_loss(p[:n], p[n:], temperature=temperature)
+        else:
+            loss = losses.nt_xent_loss(p, fixed_view, temperature=temperature)
+        return jnp.full((x.shape[0],), loss / x.shape[0])
+    return objective
+
+
+def acl_pretrain_step(state, batch, *, model, config):
+    lw, ca = config.loss, config.attack
+    t = lw.acl_temperature
+    v1, v2 = _split_views(batch["image"])
+    both = jnp.concatenate([v1, v2])
+    variant = lw.acl_variant
+    adv_bn = "adv" if config.model.bn == "dual" else "clean"
+    proj_adv = attacks.model_forward(model, _variables(state.params, state.batch_stats), bn=adv_bn,
+                                     bn_mode=ca.bn_mode, output="proj")
+    key = state.step_key()
+    if variant in ("a2a", "ds"):
+        x_adv = _pgd(ca, _nt_xent_objective(proj_adv, t), both, key)
+    elif variant == "a2s":
+        clean_fn = attacks.model_forward(model, _variables(state.params, state.batch_stats),
+                                         bn="clean", bn_mode=ca.bn_mode, output="proj")
+        fixed = jax.lax.stop_gradient(clean_fn(v2))
+        x_adv = _pgd(ca, _nt_xent_objective(proj_adv, t, fixed_view=fixed), v1, key)
+
+    def loss_fn(params):
+        bs, m = state.batch_stats, {}
+        if variant == "s2s":
+            out, bs = forward(model, params, bs, both, bn="clean")
+            n = v1.shape[0]
+            loss = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t)
+            m["nt_xent_std"] = loss
+        elif variant == "a2a":
+            out, bs = forward(model, params, bs, x_adv, bn=adv_bn)
+            n = v1.shape[0]
+            loss = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t)
+            m["nt_xent_adv"] = loss
+        elif variant == "a2s":
+            out_a, bs = forward(model, params, bs, x_adv, bn=adv_bn)
+            out_c, bs = forward(model, params, bs, v2, bn="clean")
+            loss = losses.nt_xent_loss(out_a["proj"], out_c["proj"], temperature=t)
+            m["nt_xent_a2s"] = loss
+        else:  # ds
+            n = v1.shape[0]
+            out, bs = forward(model, params, bs, both, bn="clean")
+            out_a, bs = forward(model, params, bs, x_adv, bn=adv_bn)
+            l_std = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t)
+            l_adv = losses.nt_xent_loss(out_a["proj"][:n], out_a["proj"][n:], temperature=t)
+            loss = l_std + lw.acl_alpha * l_adv
+            if lw.acl_average:
+                loss = loss / (1.0 + lw.acl_alpha)
+            m.update(nt_xent_std=l_std, nt_xent_adv=l_adv)
+        return loss, (bs, m)
+
+    (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, bs, loss, m)
+
+
+# --------------------------------------------------------------------------------------------
+# Linear evaluation of a frozen encoder (ACL Table 5)
+
+CLASSIFIER = "classifier"
+
+
+def linear_eval_step(state, batch, *, model, config):
+    """Only the classifier's parameters train (the optimizer masks the rest, see
+    `trainable_mask`); the encoder runs with BN in eval mode, so its statistics stay frozen."""
+    x, y = batch["image"], batch["label"]
+    if config.init.linear_mode == "adversarial":
+        x = _pgd(config.attack, attacks.ce_objective(
+            attacks.model_forward(model, _variables(state.params, state.batch_stats),
+                                  bn="clean", bn_mode="eval", output="logits"), y),
+            x, state.step_key())
+
+    def loss_fn(params):
+        out, _ = forward(model, params, state.batch_stats, x, train=False)
+        loss = losses.cross_entropy(out["logits"], y)
+        return loss, (state.batch_stats, {"ce": loss, "acc": _accuracy(out["logits"], y)})
+
+    (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, bs, loss, m)
+
+
+def trainable_mask(params):
+    """True on the classifier's parameters, False elsewhere (linear evaluation)."""
+    return {k: jax.tree.map(lambda _, keep=(k == CLASSIFIER): keep, v) for k, v in params.items()}
+
+
+STEPS = {
+    "nat": nat_step, "adv": adv_step, "trades": trades_step, "trades_finetune": trades_step,
+    "ascl": ascl_step, "acl_pretrain": acl_pretrain_step, "linear_eval": linear_eval_step,
+}
+
+
+def make_train_step(config, model, *, jit=True, state_sharding=None, data_sharding=None):
+    """The pure step for `config.method`, bound to the model and config (static), jitted with the
+    state replicated and the batch sharded over 'data', the state donated."""
+    step = functools.partial(STEPS[config.method], model=model, config=config)
+    if not jit:
+        return step
+    kw = {}
+    if state_sharding is not None:
+        kw = dict(in_shardings=(state_sharding, data_sharding),
+                  out_shardings=(state_sharding, state_sharding))
+    return jax.jit(step, donate_argnums=(0,), **kw)

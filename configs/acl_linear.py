@@ -1,0 +1,23 @@
+"""ACL Table 5: linear evaluation of a frozen ACL(DS) encoder with either BN set, the linear
+classifier trained on clean images (standard) or on PGD-10 examples (adversarial).
+  --config configs/acl_linear.py:pretrained=runs/acl_ds,branch=adv,mode=adversarial
+Expected TA/RA: standard theta_bn 91.02/0.20, theta_bn_adv 79.76/30.31; adversarial theta_bn
+82.63/0.28, theta_bn_adv 74.22/44.22.
+"""
+from ascl_jax import config_lib
+
+
+def get_config(arg=None):
+    a = config_lib.parse_arg(arg, pretrained="", branch="adv", mode="standard", dataset="cifar10")
+    c = config_lib.cifar_base(a["dataset"], "resnet18")
+    c.name = f"acl_linear:{a['branch']},{a['mode']}"
+    c.method = "linear_eval"
+    c.model.update(dict(head="identity", bn="single", normalization="imagenet"))
+    c.init.update(dict(workdir=a["pretrained"], bn_branch=a["branch"], reset_classifier=True,
+                       linear_mode=a["mode"]))
+    c.attack.update(dict(eps=8 / 255, step_size=2 / 255, num_steps=10, bn_mode="eval"))
+    c.optim.update(dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=2e-4,
+                        schedule="piecewise", decay_epochs=(15, 20), decay_factors=(0.1, 0.01),
+                        num_epochs=25))
+    c.eval.update(dict(attacks=("clean", "pgd"), pgd_steps=20, autoattack="none"))
+    return config_lib.smoke(c) if a["smoke"] else c
