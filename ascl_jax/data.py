@@ -84,7 +84,8 @@ _TF_DATA_THREADS = max(1, os.cpu_count() or 1)
 _STREAM_IDS = {None: 0, 'labelled': 1, 'unlabelled': 2}
 
 _FIELDS = ('name', 'data_dir', 'batch_size', 'eval_batch_size', 'num_train', 'num_test',
-           'train_split', 'augment', 'num_views', 'crop_padding', 'flip', 'label_fraction')
+           'train_split', 'augment', 'num_views', 'crop_padding', 'flip', 'label_fraction',
+           'shuffle_buffer')
 
 
 class DatasetNotPreparedError(FileNotFoundError):
@@ -96,21 +97,26 @@ def default_config(name: str = 'digits') -> ml_collections.ConfigDict:
 
     Fields:
       name: one of ``NAMES``.
-      data_dir: tfds data directory (None: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``); unused
-        for digits.
+      data_dir: tfds data directory (None or '': ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``);
+        unused for digits.
       batch_size: global training batch (all processes); divisible by the process count.
       eval_batch_size: global evaluation batch; divisible by the process count.
-      num_train / num_test: sizes of ``train_split`` / ``'test'``; None derives them from the known
-        dataset sizes (set them explicitly for splits like ``'train[:90%]'`` and under tfds
+      num_train / num_test: sizes of ``train_split`` / ``'test'``; None or -1 derives them from the
+        known dataset sizes (set them explicitly for splits like ``'train[:90%]'`` and under tfds
         mock_data, which yields its ``num_examples`` for every split).
       train_split: tfds split string, e.g. ``'train'`` or ``'train[:45000]'`` (ACL 45k/5k).
       augment: ``'none'``, ``'crop_flip'`` (pad + random crop + flip, SPEC §1.7) or ``'simclr'``
         (SPEC §3.5).
       num_views: 1, or 2 independent augmentations of each image (``image`` gains a view axis).
-      crop_padding: pixels of padding for 'crop_flip' (None: 4 for CIFAR, 1 for 8x8 digits).
+      crop_padding: pixels of padding for 'crop_flip' (None or -1: 4 for CIFAR, 1 for 8x8 digits).
       flip: horizontal flips in 'crop_flip'/'simclr' (None: True for CIFAR, False for digits).
-      label_fraction: None, or the fraction of ``train_split`` that is labelled (0.01, 0.1 in ACL
-        semi-supervised, SPEC §3.7); see :func:`label_split`.
+      label_fraction: None (or 0.0), or the fraction of ``train_split`` that is labelled (0.01,
+        0.1 in ACL semi-supervised, SPEC §3.7); see :func:`label_split`.
+      shuffle_buffer: accepted for compatibility and ignored (optional): training draws an exact
+        per-epoch permutation of the whole split (``index_shuffle``), i.e. an unbounded buffer.
+
+    The sentinels None / -1 / '' / 0.0 above are equivalent, so that configs can use typed
+    defaults that ``ml_collections.config_flags`` can override from the command line.
     """
     if name not in NAMES:
         raise ValueError(f'data.name={name!r}; allowed: {NAMES}')
@@ -198,11 +204,11 @@ def _resolve(cfg: Any) -> _Resolved:
     keys = set(cfg.keys()) if hasattr(cfg, 'keys') else set(vars(cfg))
     unknown = sorted(keys - set(_FIELDS))
     if unknown:
-        hint = ''
-        if 'shuffle_buffer' in unknown:
-            hint = (' (shuffle_buffer is not used: training does an exact per-epoch permutation '
-                    'with tf.random.experimental.index_shuffle)')
-        raise ValueError(f'unknown data config field(s) {unknown}; allowed: {_FIELDS}{hint}')
+        raise ValueError(f'unknown data config field(s) {unknown}; allowed: {_FIELDS}')
+    shuffle_buffer = _get(cfg, 'shuffle_buffer')
+    if shuffle_buffer is not None and (not _is_int(shuffle_buffer) or shuffle_buffer < 0):
+        raise ValueError(f'data.shuffle_buffer={shuffle_buffer!r}; allowed: None or an integer '
+                         '>= 0 (ignored: training uses an exact per-epoch permutation)')
     name = _get(cfg, 'name', 'digits')
     if name not in NAMES:
         raise ValueError(f'data.name={name!r}; allowed: {NAMES}')
@@ -215,10 +221,11 @@ def _resolve(cfg: Any) -> _Resolved:
     batch_size = _positive_int(_get(cfg, 'batch_size', 128), 'batch_size')
     eval_batch_size = _positive_int(_get(cfg, 'eval_batch_size', 256), 'eval_batch_size')
     padding = _get(cfg, 'crop_padding')
-    if padding is None:
+    if padding is None or (_is_int(padding) and padding == -1):
         padding = _DEFAULT_PADDING[name]
     if not _is_int(padding) or padding < 0:
-        raise ValueError(f'data.crop_padding={padding!r}; allowed: None or an integer >= 0')
+        raise ValueError(f'data.crop_padding={padding!r}; allowed: None / -1 (dataset default) '
+                         'or an integer >= 0')
     flip = _get(cfg, 'flip')
     if flip is None:
         flip = _DEFAULT_FLIP[name]
@@ -226,9 +233,11 @@ def _resolve(cfg: Any) -> _Resolved:
         raise ValueError(f'data.flip={flip!r}; allowed: None, True, False')
     frac = _get(cfg, 'label_fraction')
     if frac is not None and (isinstance(frac, bool) or not isinstance(frac, (int, float))
-                             or not 0.0 < float(frac) < 1.0):
-        raise ValueError(f'data.label_fraction={frac!r}; allowed: None or a fraction in (0, 1), '
-                         'e.g. 0.01 or 0.1')
+                             or not 0.0 <= float(frac) < 1.0):
+        raise ValueError(f'data.label_fraction={frac!r}; allowed: None / 0.0 (no labelled split) '
+                         'or a fraction in (0, 1), e.g. 0.01 or 0.1')
+    if frac is not None and float(frac) == 0.0:
+        frac = None
     train_split = _get(cfg, 'train_split', 'train')
     if not isinstance(train_split, str) or not train_split.strip():
         raise ValueError(f'data.train_split={train_split!r}; allowed: a tfds split string such as '
@@ -241,12 +250,12 @@ def _resolve(cfg: Any) -> _Resolved:
 
     def size(field: str, spec: str) -> int:
         value = _get(cfg, field)
-        if value is not None:
+        if value is not None and not (_is_int(value) and value == -1):
             return _positive_int(value, field)
         known = _known_split_size(name, spec)
         if not known:
-            raise ValueError(f'data.{field}=None and the size of split {spec!r} of {name!r} is not '
-                             f'known; set data.{field} explicitly')
+            raise ValueError(f'data.{field} is unset and the size of split {spec!r} of {name!r} is '
+                             f'not known; set data.{field} explicitly')
         return known
 
     num_train = size('num_train', train_split)
@@ -259,7 +268,7 @@ def _resolve(cfg: Any) -> _Resolved:
         raise ValueError(f'data.batch_size={batch_size} exceeds data.num_train={num_train} '
                          '(training drops incomplete batches: zero steps per epoch)')
     data_dir = _get(cfg, 'data_dir')
-    return _Resolved(name=name, data_dir=None if data_dir is None else str(data_dir),
+    return _Resolved(name=name, data_dir=str(data_dir) if data_dir else None,
                      batch_size=batch_size, eval_batch_size=eval_batch_size, num_train=num_train,
                      num_test=num_test, train_split=train_split.strip(), augment=augment,
                      num_views=int(num_views), crop_padding=int(padding), flip=bool(flip),

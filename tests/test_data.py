@@ -332,8 +332,9 @@ def test_missing_tfds_dataset_fails_fast_and_clearly(tmp_path):
 
 @pytest.mark.parametrize('field,value', [
     ('name', 'mnist'), ('augment', 'autoaugment'), ('num_views', 3), ('batch_size', 0),
-    ('eval_batch_size', -1), ('crop_padding', -1), ('flip', 'yes'), ('label_fraction', 1.5),
-    ('label_fraction', 0.0), ('num_train', 0), ('train_split', 'validation'),
+    ('eval_batch_size', -1), ('crop_padding', -3), ('flip', 'yes'), ('label_fraction', 1.5),
+    ('label_fraction', -0.1), ('num_train', 0), ('num_test', -2), ('train_split', 'validation'),
+    ('shuffle_buffer', -5),
 ])
 def test_bad_config_values_raise(field, value):
     cfg = _digits().to_dict()  # a plain dict: ConfigDict itself type-checks some fields
@@ -342,10 +343,18 @@ def test_bad_config_values_raise(field, value):
         data.dataset_info(cfg)
 
 
-def test_config_errors():
+def test_config_sentinels_and_errors():
+    # Typed "unset" sentinels (CLI-overridable configs) mean the same as None.
+    lead_style = dict(name='digits', data_dir='', batch_size=128, eval_batch_size=256,
+                      num_train=-1, num_test=-1, augment='crop_flip', num_views=1,
+                      crop_padding=-1, flip=False, shuffle_buffer=2048, train_split='train',
+                      label_fraction=0.0)
+    assert data.dataset_info(lead_style) == data.dataset_info(_digits())
+    r = data._resolve(lead_style)
+    assert r.data_dir is None and r.label_fraction is None and r.crop_padding == 1
     cfg = _digits()
-    cfg.shuffle_buffer = 1000
-    with pytest.raises(ValueError, match='shuffle_buffer'):
+    cfg.typo_field = 1
+    with pytest.raises(ValueError, match='typo_field'):
         data.dataset_info(cfg)
     with pytest.raises(ValueError, match='batch_size'):
         data.dataset_info(_digits(batch_size=2000))  # larger than the training set
