@@ -16,6 +16,7 @@ setuptools.setup(
         "ml-collections>=1.0,<2",
         "absl-py>=2.1",
         "clu>=0.0.12",
+        "tensorboard>=2.18",  # clu.metric_writers writes TensorBoard summaries through it
         "tensorflow-cpu>=2.18,<2.22",
         "tensorflow-datasets>=4.9.8,<4.10",
         "importlib_resources>=6.0",  # tfds 4.9.10 imports it without declaring it

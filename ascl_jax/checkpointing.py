@@ -70,8 +70,9 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
         return True
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:
             json.dump(new, f, indent=2, sort_keys=True)
+        os.replace(path + ".tmp", path)  # atomic: other processes see all of it or nothing
     return False
 
 

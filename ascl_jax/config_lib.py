@@ -39,7 +39,7 @@ def base_config() -> ml_collections.ConfigDict:
         name="digits", data_dir="", batch_size=128, eval_batch_size=256,
         num_train=-1, num_test=-1,  # -1: the dataset's full split sizes
         augment="crop_flip", num_views=1, crop_padding=1, flip=False,
-        shuffle_buffer=2048, train_split="train", label_fraction=0.0,
+        train_split="train", label_fraction=0.0,
     ))
     c.model = ml_collections.ConfigDict(dict(
         arch="cnn", head="identity", proj_dim=128, bn="single", bn_momentum=0.9,
@@ -75,7 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         attacks=("clean", "pgd"), eps=8 / 255, step_size=2 / 255, pgd_steps=20, pgd_restarts=1,
         mpgd_steps=20, autoattack="none", autoattack_examples=1000, num_examples=-1,
-        eps_sweep=(), bn_branch="clean",  # which BN set a dual-BN model is evaluated with
+        eps_sweep=(), bn_branch="clean",
+        sanity=True,  # gradient-masking checks (eps sweep, more steps, Square vs white-box)  # which BN set a dual-BN model is evaluated with
     ))
     c.analysis = ml_collections.ConfigDict(dict(enabled=False, num_examples=512, tsne_points=400))
     c.log_every_steps = 10
@@ -83,6 +84,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_checkpoints = 3
     c.progress_bar = True
     c.num_train_steps = -1  # -1: num_epochs * steps_per_epoch
+    # 0: one input stream per JAX process. k > 1 in one process reads the k streams of a
+    # k-process run, so the run reproduces a multi-host run's batches exactly.
+    c.input_processes = 0
     return c
 
 
@@ -184,7 +188,6 @@ def cifar_base(dataset: str = "cifar10", arch: str = "resnet20") -> ml_collectio
     c.data.augment = "crop_flip"
     c.data.crop_padding = 4
     c.data.flip = True
-    c.data.shuffle_buffer = 50_000
     c.model.arch = arch
     c.model.normalization = dataset
     c.eval.attacks = ("clean", "pgd", "mpgd", "autoattack")
@@ -220,7 +223,6 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.data.name != "digits":
         c.data.num_train, c.data.num_test = 64, 32
     c.data.batch_size, c.data.eval_batch_size = 16, 16
-    c.data.shuffle_buffer = 64
     c.model.arch = "tiny"
     if c.model.head == "acl_mlp":
         c.model.proj_dim = 16

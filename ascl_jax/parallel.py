@@ -29,8 +29,11 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
     jax.distributed.initialize(**kwargs)
 
 
-def make_mesh() -> jax.sharding.Mesh:
-    """A ('data',) mesh over every global device, Auto axis type (compiler-chosen layouts)."""
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A ('data',) mesh over every global device (or `devices`), Auto axis type."""
+    if devices is not None:
+        return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,),
+                                 axis_types=(jax.sharding.AxisType.Auto,))
     return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
                          axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -43,9 +46,10 @@ def data_sharded(mesh) -> NamedSharding:
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def check_batch_divides(global_batch: int, field: str = "data.batch_size") -> None:
+def check_batch_divides(global_batch: int, field: str = "data.batch_size", mesh=None) -> None:
     """A global batch must split evenly over devices and over processes."""
-    n_dev, n_proc = jax.device_count(), jax.process_count()
+    n_dev = mesh.devices.size if mesh is not None else jax.device_count()
+    n_proc = jax.process_count()
     if global_batch % n_dev:
         raise ConfigError(
             f"config.{field}={global_batch} does not divide over the {n_dev} devices; use a "

@@ -78,14 +78,42 @@ def restore_run(workdir: str, mesh=None):
 def pretrained_variables(config, model, image_shape):
     """Variables for fine-tuning / linear evaluation from `config.init.workdir` (ACL Tables 4, 5):
     the chosen BN set of a dual-BN encoder, projection head dropped, classifier re-initialised
-    (zero, as ACL's cvt_state_dict) when `init.reset_classifier`."""
+    to zero (ACL's cvt_state_dict) when `init.reset_classifier`."""
     _, _, pre = restore_run(config.init.workdir)
     variables = {"params": jax.device_get(pre.params), "batch_stats": jax.device_get(pre.batch_stats)}
     if models.has_dual_bn(variables) and config.model.bn == "single":
         variables = models.select_bn_branch(variables, config.init.bn_branch)
-    fresh = jax.device_get(model.init(jax.random.key(config.seed),
-                                      jnp.zeros((2, *image_shape)), train=False))
-    return models.transfer_encoder(variables, fresh, reset_classifier=config.init.reset_classifier)
+    variables = models.strip_head(variables)
+    fresh = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((2, *image_shape)),
+                                              train=False))
+    fresh = {"params": fresh["params"], "batch_stats": fresh.get("batch_stats", {})}
+    if config.init.reset_classifier:
+        variables = models.reset_classifier(
+            variables, num_classes=fresh["params"]["classifier"]["bias"].shape[0])
+    shapes = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)
+    if shapes(variables) != shapes(fresh):
+        raise checkpointing.WorkdirError(
+            f"the encoder in init.workdir={config.init.workdir!r} does not fit this model "
+            f"(model.arch={config.model.arch!r}, model.bn={config.model.bn!r}): use the same "
+            "architecture as the pre-training run")
+    return variables
+
+
+def train_batches(config, start_step: int):
+    """This process's batches from `start_step` on. With `config.input_processes` = k > 1 in a
+    single process, the k per-process streams of a k-process run are read and concatenated, so a
+    one-process run sees exactly the global batches of a k-process run."""
+    k = config.input_processes or jax.process_count()
+    if jax.process_count() > 1 or k == 1:
+        yield from data.make_train_iterator(config.data, seed=config.seed, start_step=start_step,
+                                            process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+        return
+    its = [data.make_train_iterator(config.data, seed=config.seed, start_step=start_step,
+                                    process_index=p, process_count=k) for p in range(k)]
+    while True:
+        parts = [next(it) for it in its]
+        yield {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
 def _mean_metrics(buffer):
@@ -94,13 +122,18 @@ def _mean_metrics(buffer):
     return {k: float(np.mean([m[k] for m in host if k in m])) for k in keys}
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains `config` into `workdir` (resuming if it holds a checkpoint) and evaluates it."""
+def train_and_evaluate(config, workdir: str, *, mesh=None, stop_after_steps: int | None = None,
+                       evaluate: bool = True) -> dict:
+    """Trains `config` into `workdir` (resuming if it holds a checkpoint) and evaluates it.
+
+    mesh: the ('data',) mesh (default: all devices). stop_after_steps: stop (with a checkpoint)
+    after this many steps of this invocation, as a preemption would; a later call with the same
+    workdir resumes. Returns the report (also written to workdir/report.json)."""
     t_start = time.time()
     config_lib.validate(config)
-    parallel.check_batch_divides(config.data.batch_size)
+    mesh = mesh or parallel.make_mesh()
+    parallel.check_batch_divides(config.data.batch_size, mesh=mesh)
     resuming = checkpointing.check_or_write_config(config, workdir)
-    mesh = parallel.make_mesh()
     repl, dsh = parallel.replicated(mesh), parallel.data_sharded(mesh)
     model, info = build_model(config)
     spe, n_steps = total_steps(config)
@@ -125,9 +158,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         log.info("workdir %s has a config but no checkpoint: starting from step 0", workdir)
 
     step_fn = train_steps.make_train_step(config, model, state_sharding=repl, data_sharding=dsh)
-    batches = data.make_train_iterator(config.data, seed=config.seed, start_step=start,
-                                       process_index=jax.process_index(),
-                                       process_count=jax.process_count())
+    batches = train_batches(config, start)
     writer = _metric_writer(workdir)
     is_main = jax.process_index() == 0
     bar = None
@@ -137,8 +168,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
     buffer, summary, last_good = [], {}, start
     t_first = step_first = None
+    end = n_steps if stop_after_steps is None else min(n_steps, start + stop_after_steps)
     with jax.set_mesh(mesh):
-        for step in range(start, n_steps):
+        for step in range(start, end):
             batch = parallel.to_global(next(batches), dsh)
             state, metrics = step_fn(state, batch)
             buffer.append(metrics)
@@ -156,18 +188,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 bar.update(1)
                 if summary:
                     bar.set_postfix(loss=f"{summary.get('loss', float('nan')):.4f}", refresh=False)
-            if done % config.checkpoint_every_steps == 0 or done == n_steps:
+            if done % config.checkpoint_every_steps == 0 or done in (n_steps, end):
                 _guard_finite(_mean_metrics([metrics]), done, last_good, workdir)
                 checkpointing.save(mngr, done, state, force=True)
                 last_good = done
         jax.block_until_ready(state)
     throughput = None
-    if step_first is not None and n_steps > step_first:
-        throughput = (n_steps - step_first) * config.data.batch_size / (time.time() - t_first)
+    if step_first is not None and end > step_first:
+        throughput = (end - step_first) * config.data.batch_size / (time.time() - t_first)
     mngr.wait_until_finished()
     if bar is not None:
         bar.close()
     writer.flush()
+    if end < n_steps:  # stopped part way: resume later with the same workdir
+        return {"stopped_at_step": end, "state": state}
     if throughput is None:  # resumed at the end: keep the figure of the run that trained
         throughput = _previous_report(workdir).get("train_images_per_second")
     report = dict(config=config.name, method=config.method, dataset=config.data.name,
@@ -179,12 +213,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if "num_positives_nat" in report:
         report["num_positives"] = (report["num_positives_nat"] + report["num_positives_adv"]) / 2
         report["num_negatives"] = (report["num_negatives_nat"] + report["num_negatives_adv"]) / 2
-    with jax.set_mesh(mesh):
-        report.update(evaluate_state(config, model, state, workdir, mesh))
-    report["wall_seconds"] = time.time() - t_start
     backup = checkpointing.write_json_keeping_old(os.path.join(workdir, "report.json"), report)
     if backup:
         log.info("the previous report.json was kept as %s", backup)
+    if evaluate:
+        with jax.set_mesh(mesh):
+            report.update(evaluate_state(config, model, state, workdir, mesh))
+    report["wall_seconds"] = time.time() - t_start
+    _merge_report(workdir, report)
+    report = dict(_previous_report(workdir), **report) if jax.process_index() == 0 else report
+    report["state"] = state
     return report
 
 
@@ -218,3 +256,134 @@ def _guard_finite(summary, step, last_good, workdir):
             f"{', '.join(bad)} became NaN/Inf by step {step}. Stopped; the last good checkpoint "
             f"(step {last_good}) in {workdir}/checkpoints is kept. Lower the learning rate or "
             "check the inputs.")
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation and analysis of a trained state
+
+
+def _merge_report(workdir, updates):
+    """Merges `updates` into workdir/report.json (process 0; atomic)."""
+    if jax.process_index() != 0:
+        return
+    path = os.path.join(workdir, "report.json")
+    report = _previous_report(workdir)
+    report.update(updates)
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True, default=float)
+    os.replace(path + ".tmp", path)
+
+
+def _logits_fn(model, bn):
+    return lambda variables, x: model.apply(variables, x, train=False, bn=bn)["logits"]
+
+
+def evaluate_state(config, model, state, workdir, mesh) -> dict:
+    """Clean / PGD / mPGD / AutoAttack on the test split (config.eval) -> eval.json,
+    per_example.npz, and the headline numbers for report.json; then the analysis when enabled."""
+    from ascl_jax import evaluation
+    ce = config.eval
+    attacks_ = [a for a in ce.attacks if not (a == "autoattack" and ce.autoattack == "none")]
+    if not attacks_:
+        return {}
+    n = ce.num_examples if ce.num_examples > 0 else None
+    images, labels = data.load_eval_arrays(config.data, "test", n)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    res = evaluation.evaluate(
+        _logits_fn(model, ce.bn_branch), images, labels, params=variables, attacks=tuple(attacks_),
+        eps=ce.eps, step_size=ce.step_size, pgd_steps=ce.pgd_steps, pgd_restarts=ce.pgd_restarts,
+        mpgd_steps=ce.mpgd_steps, version=ce.autoattack if ce.autoattack != "none" else "fast",
+        batch_size=config.data.eval_batch_size, autoattack_examples=ce.autoattack_examples,
+        seed=config.seed, mesh=mesh, progress=config.progress_bar and jax.process_index() == 0,
+        eps_sweep=tuple(ce.eps_sweep) or None, sanity=ce.sanity)
+    evaluation.write_eval_json(workdir, res)
+    out = dict(clean_accuracy=res["clean_accuracy"], robust_accuracy=res["robust_accuracy"],
+               overall_robust_accuracy=res["overall"]["robust_accuracy"],
+               eval_eps=res["eps"], sanity=evaluation.summary(res).get("sanity"))
+    if config.analysis.enabled:
+        out["analysis"] = analyze_state(config, model, state, workdir, mesh, images, labels,
+                                        eval_results=res)
+        if out["analysis"].get("r_div"):
+            out["r_div"] = out["analysis"]["r_div"]
+    return out
+
+
+def latents(config, model, state, images, labels, mesh, *, eps):
+    """Penultimate features z of images and of their PGD-k (config.eval.pgd_steps) examples."""
+    from ascl_jax import attacks
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    ce = config.eval
+    dsh = parallel.data_sharded(mesh)
+    b = config.data.eval_batch_size
+
+    @jax.jit
+    def run(x, y, key):
+        fwd = attacks.model_forward(model, variables, bn=ce.bn_branch, bn_mode="eval", output=None)
+        x_adv = attacks.pgd_linf(attacks.ce_objective(lambda v: fwd(v)["logits"], y), x, key,
+                                 eps=eps, step_size=ce.step_size, num_steps=ce.pgd_steps)
+        return fwd(x)["z"], fwd(x_adv)["z"]
+
+    zs, zas = [], []
+    n = len(labels)
+    for i in range(0, n, b):
+        x, y = images[i:i + b], labels[i:i + b]
+        pad = b - len(y)
+        if pad:
+            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
+            y = np.concatenate([y, np.zeros((pad,), y.dtype)])
+        z, za = run(jax.device_put(x, dsh), jax.device_put(y, dsh),
+                    jax.random.fold_in(jax.random.key(config.seed), i))
+        zs.append(np.asarray(z)[:b - pad])
+        zas.append(np.asarray(za)[:b - pad])
+    return np.concatenate(zs), np.concatenate(zas)
+
+
+def analyze_state(config, model, state, workdir, mesh, images, labels, eval_results=None) -> dict:
+    """R-DIV (ASCL §2) of benign vs PGD latents, the plots of ASCL Figs. 3-5 and 7 into
+    workdir/plots, and the selection counts over training (Fig. 4) from metrics.jsonl."""
+    from ascl_jax import analysis
+    m = min(config.analysis.num_examples, len(labels))
+    x, y = images[:m], labels[:m]
+    z_nat, z_adv = latents(config, model, state, x, y, mesh, eps=config.eval.eps)
+    sweep = None
+    if eval_results and eval_results.get("sanity"):
+        fall = eval_results["sanity"].get("checks", eval_results["sanity"]).get("accuracy_falls_with_eps")
+        if isinstance(fall, dict) and "eps" in fall:
+            sweep = {config.name: (list(fall["eps"]), list(fall["accuracy"]))}
+    report = dict(_previous_report(workdir))
+    if eval_results:
+        report.update(clean_accuracy=eval_results["clean_accuracy"],
+                      robust_accuracy=eval_results["robust_accuracy"])
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    res = analysis.run_analysis(
+        workdir, z_nat=z_nat, z_adv=z_adv, labels=y, eps_sweep_results=sweep,
+        metrics_path=metrics if os.path.exists(metrics) else None, report=report,
+        model_name=config.name, tsne_max_points=config.analysis.tsne_points, seed=config.seed)
+    return {k: res[k] for k in ("plots", "r_div", "skipped", "errors") if k in res}
+
+
+def evaluate_workdir(workdir: str, override_config=None) -> dict:
+    """`--mode=evaluate`: the latest checkpoint of `workdir`, evaluated with its config's eval
+    settings (or those of `override_config`, e.g. to run AutoAttack-standard later)."""
+    mesh = parallel.make_mesh()
+    config, model, state = restore_run(workdir, mesh)
+    if override_config is not None:
+        config.unlock()
+        config.eval = override_config.eval
+        config.analysis = override_config.analysis
+    with jax.set_mesh(mesh):
+        out = evaluate_state(config, model, state, workdir, mesh)
+    _merge_report(workdir, out)
+    return dict(_previous_report(workdir), **out)
+
+
+def analyze_workdir(workdir: str) -> dict:
+    """`--mode=analyze`: R-DIV, plots and summary for the latest checkpoint of `workdir`."""
+    mesh = parallel.make_mesh()
+    config, model, state = restore_run(workdir, mesh)
+    n = config.eval.num_examples if config.eval.num_examples > 0 else None
+    images, labels = data.load_eval_arrays(config.data, "test", n)
+    with jax.set_mesh(mesh):
+        out = analyze_state(config, model, state, workdir, mesh, images, labels)
+    _merge_report(workdir, {"analysis": out, "r_div": out.get("r_div")})
+    return dict(_previous_report(workdir))

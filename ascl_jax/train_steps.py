@@ -178,23 +178,6 @@ def ascl_step(state, batch, *, model, config):
 # ACL pre-training (SPEC 3.3, 3.4)
 
 
-def _nt_xent_objective(proj_fn, temperature, *, fixed_view=None):
-    """Objective on stacked views [2N, ...] (rows [view1; view2]) whose sum is the NT-Xent loss.
-
-    With `fixed_view` ([N, p] projections of a clean view) only the N perturbed rows are
-    attacked (A2S: one adversarial view per pair). The loss couples rows, so this attack is not
-    per-example independent."""
-    def objective(x):
-        p = proj_fn(x)
-        if fixed_view is None:
-            n = p.shape[0] // 2
-            loss = losses.nt_xent_loss(p[:n], p[n:], temperature=temperature)
-        else:
-            loss = losses.nt_xent_loss(p, fixed_view, temperature=temperature)
-        return jnp.full((x.shape[0],), loss / x.shape[0])
-    return objective
-
-
 def acl_pretrain_step(state, batch, *, model, config):
     lw, ca = config.loss, config.attack
     t = lw.acl_temperature
@@ -206,12 +189,12 @@ def acl_pretrain_step(state, batch, *, model, config):
                                      bn_mode=ca.bn_mode, output="proj")
     key = state.step_key()
     if variant in ("a2a", "ds"):
-        x_adv = _pgd(ca, _nt_xent_objective(proj_adv, t), both, key)
+        x_adv = _pgd(ca, attacks.nt_xent_objective(proj_adv, temperature=t), both, key)
     elif variant == "a2s":
         clean_fn = attacks.model_forward(model, _variables(state.params, state.batch_stats),
                                          bn="clean", bn_mode=ca.bn_mode, output="proj")
-        fixed = jax.lax.stop_gradient(clean_fn(v2))
-        x_adv = _pgd(ca, _nt_xent_objective(proj_adv, t, fixed_view=fixed), v1, key)
+        x_adv = _pgd(ca, attacks.nt_xent_objective(proj_adv, other_proj=clean_fn(v2), temperature=t),
+                     v1, key)
 
     def loss_fn(params):
         bs, m = state.batch_stats, {}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# N processes on this machine, each with D simulated CPU devices, joined by jax.distributed
+# through a localhost coordinator: the multi-host code path without a cluster (used by the tests).
+#   launch/local_multiprocess.sh 2 4 configs/default.py:smoke /tmp/mp [--config.x=...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NPROC=${1:?number of processes}; NDEV=${2:?devices per process}; CONFIG=${3:?config}; WORKDIR=${4:?workdir}
+shift 4
+PY=${PY:-.venv/bin/python}
+PORT=${PORT:-$((20000 + RANDOM % 20000))}
+pids=()
+for ((i = 0; i < NPROC; i++)); do
+  JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$NDEV" \
+    "$PY" -m ascl_jax.main --multihost --coordinator "localhost:$PORT" --num_processes "$NPROC" \
+    --process_id "$i" --config "$CONFIG" --workdir "$WORKDIR" "$@" &
+  pids+=($!)
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=$?; done
+exit $status

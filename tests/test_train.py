@@ -1,0 +1,219 @@
+"""The training system: every method's step, 1 vs 8 devices, resume, workdir guard, NaN guard."""
+import json
+import os
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ascl_jax import checkpointing, config_lib, parallel, train, train_steps
+from ascl_jax.optim import make_optimizer
+from ascl_jax.state import create_train_state
+
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(name, arg="smoke"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.get_config(arg)
+
+
+def small(method="ascl", **loss):
+    c = load_config("default")
+    c.method = method
+    c.eval.attacks = ("clean", "pgd")
+    c.eval.autoattack = "none"
+    c.analysis.enabled = False
+    c.eval.sanity = False
+    c.loss.update(loss)
+    if method == "acl_pretrain":
+        c.data.num_views = 2
+        c.data.augment = "crop_flip"
+        c.model.bn = "dual"
+        c.model.head = "acl_mlp"
+        c.attack.bn_mode = "eval"
+        c.eval.attacks = ()
+    return c
+
+
+def params_of(report):
+    return jax.device_get(report["state"].params)
+
+
+def _step_once(config, mesh, steps=3):
+    """Runs `steps` jitted train steps on `mesh` from the same initial state; returns
+    (metrics of every step, final params)."""
+    from ascl_jax import data
+    model, info = train.build_model(config)
+    spe, n = train.total_steps(config)
+    tx, _ = make_optimizer(config.optim, spe, n)
+    repl, dsh = parallel.replicated(mesh), parallel.data_sharded(mesh)
+    state = jax.jit(lambda: create_train_state(model, tx, jax.random.key(0), info["image_shape"]),
+                    out_shardings=repl)()
+    step_fn = train_steps.make_train_step(config, model, state_sharding=repl, data_sharding=dsh)
+    it = data.make_train_iterator(config.data, seed=0, start_step=0)
+    out = []
+    with jax.set_mesh(mesh):
+        for _ in range(steps):
+            state, m = step_fn(state, parallel.to_global(next(it), dsh))
+            out.append(jax.device_get(m))
+    return out, jax.device_get(state.params), jax.device_get(state.batch_stats)
+
+
+@pytest.mark.parametrize("method,loss", [
+    ("ascl", dict(strategy="leaked")),
+    ("ascl", dict(strategy="hard", similarity="neg_linf", normalize=True)),
+    ("adv", {}),
+    ("trades", {}),
+    ("acl_pretrain", dict(acl_variant="ds")),
+])
+def test_one_vs_eight_devices(method, loss):
+    """The same steps on 1 device and on 8 (batch sharded) give equal losses and parameters."""
+    assert jax.device_count() == 8
+    c = small(method, **loss)
+    c.data.batch_size = 32
+    if method == "acl_pretrain":
+        c.data.batch_size = 16
+    m1, p1, b1 = _step_once(c, parallel.make_mesh(jax.devices()[:1]))
+    m8, p8, b8 = _step_once(c, parallel.make_mesh())
+    for a, b in zip(m1, m8):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(p1, p8, atol=1e-5, rtol=1e-5)
+    chex.assert_trees_all_close(b1, b8, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("variant", ["s2s", "a2a", "a2s", "ds"])
+def test_acl_variants_step(variant):
+    c = small("acl_pretrain", acl_variant=variant)
+    c.data.batch_size = 16
+    if variant in ("s2s", "a2a"):
+        c.model.bn = "single"
+    metrics, params, _ = _step_once(c, parallel.make_mesh(jax.devices()[:1]), steps=2)
+    assert all(np.isfinite(m["loss"]) for m in metrics)
+    assert metrics[0]["loss"] > 0
+
+
+def test_ascl_two_views_and_head_and_no_recompile():
+    c = load_config("ascl_released")
+    c.data.name, c.model.normalization = "digits", "digits"
+    c.data.crop_padding, c.data.flip = 1, False
+    c.data.num_train = c.data.num_test = -1
+    c.data.batch_size = 16
+    from ascl_jax import data
+    model, info = train.build_model(c)
+    tx, _ = make_optimizer(c.optim, 10, 100)
+    state = create_train_state(model, tx, jax.random.key(0), info["image_shape"])
+    step = jax.jit(chex.assert_max_traces(train_steps.make_train_step(c, model, jit=False), n=1))
+    it = data.make_train_iterator(c.data, seed=0)
+    for _ in range(3):  # three steps, one trace
+        state, m = step(state, next(it))
+    m = jax.device_get(m)
+    assert np.isfinite(m["loss"]) and m["num_positives_nat"] >= 0
+    assert "ce_nat" not in m  # alpha = 0 in the released setting
+
+
+def test_train_resume_is_bit_identical(tmp_path):
+    c = small("ascl")
+    c.num_train_steps = 6
+    c.checkpoint_every_steps = 100
+    full = train.train_and_evaluate(c, str(tmp_path / "full"), evaluate=False)
+    part = train.train_and_evaluate(c, str(tmp_path / "part"), stop_after_steps=3, evaluate=False)
+    assert part["stopped_at_step"] == 3
+    resumed = train.train_and_evaluate(c, str(tmp_path / "part"), evaluate=False)
+    chex.assert_trees_all_equal(params_of(full), params_of(resumed))
+    chex.assert_trees_all_equal(jax.device_get(full["state"].opt_state),
+                                jax.device_get(resumed["state"].opt_state))
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+    c = small("ascl")
+    train.train_and_evaluate(c, str(tmp_path), evaluate=False)
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    c2 = small("ascl", strategy="global")
+    with pytest.raises(checkpointing.WorkdirError, match="loss.strategy"):
+        train.train_and_evaluate(c2, str(tmp_path), evaluate=False)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_nan_guard_keeps_last_good_checkpoint(tmp_path):
+    c = small("nat")
+    c.optim.learning_rate = 1e30
+    c.optim.name = "sgd"
+    c.num_train_steps = 8
+    with pytest.raises(train.NonFiniteLossError, match="last good checkpoint"):
+        train.train_and_evaluate(c, str(tmp_path), evaluate=False)
+    mngr = checkpointing.make_manager(str(tmp_path), save_every=1, max_to_keep=3)
+    if mngr.latest_step() is not None:  # whatever was saved is finite
+        st = checkpointing.restore(mngr, train.abstract_state(c))
+        chex.assert_tree_all_finite(st.params)
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    c = small("nat")
+    train.train_and_evaluate(c, str(tmp_path), evaluate=False)
+    ckdir = tmp_path / "checkpoints"
+    last = sorted(int(p) for p in os.listdir(ckdir) if p.isdigit())[-1]
+    for root, _, files in os.walk(ckdir / str(last)):
+        for f in files:
+            p = os.path.join(root, f)
+            with open(p, "wb") as fh:
+                fh.write(b"garbage")
+    with pytest.raises(checkpointing.WorkdirError, match="corrupt"):
+        train.restore_run(str(tmp_path))
+    assert (ckdir / str(last)).exists()  # left in place
+
+
+def test_batch_that_does_not_divide_devices_is_a_config_error(tmp_path):
+    c = small("nat")
+    c.data.batch_size = 30
+    with pytest.raises(config_lib.ConfigError, match="data.batch_size=30 does not divide over the 8"):
+        train.train_and_evaluate(c, str(tmp_path))
+
+
+def test_bad_config_values_name_the_field():
+    c = small("ascl")
+    c.loss.strategy = "nearest"
+    with pytest.raises(config_lib.ConfigError, match=r"loss.strategy.*'global', 'hard', 'soft', 'leaked'"):
+        config_lib.validate(c)
+    c = small("ascl")
+    c.method = "simclr"
+    with pytest.raises(config_lib.ConfigError, match="config.method"):
+        config_lib.validate(c)
+
+
+def test_every_config_file_loads_and_validates():
+    for path in sorted((ROOT / "configs").glob("*.py")):
+        for arg in ("", "smoke"):
+            c = load_config(path.stem, arg)
+            if c.method in ("trades_finetune", "linear_eval"):
+                c.init.workdir = "/nonexistent"
+            config_lib.validate(c)
+
+
+def test_optimizer_schedules():
+    c = config_lib.base_config()
+    c.optim.update(dict(schedule="piecewise", learning_rate=1e-3, decay_epochs=(2, 4),
+                        decay_factors=(0.1, 0.01)))
+    _, sched = make_optimizer(c.optim, steps_per_epoch=10, total_steps=100)
+    assert np.isclose(sched(0), 1e-3) and np.isclose(sched(19), 1e-3)
+    assert np.isclose(sched(20), 1e-4) and np.isclose(sched(40), 1e-5)
+    c.optim.update(dict(name="lars", schedule="warmup_cosine", learning_rate=5.0, warmup_epochs=1,
+                        final_lr=1e-6))
+    tx, sched = make_optimizer(c.optim, steps_per_epoch=10, total_steps=100)
+    assert np.isclose(sched(0), 0.5) and np.isclose(sched(9), 5.0)
+    assert np.isclose(sched(99), 1e-6, atol=1e-5)
+    # LARS matches the reference update rule on one tensor.
+    w = jnp.array([3.0, 4.0]); g = jnp.array([0.3, 0.4])
+    st = tx.init({"w": w})
+    upd, _ = tx.update({"w": g}, st, {"w": w})
+    wd, eta = c.optim.weight_decay, c.optim.lars_eta
+    local = eta * 5.0 / (0.5 + wd * 5.0)
+    np.testing.assert_allclose(upd["w"], -0.5 * local * (g + wd * w), rtol=1e-5)
