@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ml_collections
 
-METHODS = ("nat", "adv", "trades", "ascl", "acl_pretrain", "trades_finetune", "linear_eval")
+METHODS = ("nat", "adv", "trades", "ascl", "acl_pretrain", "trades_finetune", "linear_eval",
+           "semi_student", "semi_supervised")
+TRAIN_SUBSETS = ("", "labelled", "unlabelled")
 DATASETS = ("digits", "cifar10", "cifar100")
 AUGMENTS = ("none", "crop_flip", "simclr")
 STRATEGIES = ("global", "hard", "soft", "leaked")
@@ -87,6 +89,12 @@ def base_config() -> ml_collections.ConfigDict:
     # 0: one input stream per JAX process. k > 1 in one process reads the k streams of a
     # k-process run, so the run reproduces a multi-host run's batches exactly.
     c.input_processes = 0
+    # '' = the whole training split; 'labelled' / 'unlabelled' = the data.label_fraction subsets.
+    c.train_subset = ""
+    # ACL semi-supervised (Eq. 3, SPEC 3.7): the student's labelled sub-batch, the teacher's soft
+    # pseudo-labels (.npz with 'index', 'logits'), alpha, distillation temperature T, beta.
+    c.semi = ml_collections.ConfigDict(dict(labelled_batch=0, pseudo_labels="", alpha=0.5,
+                                            temperature=1.0, beta=6.0))
     return c
 
 
@@ -143,6 +151,13 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(c.eval.bn_branch, BN_BRANCHES, "eval.bn_branch")
     if not 0 < c.eval.eps <= 1:
         raise ConfigError(f"config.eval.eps={c.eval.eps!r} must lie in (0, 1]")
+    _choice(c.train_subset, TRAIN_SUBSETS, "train_subset")
+    if c.method == "semi_student":
+        if not 0 < c.semi.labelled_batch < c.data.batch_size:
+            raise ConfigError(f"config.semi.labelled_batch={c.semi.labelled_batch!r} must lie in "
+                              f"(0, data.batch_size={c.data.batch_size})")
+        if not c.data.label_fraction:
+            raise ConfigError("config.method='semi_student' needs config.data.label_fraction")
     if c.method in ("trades_finetune", "linear_eval") and not c.init.workdir:
         raise ConfigError(f"config.method={c.method!r} needs config.init.workdir: the workdir of a "
                           "pre-training run (e.g. ACL) to start from")

@@ -42,8 +42,8 @@ def main(argv):
         else:
             report = train.analyze_workdir(_WORKDIR.value)
     except (config_lib.ConfigError, checkpointing.WorkdirError, train.NonFiniteLossError,
-            FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+            FileNotFoundError, ValueError) as e:
+        print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
         sys.exit(2)
     from ascl_jax import analysis
     if jax_process_index() == 0:

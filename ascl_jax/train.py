@@ -35,7 +35,11 @@ def build_model(config):
 
 
 def total_steps(config) -> tuple[int, int]:
-    spe = data.steps_per_epoch(config.data)
+    if config.method == "semi_student":  # an epoch is one pass over the unlabelled pool
+        spe = data.steps_per_epoch(config.data, subset="unlabelled",
+                                   batch_size=config.data.batch_size - config.semi.labelled_batch)
+    else:
+        spe = data.steps_per_epoch(config.data, subset=config.train_subset or None)
     n = config.num_train_steps if config.num_train_steps > 0 else config.optim.num_epochs * spe
     return spe, int(n)
 
@@ -105,15 +109,35 @@ def train_batches(config, start_step: int):
     one-process run sees exactly the global batches of a k-process run."""
     k = config.input_processes or jax.process_count()
     if jax.process_count() > 1 or k == 1:
-        yield from data.make_train_iterator(config.data, seed=config.seed, start_step=start_step,
-                                            process_index=jax.process_index(),
-                                            process_count=jax.process_count())
+        yield from _process_batches(config, start_step, jax.process_index(), jax.process_count())
         return
-    its = [data.make_train_iterator(config.data, seed=config.seed, start_step=start_step,
-                                    process_index=p, process_count=k) for p in range(k)]
+    its = [_process_batches(config, start_step, p, k) for p in range(k)]
     while True:
         parts = [next(it) for it in its]
         yield {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _process_batches(config, start_step, process_index, process_count):
+    kw = dict(seed=config.seed, start_step=start_step, process_index=process_index,
+              process_count=process_count)
+    if config.method != "semi_student":
+        yield from data.make_train_iterator(config.data, subset=config.train_subset or None, **kw)
+        return
+    # ACL semi-supervised step iii: a labelled and an unlabelled sub-batch per step (SPEC 3.7),
+    # with the teacher's soft pseudo-labels looked up by example index.
+    with np.load(config.semi.pseudo_labels) as f:
+        table = np.zeros((int(f["index"].max()) + 1, f["logits"].shape[1]), np.float32)
+        table[f["index"]] = f["logits"]
+    n_l = config.semi.labelled_batch
+    lab = data.make_train_iterator(config.data, subset="labelled", batch_size=n_l, **kw)
+    unl = data.make_train_iterator(config.data, subset="unlabelled",
+                                   batch_size=config.data.batch_size - n_l, **kw)
+    for bl, bu in zip(lab, unl):
+        t_l, t_u = table[bl["index"]], table[bu["index"]]
+        yield {"image": np.concatenate([bl["image"], bu["image"]]),
+               "label": np.concatenate([bl["label"], t_u.argmax(-1).astype(np.int32)]),
+               "teacher_logits": np.concatenate([t_l, t_u]),
+               "labelled": np.concatenate([np.ones(len(t_l), bool), np.zeros(len(t_u), bool)])}
 
 
 def _mean_metrics(buffer):
@@ -129,6 +153,9 @@ def train_and_evaluate(config, workdir: str, *, mesh=None, stop_after_steps: int
     mesh: the ('data',) mesh (default: all devices). stop_after_steps: stop (with a checkpoint)
     after this many steps of this invocation, as a preemption would; a later call with the same
     workdir resumes. Returns the report (also written to workdir/report.json)."""
+    if config.method == "semi_supervised":
+        from ascl_jax import semisup
+        return semisup.run(config, workdir)
     t_start = time.time()
     config_lib.validate(config)
     mesh = mesh or parallel.make_mesh()
@@ -140,7 +167,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None, stop_after_steps: int
     key = jax.random.key(config.seed)
 
     variables = None
-    if config.method in ("trades_finetune", "linear_eval"):
+    if config.init.workdir:
         variables = pretrained_variables(config, model, info["image_shape"])
     params_shape = jax.eval_shape(lambda: model.init(key, jnp.zeros((2, *info["image_shape"])),
                                                      train=False))["params"]

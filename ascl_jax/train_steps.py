@@ -259,9 +259,38 @@ def trainable_mask(params):
     return {k: jax.tree.map(lambda _, keep=(k == CLASSIFIER): keep, v) for k, v in params.items()}
 
 
+# --------------------------------------------------------------------------------------------
+# Semi-supervised ACL, step iii (ACL §2.2.1, Eq. 3; SPEC 3.7)
+
+
+def semi_student_step(state, batch, *, model, config):
+    """Adversarial training over labelled + pseudo-labelled rows (ACL Eq. 3).
+
+    batch: 'image' [b, ...], 'label' [b] (true labels for labelled rows, argmax pseudo-labels for
+    the others), 'teacher_logits' [b, C] (soft pseudo-labels of step ii), 'labelled' bool [b].
+    The attack is CE-PGD against 'label' (SPEC 3.7)."""
+    x, y = batch["image"], batch["label"]
+    s = config.semi
+    x_adv = _pgd(config.attack, attacks.ce_objective(_attack_logits_fn(model, state, config.attack), y),
+                 x, state.step_key())
+
+    def loss_fn(params):
+        out, bs = forward(model, params, state.batch_stats, x)
+        out_a, bs = forward(model, params, bs, x_adv)
+        loss, aux = losses.acl_semi_supervised_loss(
+            out["logits"], out_a["logits"], y, batch["teacher_logits"], batch["labelled"],
+            alpha=s.alpha, temperature=s.temperature, beta=s.beta)
+        aux = dict(aux, acc_nat=_accuracy(out["logits"], y), acc_adv=_accuracy(out_a["logits"], y))
+        return loss, (bs, aux)
+
+    (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, bs, loss, m)
+
+
 STEPS = {
     "nat": nat_step, "adv": adv_step, "trades": trades_step, "trades_finetune": trades_step,
     "ascl": ascl_step, "acl_pretrain": acl_pretrain_step, "linear_eval": linear_eval_step,
+    "semi_student": semi_student_step,
 }
 
 
