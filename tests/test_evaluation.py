@@ -162,35 +162,46 @@ def test_linf_hyperplane_projection_matches_linprog():
 # Analytic worst case of a linear model
 
 
-def _worst_margin(w_diff, bias_diff, x):
+def _worst_margin(w_diff, bias_diff, x, eps=EPS):
     """min over the eps-ball and [0, 1] of w_diff . x' + bias_diff (coordinate-wise optimum)."""
     xf = x.reshape(len(x), -1)
-    lo = np.maximum(xf - EPS, 0.0)
-    hi = np.minimum(xf + EPS, 1.0)
+    lo = np.maximum(xf - eps, 0.0)
+    hi = np.minimum(xf + eps, 1.0)
     best = np.where(w_diff > 0, lo, hi)
     return (best * w_diff).sum(-1) + bias_diff
 
 
-def test_apgd_reaches_analytic_worst_case_binary(linear, digits):
+def test_apgd_and_fab_reach_analytic_worst_case_binary(linear, digits):
+    """Binary linear model (digits 3 vs 8): the L-inf worst case inside the ball and the box is a
+    corner, reached coordinate-wise; APGD-CE must find it, FAB-T must find every example whose
+    distance to the boundary is clearly below eps and no other."""
+    eps = 0.15
     x, y = digits
-    keep = y < 2
-    x, y = x[keep][:64], y[keep][:64]
-    p = {'w': linear['w'][:, :2], 'b': linear['b'][:2]}
+    keep = (y == 3) | (y == 8)
+    x, y = x[keep][:64], (y[keep][:64] == 8).astype(np.int32)
+    p = {'w': linear['w'][:, [3, 8]], 'b': linear['b'][np.array([3, 8])]}
     f = lambda z: linear_logits(p, z)
-    run = jax.jit(lambda x, y: aa.apgd_linf(f, x, y, jax.random.key(0), eps=EPS, n_iter=10,
-                                            return_state=True))
-    x_adv, fooled, state = run(jnp.asarray(x), jnp.asarray(y))
-    w = np.asarray(p['w'])
-    b = np.asarray(p['b'])
+    run = jax.jit(lambda x, y: (
+        aa.apgd_linf(f, x, y, jax.random.key(0), eps=eps, n_iter=10, return_state=True),
+        aa.fab_targeted_linf(f, x, y, 1 - y, eps=eps, n_iter=10)))
+    (x_adv, fooled, state), (x_fab, fooled_fab) = run(jnp.asarray(x), jnp.asarray(y))
+    w, b = np.asarray(p['w']), np.asarray(p['b'])
     sgn = np.where(y == 0, 1.0, -1.0)[:, None]
     wd = sgn * (w[:, 0] - w[:, 1])[None, :]
-    m_star = _worst_margin(wd, sgn[:, 0] * (b[0] - b[1]), x)
+    bd = sgn[:, 0] * (b[0] - b[1])
+    m_star = _worst_margin(wd, bd, x, eps)
     xb = np.asarray(state['x_best']).reshape(len(x), -1)
-    m_best = (xb * wd).sum(-1) + sgn[:, 0] * (b[0] - b[1])
-    np.testing.assert_allclose(m_best, m_star, atol=1e-4, rtol=1e-5)
-    assert np.abs(xb - x.reshape(len(x), -1)).max() <= EPS + 1e-6
+    np.testing.assert_allclose((xb * wd).sum(-1) + bd, m_star, atol=1e-4, rtol=1e-5)
+    assert np.abs(xb - x.reshape(len(x), -1)).max() <= eps + 1e-6
     clear = np.abs(m_star) > 1e-3
+    assert 5 < (m_star < 0).sum() < len(x) - 5
     np.testing.assert_array_equal(np.asarray(fooled)[clear], (m_star < 0)[clear])
+    below = _worst_margin(wd, bd, x, 0.9 * eps) < 0
+    above = _worst_margin(wd, bd, x, 1.1 * eps) > 0
+    fooled_fab = np.asarray(fooled_fab)
+    assert below.sum() > 5
+    assert np.all(fooled_fab[below]) and not np.any(fooled_fab[above])
+    assert np.abs(np.asarray(x_fab) - x).max() <= eps + 1e-6
 
 
 def test_autoattack_matches_analytic_robustness_multiclass(linear, digits):

@@ -80,6 +80,13 @@ def _get(a: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(a, tiled=True))
 
 
+def grow(bar, n: int) -> None:
+    """Adds n rows to a shared progress bar's total."""
+    if bar is not None:
+        bar.total = (bar.total or 0) + n
+        bar.refresh()
+
+
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled or jax.process_index() != 0:
         return None
@@ -287,10 +294,11 @@ class Engine:
 
     def run_stage(self, fn, x: np.ndarray, y: np.ndarray, index: np.ndarray, rows: np.ndarray, key,
                   *, eps: float, rank: int = 0, desc: str = '', robust_count: int | None = None,
-                  total: int | None = None, keep_adv: bool = True):
+                  total: int | None = None, keep_adv: bool = True, bar=None):
         """Runs a compiled stage on ``rows``; returns (fooled [len(rows)] bool, x_adv or None).
 
-        ``robust_count``/``total`` drive the running robust accuracy shown in the progress bar.
+        ``robust_count``/``total`` drive the running robust accuracy shown in the progress bar;
+        ``bar`` (from ``progress_bar``) lets several stages of one attack share a bar.
         """
         fooled = np.zeros(len(rows), bool)
         x_adv = np.empty((len(rows),) + x.shape[1:], np.float32) if keep_adv else None
@@ -299,7 +307,11 @@ class Engine:
         key_r = jax.device_put(key, self.repl)
         rank_r = jax.device_put(jnp.int32(rank), self.repl)
         eps_r = jax.device_put(jnp.float32(eps), self.repl)
-        bar = _progress(len(rows), desc, self.progress)
+        own_bar = bar is None
+        if own_bar:
+            bar = _progress(len(rows), desc, self.progress)
+        elif desc:
+            bar.set_description(desc)
         done = 0
         for r, valid, n in self._batches(rows):
             # Padding rows repeat a real row; `valid` masks them out of the results.
@@ -316,9 +328,13 @@ class Engine:
                     robust_count -= int(f.sum())
                     bar.set_postfix(robust=f"{robust_count / max(total, 1):.2%}")
                 bar.update(n)
-        if bar is not None:
+        if bar is not None and own_bar:
             bar.close()
         return fooled, x_adv
+
+    def progress_bar(self, desc: str):
+        """A progress bar (or None) shared by the stages of one attack; grow it with ``grow``."""
+        return _progress(0, desc, self.progress)
 
     # -- AutoAttack --------------------------------------------------------------------------------
 
@@ -355,21 +371,25 @@ class Engine:
             fn = self.stage(('aa', comp, n_iter, n_queries),
                             aa.component_program(comp, n_iter=n_iter, n_queries=n_queries),
                             unroll=unroll, early_stop=early_stop)
+            bar = self.progress_bar(comp)
             for name, rank, restart in (s for s in stages if s[0] == comp):
                 rows = np.flatnonzero(rob)
                 if len(rows) == 0:
                     break
+                grow(bar, len(rows))
                 k = jax.random.fold_in(key, aa.stage_seed(name, rank, restart))
                 desc = name + (f' target {rank - 1}/{min(n_targets, num_classes - 1)}' if rank else '')
                 desc += f' restart {restart + 1}' if restart else ''
                 fooled, xa = self.run_stage(fn, x, y, index, rows, k, eps=eps, rank=rank,
                                             desc=desc, robust_count=int(rob.sum()), total=n,
-                                            keep_adv=keep_adv)
+                                            keep_adv=keep_adv, bar=bar)
                 hit = rows[fooled]
                 rob[hit] = False
                 broken_by[hit] = ci
                 if keep_adv:
                     x_adv[hit] = xa[fooled]
+            if bar is not None:
+                bar.close()
             acc[comp] = float(rob.mean())
         return dict(clean=clean, robust=rob, x_adv=x_adv, broken_by=broken_by,
                     components=components, accuracy=acc, num_classes=num_classes)

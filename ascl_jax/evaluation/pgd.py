@@ -25,6 +25,7 @@ import numpy as np
 
 from ascl_jax import attacks
 from ascl_jax.evaluation import autoattack as aa
+from ascl_jax.evaluation import engine as engine_lib
 
 
 def uniform_start(x, key, index, eps):
@@ -97,24 +98,27 @@ def run_pgd(eng, x, y, index, clean, key, *, eps: float, step_size: float | None
     The step is ``step_size``, or ``step_ratio * eps`` when ``step_ratio`` is given.
     """
     if check:
-        from ascl_jax.evaluation.engine import check_eps
-        check_eps(eps)
+        engine_lib.check_eps(eps)
     ratio = _ratio(eps, step_size) if step_ratio is None else float(step_ratio)
     fn = eng.stage(('pgd', ratio), pgd_program(num_steps=steps, step_ratio=ratio),
                    unroll=unroll)
     rob = np.asarray(clean, bool).copy()
     x_adv = x.copy() if keep_adv else None
+    bar = eng.progress_bar(name)
     for r in range(restarts):
         rows = np.flatnonzero(rob)
         if len(rows) == 0:
             break
+        engine_lib.grow(bar, len(rows))
         desc = name + (f' restart {r + 1}/{restarts}' if restarts > 1 else '')
         fooled, xa = eng.run_stage(fn, x, y, index, rows, jax.random.fold_in(key, r), eps=eps,
                                    desc=desc, robust_count=int(rob.sum()), total=len(rob),
-                                   keep_adv=keep_adv)
+                                   keep_adv=keep_adv, bar=bar)
         rob[rows[fooled]] = False
         if keep_adv:
             x_adv[rows[fooled]] = xa[fooled]
+    if bar is not None:
+        bar.close()
     return rob, x_adv
 
 
@@ -129,14 +133,19 @@ def run_mpgd(eng, x, y, index, clean, key, *, eps: float, step_size: float, step
                    unroll=unroll)
     rob = np.asarray(clean, bool).copy()
     x_adv = x.copy() if keep_adv else None
+    bar = eng.progress_bar(name)
     for rank in range(2, n_t + 2):
         rows = np.flatnonzero(rob)
         if len(rows) == 0:
             break
+        engine_lib.grow(bar, len(rows))
         fooled, xa = eng.run_stage(fn, x, y, index, rows, jax.random.fold_in(key, rank), eps=eps,
                                    rank=rank, desc=f'{name} target {rank - 1}/{n_t}',
-                                   robust_count=int(rob.sum()), total=len(rob), keep_adv=keep_adv)
+                                   robust_count=int(rob.sum()), total=len(rob), keep_adv=keep_adv,
+                                   bar=bar)
         rob[rows[fooled]] = False
         if keep_adv:
             x_adv[rows[fooled]] = xa[fooled]
+    if bar is not None:
+        bar.close()
     return rob, x_adv

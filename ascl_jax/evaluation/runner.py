@@ -112,8 +112,9 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
       dict: 'clean_accuracy', 'robust_accuracy' {attack: acc}, 'num_examples' {attack: n},
       'overall' {'robust_accuracy', 'num_examples', 'attacks'}, 'autoattack' details (accuracy after each
       component), 'sanity' (flags + messages), 'timing_s', settings, and 'per_example' (numpy arrays:
-      index, label, prediction, clean_correct, robust_<attack> as int8 with -1 = not evaluated,
-      autoattack_broken_by).
+      index, label, prediction, clean_correct, robust_<attack> and robust_overall as int8 with
+      -1 = not evaluated, autoattack_broken_by = position in the component list of the component that
+      broke the example, -1 = not broken by AutoAttack (robust or misclassified), -2 = not evaluated).
     """
     eps = engine_lib.check_eps(eps)
     step_size = eps / 4 if step_size is None else float(step_size)
@@ -184,7 +185,9 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
                 aa_details[key_name] = dict(
                     version=opts['version'], components=list(res['components']),
                     accuracy_after=res['accuracy'], num_examples=m)
-                per_example[f'{key_name}_broken_by'] = res['broken_by']
+                broken = np.full(n, -2, np.int8)  # -2: not evaluated (beyond autoattack_examples)
+                broken[:m] = res['broken_by']
+                per_example[f'{key_name}_broken_by'] = broken
         timing[key_name] = time.perf_counter() - t0
         robust_acc[key_name] = float(rob.mean())
         counts[key_name] = m
