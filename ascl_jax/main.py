@@ -30,7 +30,14 @@ def main(argv):
     from ascl_jax import parallel
     if _MULTIHOST.value:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    logging.getLogger("ascl_jax").setLevel(logging.INFO)
+    from absl import logging as absl_logging
+    absl_logging.set_verbosity(absl_logging.WARNING)  # orbax / clu INFO lines would drown the bar
+    ours = logging.getLogger("ascl_jax")
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("ascl_jax: %(message)s"))
+    ours.addHandler(handler)
     from ascl_jax import config_lib, checkpointing, train
     try:
         if _MODE.value == "train":

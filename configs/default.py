@@ -21,6 +21,7 @@ def get_config(arg=None):
     c.loss.temperature = 0.07
     c.data.name = "digits"
     c.data.batch_size = 128
+    c.data.eval_batch_size = 384  # the 360 test images in one batch
     c.data.augment = "crop_flip"
     c.data.crop_padding = 1
     c.model.arch = "cnn"

@@ -1,0 +1,123 @@
+"""PyTorch reference for bench/train_step.py: one ASCL Leaked PGD-10 train step on ResNet-20,
+written after the authors' code (SPEC 1.1, 1.2, 1.6): PGD-10 CE (train-mode BN), two train-mode
+forwards, Leaked selection masks on [z_nat; z_adv] with cosine similarity, masked log-softmax over
+positives and selected negatives, VAT KL/(N*C), CE on natural and adversarial logits, SGD.
+Run with the torch venv: .venv-torch/bin/python bench/torch_ascl_step.py --threads 2 --channels-last
+Prints one JSON line.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--batch", type=int, default=128)
+ap.add_argument("--iters", type=int, default=5)
+ap.add_argument("--channels-last", action="store_true")
+args = ap.parse_args()
+torch.set_num_threads(args.threads)
+torch.manual_seed(0)
+
+
+class Block(torch.nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = torch.nn.BatchNorm2d(cout)
+        self.c2 = torch.nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = torch.nn.BatchNorm2d(cout)
+        self.short = None
+        if stride != 1 or cin != cout:
+            self.short = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                             torch.nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = F.relu(self.b1(self.c1(x)))
+        y = self.b2(self.c2(y))
+        return F.relu(y + (x if self.short is None else self.short(x)))
+
+
+class ResNet20(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False),
+                                        torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+        layers, cin = [], 16
+        for i, f in enumerate((16, 32, 64)):
+            for j in range(3):
+                layers.append(Block(cin, f, 2 if (i > 0 and j == 0) else 1))
+                cin = f
+        self.layers = torch.nn.Sequential(*layers)
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        z = self.layers(self.stem(x)).mean(dim=(2, 3))
+        return self.fc(z), z
+
+
+def leaked_scl(z, lab, prd, tau=0.07):
+    n = z.shape[0]
+    eye = torch.eye(n, dtype=torch.bool)
+    same_lab = (lab[:, None] == lab[None, :]) & ~eye
+    diff_lab = lab[:, None] != lab[None, :]
+    same_prd = (prd[:, None] == prd[None, :]) & ~eye
+    pos = (same_lab & same_prd).float()
+    neg = (diff_lab & same_prd).float()
+    sim = F.cosine_similarity(z[:, None, :], z[None, :, :], dim=-1) / tau
+    illegal = 1.0 - pos - neg
+    logits = sim - 1e9 * illegal
+    logprob = F.log_softmax(logits, dim=1)
+    return (-(pos * logprob).sum(1) / pos.sum(1).clamp(min=1)).mean()
+
+
+def main():
+    model = ResNet20()
+    mf = torch.channels_last if args.channels_last else torch.contiguous_format
+    model = model.to(memory_format=mf)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(args.batch, 3, 32, 32, generator=g).contiguous(memory_format=mf)
+    y = torch.randint(0, 10, (args.batch,), generator=g)
+    eps, alpha = 8 / 255, 2 / 255
+
+    def step():
+        model.train()
+        xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(10):
+            xa.requires_grad_(True)
+            loss = F.cross_entropy(model(xa)[0], y, reduction="sum")
+            (gx,) = torch.autograd.grad(loss, xa)
+            with torch.no_grad():
+                xa = torch.min(torch.max(xa + alpha * gx.sign(), x - eps), x + eps).clamp(0, 1)
+        xa = xa.detach()
+        opt.zero_grad(set_to_none=True)
+        ln, zn = model(x)
+        la, za = model(xa)
+        lab = torch.cat([y, y])
+        prd = torch.cat([ln.argmax(1), la.argmax(1)]).detach()
+        scl = leaked_scl(torch.cat([zn, za]).double(), lab, prd).float()
+        vat = F.kl_div(F.log_softmax(la, 1), F.softmax(ln, 1), reduction="mean")
+        loss = F.cross_entropy(ln, y) + F.cross_entropy(la, y) + scl + 2.0 * vat
+        loss.backward()
+        opt.step()
+
+    for _ in range(2):
+        step()
+    ts = []
+    for _ in range(args.iters):
+        t = time.perf_counter()
+        step()
+        ts.append(time.perf_counter() - t)
+    ms = 1000 * float(np.median(ts))
+    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
+                      "channels_last": args.channels_last, "batch": args.batch,
+                      "ascl_step_ms": ms, "ascl_img_per_s": args.batch / (ms / 1000)}))
+
+
+if __name__ == "__main__":
+    main()
