@@ -18,8 +18,8 @@ available for those three similarities. Argument checks that raise ``ValueError`
 shapes, dtypes and Python values, so they fire at trace time under jit.
 
 Row convention of the contrastive batch (SPEC notation): with ``b`` natural images the batch has
-``n = 2b`` rows ``[natural; adversarial]``; row ``i`` and row ``b + i`` are views of one image. Masks
-are ``[n, n]`` with entry ``[i, j]`` meaning "row j for anchor row i".
+``n = 2b`` rows ``[natural; adversarial]``; row ``i`` and row ``b + i`` are views of one image.
+Masks are ``[n, n]`` with entry ``[i, j]`` meaning "row j for anchor row i".
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ __all__ = [
     "l2_normalize",
 ]
 
-# Table 1 of ASCL, plus the code-only 'merge' (hard OR soft negatives, `soft_lcscl(neg_type='merge')`).
+# Table 1 of ASCL, plus the code-only 'merge' (hard OR soft negatives,
+# `soft_lcscl(neg_type='merge')`).
 STRATEGIES = ("global", "hard", "soft", "leaked", "merge")
 # sim = -distance / tau (SPEC §1.3); 'cosine' = cos / tau, 'dot' = z_i . z_j / tau ('matmul').
 SIMILARITIES = ("cosine", "dot", "neg_l1", "neg_l2", "neg_linf")
@@ -184,27 +185,25 @@ def _self_distance_bwd(kind: str, max_block_elements: int, res, g: Array):
     x, dist = res
     n = x.shape[0]
     a = jnp.where(jnp.eye(n, dtype=bool), 0, g + g.T)
-    if kind == "linf":
-        # Ties (and near-ties within a few ulps, which rounding cannot separate) share the
-        # gradient evenly, like jnp.max; scale = largest |x| of the two rows.
-        scale = jnp.max(jnp.abs(x), axis=-1)
-        tol = 8 * jnp.finfo(x.dtype).eps * (dist + scale[:, None] + scale[None, :])
+    # L-inf: ties (and near-ties within a few ulps, which rounding cannot separate) share the
+    # gradient evenly, like jnp.max; the tolerance scales with the largest |x| of the two rows.
+    scale = jnp.max(jnp.abs(x), axis=-1)
+    eps = jnp.finfo(x.dtype).eps
 
-    def row(xk: Array, ak: Array, dk: Array, tk: Array) -> Array:  # -> [d]
+    def row(xk: Array, ak: Array, dk: Array, sk: Array) -> Array:  # -> [d]
         diff = xk[None, :] - x
         if kind == "sq":
             coef = 2 * diff
         elif kind == "l1":
             coef = jnp.sign(diff)
-        else:
-            hit = jnp.abs(diff) >= (dk - tk)[:, None]
-            count = jnp.maximum(jnp.sum(hit, axis=-1), 1).astype(x.dtype)
-            ak = ak / count
-            coef = jnp.where(hit, jnp.sign(diff), 0)
+        else:  # sign(diff) at the coordinates where |diff| reaches the max (within tolerance)
+            threshold = (dk - 8 * eps * (dk + sk + scale))[:, None]
+            coef = jnp.where(diff >= threshold, 1, 0).astype(x.dtype) - jnp.where(
+                diff <= -threshold, 1, 0).astype(x.dtype)
+            ak = ak / jnp.maximum(jnp.sum(jnp.abs(coef), axis=-1), 1)
         return jnp.matmul(ak, coef, precision=_PRECISION)
 
-    tol_rows = tol if kind == "linf" else jnp.zeros_like(dist)
-    grad = _map_rows(row, (x, a, dist, tol_rows), _rows_per_block(x, max_block_elements))
+    grad = _map_rows(row, (x, a, dist, scale), _rows_per_block(x, max_block_elements))
     return (grad.astype(x.dtype),)
 
 
@@ -281,8 +280,8 @@ def selection_masks(
               NEG = different label AND same prediction.
             * ``'merge'`` (code only, not in the paper): NEG = hard OR soft.
         instance_ids: optional int ``[n]``; rows with equal id are views of the same image. Default:
-            ``arange(n) % (n // 2)``, i.e. row ``i`` and row ``n/2 + i`` (requires even n). Use it for
-            the two-augmentation variant (4b rows: ``tile(arange(b), 4)``).
+            ``arange(n) % (n // 2)``, i.e. row ``i`` and row ``n/2 + i`` (requires even n). Use it
+            for the two-augmentation variant (4b rows: ``tile(arange(b), 4)``).
         always_pull_own_view: if True, an anchor's other views are always positives (and never
             negatives): the paper's wording for Leaked-LS ("each anchor x_i and its adversarial
             example x^a_i are always pulled close together", Eq. 1 sums over Z+_i U {z^a_i}). The
@@ -291,8 +290,8 @@ def selection_masks(
             Soft the switch changes nothing (the own view has the same label).
 
     Returns:
-        ``(positive, negative)``: two disjoint bool ``[n, n]`` masks; ``[i, j]`` = row j for anchor i.
-        The diagonal is never set.
+        ``(positive, negative)``: two disjoint bool ``[n, n]`` masks; ``[i, j]`` = row j for
+        anchor i. The diagonal is never set.
     """
     _check_choice("strategy", strategy, STRATEGIES)
     labels = jnp.asarray(labels)
@@ -346,7 +345,9 @@ def masked_contrastive_loss(
     temperature: float = 0.07,
     normalize: bool = False,
 ) -> tuple[Array, dict[str, Array]]:
-    """Supervised contrastive loss with explicit selection masks: ASCL Eq. 1-3, code form (SPEC §1.2).
+    """Supervised contrastive loss with explicit selection masks: ASCL Eq. 1-3, code form.
+
+    SPEC §1.2 (``soft_lcscl``).
 
     For anchor i with positives P_i and selected negatives N_i (both exclude i)::
 
@@ -413,7 +414,7 @@ def ascl_loss(
     always_pull_own_view: bool = False,
     instance_ids: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
-    """ASCL's L_SCL (Eq. 1-3 with Table 1 selection), as ``soft_lcscl`` computes it (SPEC §1.1-1.2).
+    """ASCL's L_SCL (Eq. 1-3, Table 1 selection), as ``soft_lcscl`` computes it (SPEC §1.1, 1.2).
 
     Predictions are ``argmax`` of the logits under ``stop_gradient`` (constants, as in the code).
     Rows are ``[z_nat; z_adv]`` with labels ``[labels; labels]`` and predictions ``[p; p^a]``.
@@ -429,8 +430,8 @@ def ascl_loss(
             :func:`masked_contrastive_loss`.
 
     Returns:
-        ``(loss, aux)`` with the aux of :func:`masked_contrastive_loss` plus ``'preds'`` int ``[2b]``
-        and the per-anchor count means over the natural and the adversarial anchors
+        ``(loss, aux)`` with the aux of :func:`masked_contrastive_loss` plus ``'preds'`` int
+        ``[2b]`` and the per-anchor count means over the natural and the adversarial anchors
         (``'num_positives_nat'``, ``'num_positives_adv'``, ``'num_negatives_nat'``,
         ``'num_negatives_adv'``, float32 scalars; the quantities of ASCL Fig. 4).
     """
@@ -501,8 +502,8 @@ def supcon_loss(
 
     Args:
         features: float ``[bsz, n_views, ...]`` (trailing dims are flattened).
-        labels: int ``[bsz]`` or None; with ``labels`` and ``mask`` both None every sample is its own
-            class (SimCLR).
+        labels: int ``[bsz]`` or None; with ``labels`` and ``mask`` both None every sample is its
+            own class (SimCLR).
         temperature, base_temperature: T > 0 and base_T > 0.
         contrast_mode: ``'all'`` (every row is an anchor) or ``'one'`` (view 0 only).
         mask: optional ``[bsz, bsz]`` positive mask (``[i, j]`` = sample j positive for i); may be
@@ -594,7 +595,9 @@ def nt_xent_loss(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
 # classification-space losses
 # ------------------------------------------------------------------------------------------------
 def kl_divergence(logits_p: Array, logits_q: Array, *, reduction: str = "batchmean") -> Array:
-    """``KL(softmax(logits_p) || softmax(logits_q))`` per row: ASCL Eq. 5 (VAT), TRADES (SPEC §1.1).
+    """``KL(softmax(logits_p) || softmax(logits_q))`` per row: ASCL Eq. 5 (VAT), TRADES.
+
+    SPEC §1.1 (VAT), §3.6 (TRADES).
 
     Gradients flow through both arguments (the authors' VAT and TRADES do not stop either).
 
@@ -665,7 +668,9 @@ def trades_kl(logits_nat: Array, logits_adv: Array) -> Array:
 
 
 def soft_distillation(logits: Array, teacher_logits: Array, temperature: float = 1.0) -> Array:
-    """ACL semi-supervised distillation ``mean_rows sum_c -log_softmax(a/T) * softmax(p/T)`` (SPEC §3.7).
+    """ACL semi-supervised distillation ``mean_rows sum_c -log_softmax(a/T) * softmax(p/T)``.
+
+    SPEC §3.7 (``train_trades_cifar10_semisupervised.py``).
 
     The ``T^2`` factor and the per-part weighting of ACL Eq. 3 are left to the caller. The teacher
     logits are used as given (the pseudo-labels are constants in ACL; pass them as data).
@@ -686,3 +691,40 @@ def soft_distillation(logits: Array, teacher_logits: Array, temperature: float =
     log_student = jax.nn.log_softmax(logits / t, axis=-1)
     teacher = jax.nn.softmax(teacher_logits / t, axis=-1)
     return jnp.mean(jnp.sum(-log_student * teacher, axis=-1))
+
+
+def acl_semi_supervised_loss(logits_nat: Array, logits_adv: Array, labels: Array,
+                             teacher_logits: Array, labelled: Array, *, alpha: float = 0.5,
+                             temperature: float = 1.0, beta: float = 6.0) -> tuple[Array, dict]:
+    """ACL Eq. 3 (semi-supervised step iii; the authors' code as in SPEC §3.7).
+
+    ``[(1-alpha) sum_l CE(a_l, y_l) + alpha T^2 sum_l D(a_l, p_l) + T^2 sum_u D(a_u, p_u)] / b
+    + beta sum_i KL(softmax(f(x_i)) || softmax(f(x_adv_i))) / b``, with a = adversarial logits,
+    p = teacher (pseudo-label) logits, D(a, p) = sum_c -log_softmax(a/T)_c softmax(p/T)_c
+    (the per-row term of :func:`soft_distillation`) and b = batch size (labelled + unlabelled).
+
+    Args:
+        logits_nat, logits_adv: float ``[b, C]`` student logits on clean / adversarial images.
+        labels: int ``[b]`` (only the labelled rows' values are used).
+        teacher_logits: float ``[b, C]`` soft pseudo-labels (constants).
+        labelled: bool ``[b]``, True for rows with a true label.
+        alpha: CE / distillation mix on labelled rows, in [0, 1]. temperature: T > 0. beta: KL weight.
+
+    Returns:
+        (loss, aux) with aux = {'ce_labelled', 'distill', 'trades_kl'} (sums / b as used in the loss).
+    """
+    _check_positive("temperature", temperature)
+    _check_same_shape("logits_nat", logits_nat, "logits_adv", logits_adv)
+    _check_same_shape("logits_adv", logits_adv, "teacher_logits", teacher_logits)
+    dtype = _float_dtype(logits_adv)
+    b = logits_adv.shape[0]
+    t = jnp.asarray(temperature, dtype)
+    lab = jnp.asarray(labelled, bool)
+    ce = cross_entropy(logits_adv, labels, reduction="none")
+    distill = jnp.sum(-jax.nn.log_softmax(logits_adv / t, axis=-1)
+                      * jax.nn.softmax(jax.lax.stop_gradient(teacher_logits) / t, axis=-1), axis=-1)
+    ce_term = jnp.sum(jnp.where(lab, ce, 0.0)) / b
+    distill_term = t * t * jnp.sum(jnp.where(lab, alpha, 1.0) * distill) / b
+    kl = trades_kl(logits_nat, logits_adv)
+    loss = (1.0 - alpha) * ce_term + distill_term + beta * kl
+    return loss, {"ce_labelled": ce_term, "distill": distill_term, "trades_kl": kl}

@@ -544,8 +544,8 @@ def test_nt_xent_reference_float64_and_optax():
         np.testing.assert_allclose(nt, np_nt_xent_acl(z1, z2, 0.5), rtol=1e-12)
     optax = pytest.importorskip("optax")
     ids = np.concatenate([np.arange(6), np.arange(6)])
-    ref = jax.jit(optax.losses.ntxent)(jnp.asarray(np.concatenate([z1, z2]), jnp.float32), jnp.asarray(ids),
-                              temperature=0.5)
+    ref = jax.jit(optax.losses.ntxent)(jnp.asarray(np.concatenate([z1, z2]), jnp.float32),
+                                       jnp.asarray(ids), temperature=0.5)
     got = ntx(jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32))
     np.testing.assert_allclose(got, ref, rtol=1e-5)
 
@@ -563,8 +563,8 @@ def test_kl_divergence_reference(reduction):
     got = kl(jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32),
                                reduction=reduction)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(jax.jit(losses.trades_kl)(p.astype(np.float32), q.astype(np.float32)),
-                               rows.sum() / 7, rtol=1e-5)
+    trades = jax.jit(losses.trades_kl)(p.astype(np.float32), q.astype(np.float32))
+    np.testing.assert_allclose(trades, rows.sum() / 7, rtol=1e-5)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
