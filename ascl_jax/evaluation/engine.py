@@ -101,20 +101,46 @@ _ENGINES: dict = {}
 _MAX_ENGINES = 4
 
 
+def _hashable(v):
+    try:
+        hash(v)
+        return v
+    except TypeError:
+        return ('id', id(v))
+
+
+def _fn_key(fn):
+    """A cache key for a callable: equal for closures of the same code over the same objects.
+
+    ``lambda v, x: model.apply(v, x)['logits']`` created anew on every call (a common pattern) then
+    still finds its engine and compiled stages; a ``functools.partial`` keys on its function and
+    arguments.
+    """
+    import functools
+    if isinstance(fn, functools.partial):
+        return ('partial', _fn_key(fn.func), tuple(_hashable(a) for a in fn.args),
+                tuple(sorted((k, _hashable(v)) for k, v in fn.keywords.items())))
+    code = getattr(fn, '__code__', None)
+    if code is None:
+        return _hashable(fn)
+    cells = tuple(_hashable(c.cell_contents) for c in (fn.__closure__ or ()))
+    return ('code', code, cells, _hashable(getattr(fn, '__defaults__', None)))
+
+
 def get_engine(logits_fn: Callable, *, params=None, batch_size: int = 128, mesh=None,
                progress: bool = True, loop: str = 'auto', unroll: int | None = None) -> 'Engine':
     """An Engine for ``logits_fn``, reused across calls so that its compiled stages are too.
 
-    The cache key is the function object (pass the same function, e.g. a module-level function or one
-    ``functools.partial``, to every periodic evaluation), the mesh, batch size and loop settings; the
-    parameters are swapped in, not part of the key (they are arguments of the compiled functions).
+    The cache key is the function (its code and the objects its closure holds, see ``_fn_key``), the
+    mesh, batch size and loop settings; the parameters are swapped in, not part of the key (they are
+    arguments of the compiled functions), so a periodic evaluation compiles once per run.
     At most ``_MAX_ENGINES`` engines are kept (least recently used dropped).
     """
     mesh = default_mesh() if mesh is None else mesh
-    key = (logits_fn, params is None, mesh, int(batch_size), loop, unroll)
+    key = (_fn_key(logits_fn), params is None, mesh, int(batch_size), loop, unroll)
     try:
         eng = _ENGINES.pop(key)
-    except (KeyError, TypeError):  # TypeError: an unhashable callable
+    except (KeyError, TypeError):  # TypeError: something unhashable in the key
         eng = Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh, loop=loop,
                      unroll=unroll, progress=progress)
     else:
