@@ -239,8 +239,6 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         c.data.num_train, c.data.num_test = 64, 32
     c.data.batch_size, c.data.eval_batch_size = 16, 16
     c.model.arch = "tiny"
-    if c.model.head == "acl_mlp":
-        c.model.proj_dim = 16
     c.attack.num_steps = min(c.attack.num_steps, 2)
     c.optim.num_epochs = 1
     c.num_train_steps = 4

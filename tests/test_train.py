@@ -216,3 +216,40 @@ def test_optimizer_schedules():
     wd, eta = c.optim.weight_decay, c.optim.lars_eta
     local = eta * 5.0 / (0.5 + wd * 5.0)
     np.testing.assert_allclose(upd["w"], -0.5 * local * (g + wd * w), rtol=1e-5)
+
+
+def test_acl_pretrain_then_finetune_and_linear_eval(tmp_path):
+    """ACL Tables 4/5 plumbing: fine-tuning starts from the chosen BN set of the pre-trained
+    encoder (head dropped, classifier zero); linear evaluation changes only the classifier."""
+    from ascl_jax import models
+    pre = small("acl_pretrain", acl_variant="ds")
+    pre.data.batch_size = 16
+    pre_report = train.train_and_evaluate(pre, str(tmp_path / "pre"))
+    pre_vars = {"params": jax.device_get(pre_report["state"].params),
+                "batch_stats": jax.device_get(pre_report["state"].batch_stats)}
+    for branch in ("adv", "clean"):
+        ft = small("trades_finetune")
+        ft.model.update(dict(bn="single", head="identity"))
+        ft.init.update(dict(workdir=str(tmp_path / "pre"), bn_branch=branch))
+        ft.attack.update(dict(init="normal", bn_mode="eval"))
+        model, info = train.build_model(ft)
+        v = train.pretrained_variables(ft, model, info["image_shape"])
+        want = models.strip_head(models.select_bn_branch(pre_vars, branch))
+        chex.assert_trees_all_equal(v["params"]["encoder"], want["params"]["encoder"])
+        chex.assert_trees_all_equal(v["batch_stats"], want["batch_stats"])
+        assert not np.any(v["params"]["classifier"]["kernel"])
+    ft.num_train_steps = 2
+    report = train.train_and_evaluate(ft, str(tmp_path / "ft"))
+    assert 0.0 <= report["clean_accuracy"] <= 1.0
+    lin = small("linear_eval")
+    lin.model.update(dict(bn="single", head="identity"))
+    lin.init.update(dict(workdir=str(tmp_path / "pre"), bn_branch="adv", linear_mode="adversarial"))
+    lin.optim.update(dict(name="sgd", learning_rate=0.1, weight_decay=1e-3))
+    lin.num_train_steps = 3
+    model, info = train.build_model(lin)
+    start = train.pretrained_variables(lin, model, info["image_shape"])
+    rep = train.train_and_evaluate(lin, str(tmp_path / "lin"), evaluate=False)
+    end = jax.device_get(rep["state"].params)
+    chex.assert_trees_all_equal(end["encoder"], start["params"]["encoder"])
+    chex.assert_trees_all_equal(jax.device_get(rep["state"].batch_stats), start["batch_stats"])
+    assert np.any(end["classifier"]["kernel"] != 0)
