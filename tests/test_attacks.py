@@ -357,8 +357,8 @@ def test_mpgd_is_at_least_as_strong_as_every_targeted_run(tiny):
     def run(x, key):
         xm = attacks.multi_targeted_pgd(logits_fn, x, y, key, num_classes=10, num_targets=4, **kw)
         # vectorised targets (batch T*B in one pass) give the same attack
-        xv = attacks.multi_targeted_pgd(logits_fn, x, y, key, num_classes=10, num_targets=4,
-                                        target_batch_size=4, **kw)
+        xv = [attacks.multi_targeted_pgd(logits_fn, x, y, key, num_classes=10, num_targets=4,
+                                         target_batch_size=g, **kw) for g in (4, 3)]
         targets = attacks.mpgd_targets(logits_fn(x), y, 4)
         singles = [robust_margin(attacks.pgd_linf(
             attacks.margin_objective(logits_fn, y, targets[k]), x, jax.random.fold_in(key, k),
@@ -373,7 +373,8 @@ def test_mpgd_is_at_least_as_strong_as_every_targeted_run(tiny):
         m_k = np.asarray(m_k)
         assert np.all(m_mpgd <= m_k + 1e-5), k
         assert np.all((m_mpgd < 0) | (m_k >= 0))  # any run that succeeds -> mPGD succeeds
-    np.testing.assert_allclose(np.asarray(xv), np.asarray(xm), atol=1e-6)
+    for xg in xv:  # one group of 4; a group of 3 and a remainder of 1
+        np.testing.assert_allclose(np.asarray(xg), np.asarray(xm), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -508,6 +509,11 @@ def test_bad_input_is_rejected(tiny):
     with pytest.raises(ValueError, match="num_targets"):
         attacks.multi_targeted_pgd(_logits_fn(tiny), x, y, key, num_classes=10, num_targets=10,
                                    **kw)
+    with pytest.raises(ValueError, match="target_batch_size"):
+        attacks.multi_targeted_pgd(_logits_fn(tiny), x, y, key, num_classes=10,
+                                   target_batch_size=0, **kw)
+    with pytest.raises(ValueError, match="temperature"):
+        attacks.nt_xent_objective(_logits_fn(tiny), temperature=0.0)
     with pytest.raises(ValueError, match="num_classes"):
         attacks.multi_targeted_pgd(_logits_fn(tiny), x, y, key, num_classes=5, **kw)
     # inside jit the range check is skipped (x is traced), the rank check is not
