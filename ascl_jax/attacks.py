@@ -17,24 +17,26 @@ FGSM (Goodfellow et al. 2015), multi-targeted PGD (Gowal et al. 2019, "An altern
 for PGD-based adversarial testing").
 
 Loop form (XLA:CPU). A step is one forward+backward pass. A ``lax.fori_loop``/``scan`` around it
-runs several times slower on XLA:CPU than a Python-unrolled loop (jax-ml/jax#12868; ResNet-20
-PGD-10 at batch 128 here: 14.3 s against 2.4 s). Cause, found with ``--xla_dump_hlo_pass_re`` and
-confirmed in openxla/xla ``xla/service/cpu/conv_canonicalization.cc``: JAX lowers the
-input-gradient of a convolution with the kernel spec ``01oi`` (O and I swapped); XLA:CPU's
-``convolution-canonicalization`` pass, which rewrites such convolutions into the HWIO form its
-fast kernels accept, visits only the entry computation, so inside a while body they fall back to
-XLA's generic loop emitter. Fix (``canonicalize_convs``, on by default on the CPU backend): the
-gradient function is re-traced to a jaxpr and every convolution whose kernel is not HWIO gets an
-explicit kernel transpose and HWIO dimension numbers (the same convolution; results agree up to
-float rounding). With it a ``fori_loop`` over single steps runs as fast as the unrolled loop and
-compiles faster (bench/step.py). Loop policy: attacks of at most ``max_unroll`` steps (default
-``MAX_UNROLL``) are unrolled, which does not depend on the rewrite; longer ones (PGD-250) run a
-``lax.fori_loop`` over chunks of ``unroll`` unrolled steps (default ``DEFAULT_CHUNK``), with the
-remainder unrolled after the loop.
+runs several times slower on XLA:CPU than a Python-unrolled loop (jax-ml/jax#12868; ResNet-20 PGD-10
+at batch 128 on the 2-core dev machine: 13.6 s against 2.2 s). Cause, found with
+``--xla_dump_hlo_pass_re`` and confirmed in openxla/xla
+``xla/service/cpu/conv_canonicalization.cc``: JAX lowers the input-gradient of a convolution with
+the kernel spec ``01oi`` (O and I swapped); XLA:CPU's ``convolution-canonicalization`` pass, which
+rewrites such convolutions into the HWIO form its fast kernels accept, visits only the entry
+computation, so inside a while body they fall back to XLA's generic loop emitter. Fix
+(``canonicalize_convs``, on by default on the CPU backend): the gradient function is re-traced to a
+jaxpr and every convolution whose kernel is not HWIO gets an explicit kernel transpose and HWIO
+dimension numbers (the same convolution; results agree up to float rounding). With it a
+``fori_loop`` over single steps runs as fast as the unrolled loop and compiles faster
+(bench/step.py). Loop policy: attacks of at most ``max_unroll`` steps (default ``MAX_UNROLL``) are
+unrolled, which does not depend on the rewrite; longer ones (PGD-250) run a ``lax.fori_loop`` over
+chunks of ``unroll`` unrolled steps (default ``DEFAULT_CHUNK``), with the remainder unrolled after
+the loop.
 
 CPU speed (bench/step.py): XLA:CPU sends most convolutions to YNNPACK fusions by default; for
 ResNet-20 Eigen's convolutions are faster, and ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=``
-(set before JAX starts) speeds the PGD attack by about 1.25x and the weight gradients by about 2x.
+(set before JAX starts) speeds the PGD attack by about 1.25x (PGD-10: 57 -> 71 img/s, PyTorch
+oneDNN 79 img/s) and the weight gradients by about 2x.
 """
 from __future__ import annotations
 
@@ -191,9 +193,9 @@ def nt_xent_objective(proj_fn: Callable[[Array], Array], x_other_view: Array | N
     loss** (mean over the 2N anchors) of ``proj_fn(x)`` split into [N] + [N].
 
     One-view form (A2S, ``PGD_contrastive(singleImg=True)``): x [N, H, W, C] is the attacked view
-    and the other view is fixed, given either as images ``x_other_view`` [N, H, W, C] (projected with
-    ``proj_fn`` under ``stop_gradient``) or directly as projections ``other_proj`` [N, d] (when it
-    goes through a different BN branch). Returns [N] values whose sum is the NT-Xent loss.
+    and the other view is fixed, given either as images ``x_other_view`` [N, H, W, C] (projected
+    with ``proj_fn`` under ``stop_gradient``) or directly as projections ``other_proj`` [N, d]
+    (when it goes through a different BN branch). Returns [N] values whose sum is the NT-Xent loss.
 
     NT-Xent couples all rows, so this objective (unlike CE/KL) is not independent per example:
     attacking a sub-batch gives a different result. Temperature 0.5 is ACL's (SPEC 3.1).

@@ -19,7 +19,7 @@ PyTorch column: /work/shared/peer-bench/torch_resnet20_at.py run with another in
 
   .venv/bin/python bench/step.py                      # tables + one JSON line
   .venv/bin/python bench/step.py --forms unroll,fori --iters 5 --no-torch
-  .venv/bin/python bench/step.py --flag-sets ';--xla_cpu_use_onednn=true'   # XLA_FLAGS sweep
+  .venv/bin/python bench/step.py --flag-sets=';--xla_cpu_use_onednn=true'   # XLA_FLAGS sweep
   .venv/bin/python bench/step.py --rows pgd --profile  # where PGD time goes (op categories)
 
 Each XLA_FLAGS setting (--flag-sets, default: none and FAST_FLAGS) runs the JAX rows in a child
@@ -27,6 +27,19 @@ process, since XLA reads its flags once per process.
 
 The machine is shared: the load average is printed beside the figures; compare ratios taken in
 one run, and re-run when the machine is quiet.
+
+Recorded (2-core Xeon with AVX-512, jax/jaxlib 0.10.2, torch 2.13.0 oneDNN channels-last, one quiet
+run, img/s; PyTorch: plain 576, PGD-10 78.8, AT 69.5):
+
+  XLA_FLAGS      plain  pgd_unroll  pgd_fori  pgd_chunk5  pgd_fori_raw    at
+  (none)         196.1        57.3      58.4        59.2           9.4  34.2
+  FAST_FLAGS     258.2        70.4      72.5        71.2           9.5  44.6
+
+PGD-50 with FAST_FLAGS (loaded machine): default policy (chunks of 10), fori and chunk5 within 4%
+of each other, fori_raw 6x slower. Remaining gap to PyTorch: Eigen's convolutions with 16 channels
+(the 32x32 stage) run at ~120 GFLOP/s against oneDNN's ~250, and weight gradients (plain/AT rows)
+at about a quarter of oneDNN's speed; --xla_cpu_use_onednn=true leaves convolutions unchanged in
+this jaxlib, and bf16 convolutions are slower than f32 here.
 """
 from __future__ import annotations
 

@@ -365,7 +365,8 @@ def test_mpgd_is_at_least_as_strong_as_every_targeted_run(tiny):
             **kw)) for k in range(4)]
         return xm, xv, robust_margin(xm), targets, singles
 
-    xm, xv, m_mpgd, targets, singles = run(x, jax.random.key(11))  # threefry: vmap-invariant, rbg is not
+    # threefry key: its draws do not change under vmap (RBG's do)
+    xm, xv, m_mpgd, targets, singles = run(x, jax.random.key(11))
     m_mpgd = np.asarray(m_mpgd)
     assert targets.shape == (4, x.shape[0])
     assert not np.any(np.asarray(targets) == np.asarray(y)[None])
