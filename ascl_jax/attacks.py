@@ -316,7 +316,8 @@ def canonicalize_convs(fun: Callable[..., Any]) -> Callable[..., Any]:
     ``fun`` takes and returns pytrees of arrays. The result is the same up to float rounding; the
     point is speed on XLA:CPU when ``fun`` (e.g. a gradient) runs inside a while loop. jit/call
     sub-jaxprs are inlined; convolutions inside other higher-order primitives (cond, scan, remat,
-    custom_vjp) are left as they are.
+    custom_vjp) are left as they are. Meant for input gradients; a weight-gradient convolution
+    gets its activation-sized right operand transposed (as XLA:CPU itself does at top level).
     """
     def wrapped(*args):
         closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
@@ -444,17 +445,21 @@ def _pgd_linf(objective, x, key, *, eps, step_size, num_steps, random_start, ini
     return jax.lax.stop_gradient(_loop(step, start, num_steps, n_unroll))
 
 
-def fgsm(objective: Objective, x: Array, *, eps) -> Array:
+def fgsm(objective: Objective, x: Array, *, eps, canonicalize: bool | None = None) -> Array:
     """FGSM (Goodfellow et al. 2015): clip(x + eps·sign(grad sum(objective)(x)), 0, 1).
 
     x [B, H, W, C] in [0, 1] -> stop_gradient(x_adv) [B, H, W, C]; eps == 0 returns x.
+    ``canonicalize`` as in ``pgd_linf`` (matters when the caller runs FGSM inside a loop).
     """
     _check_images(x)
     _check_nonneg(eps, "eps")
     x = jnp.asarray(x)
     if _is_zero(eps):
         return jax.lax.stop_gradient(x)
-    g = jax.grad(lambda z: jnp.sum(objective(z)))(x)
+    grad_fn = jax.grad(lambda z: jnp.sum(objective(z)))
+    if _use_canonical(canonicalize):
+        grad_fn = canonicalize_convs(grad_fn)
+    g = grad_fn(x)
     return jax.lax.stop_gradient(_project(x + eps * jnp.sign(g), x, eps))
 
 
