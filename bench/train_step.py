@@ -19,8 +19,13 @@ ap.add_argument("--iters", type=int, default=5)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--torch-python", default=os.path.join(os.path.dirname(__file__), "..", ".venv-torch", "bin", "python"))
 ap.add_argument("--skip-torch", action="store_true")
+ap.add_argument("--default-xla-flags", action="store_true", help="skip ascl_jax.xla_setup")
 args = ap.parse_args()
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+if not args.default_xla_flags:
+    from ascl_jax import xla_setup  # noqa: E402
+    xla_setup.tune_cpu_flags()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -85,6 +90,7 @@ def main():
     if t:
         print(f"  PyTorch: {t['ascl_img_per_s']:8.1f} img/s  ({t['ascl_step_ms']:.0f} ms/step, torch {t['torch']}, channels-last, {t['threads']} threads)")
         print(f"  ratio JAX/PyTorch: {j['ascl_img_per_s'] / t['ascl_img_per_s']:.2f}")
+    j["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     print(json.dumps({"jax": j, "torch": t}))
 
 
