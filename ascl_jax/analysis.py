@@ -338,7 +338,8 @@ def selection_counts_over_training(
         (e.g. evaluation lines); unparsable JSONL lines are skipped;
       * a missing count is NaN in its array;
       * the totals ``num_positives`` / ``num_negatives`` are read when logged, else they are
-        ``nat + adv`` (NaN when either part is missing);
+        the mean over all anchors, ``(nat + adv) / 2`` (natural and adversarial anchors are equally
+        many; NaN when either part is missing);
       * records are sorted by step; when a step appears more than once (a run resumed from an earlier
         checkpoint re-logs steps) the record that comes last wins.
 
@@ -369,7 +370,7 @@ def selection_counts_over_training(
             ("num_negatives", "num_negatives_nat", "num_negatives_adv"),
         ):
             if math.isnan(values[total]):
-                values[total] = values[nat] + values[adv]
+                values[total] = 0.5 * (values[nat] + values[adv])  # equal numbers of nat / adv anchors
         by_step.pop(step, None)
         by_step[step] = values
     steps = sorted(by_step)
@@ -734,7 +735,7 @@ def _count_text(report: Mapping[str, Any], name: str) -> str:
     else:
         total = v
     if total is None and nat is not None and adv is not None:
-        total = _to_float(nat) + _to_float(adv)
+        total = 0.5 * (_to_float(nat) + _to_float(adv))  # mean over all anchors
     text = _fmt_num(total)
     if nat is not None or adv is not None:
         text += f" (nat {_fmt_num(nat)}, adv {_fmt_num(adv)})"

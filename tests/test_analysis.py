@@ -210,7 +210,7 @@ def test_selection_counts_from_jsonl(tmp_path):
         {"step": 15, "eval/accuracy": 0.5},  # no counts: skipped
         {"step": 30, "train/num_positives_nat": 8.0, "train/num_positives_adv": 9.0},  # prefixed, partial
         {"step": 20, "num_positives_nat": 6.5, "num_positives_adv": 7.5,  # re-logged after a resume
-         "num_negatives_nat": 9.0, "num_negatives_adv": 11.0, "num_positives": 14.0},
+         "num_negatives_nat": 9.0, "num_negatives_adv": 11.0, "num_positives": 7.0},
     ]
     text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n\n"
     path.write_text(text)
@@ -218,8 +218,9 @@ def test_selection_counts_from_jsonl(tmp_path):
     np.testing.assert_array_equal(counts["step"], [10, 20, 30])
     np.testing.assert_allclose(counts["num_positives_nat"], [3.0, 6.5, 8.0])
     np.testing.assert_allclose(counts["num_positives_adv"], [4.5, 7.5, 9.0])
-    np.testing.assert_allclose(counts["num_positives"], [7.5, 14.0, 17.0])
-    np.testing.assert_allclose(counts["num_negatives"][:2], [25.0, 20.0])
+    # Totals: logged ones are read; otherwise the mean over all anchors, (nat + adv) / 2.
+    np.testing.assert_allclose(counts["num_positives"], [3.75, 7.0, 8.5])
+    np.testing.assert_allclose(counts["num_negatives"][:2], [12.5, 10.0])
     assert np.isnan(counts["num_negatives_nat"][2]) and np.isnan(counts["num_negatives"][2])
     # The directory holding metrics.jsonl, the path as a str and a list of dicts all work.
     for source in (tmp_path, str(path), lines):
