@@ -9,7 +9,7 @@ from __future__ import annotations
 import ml_collections
 
 METHODS = ("nat", "adv", "trades", "ascl", "acl_pretrain", "trades_finetune", "linear_eval",
-           "semi_student", "semi_supervised")
+           "semi_student", "semi_supervised", "supcon")
 TRAIN_SUBSETS = ("", "labelled", "unlabelled")
 DATASETS = ("digits", "cifar10", "cifar100")
 AUGMENTS = ("none", "crop_flip", "simclr")
@@ -161,6 +161,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.method in ("trades_finetune", "linear_eval") and not c.init.workdir:
         raise ConfigError(f"config.method={c.method!r} needs config.init.workdir: the workdir of a "
                           "pre-training run (e.g. ACL) to start from")
+    if c.method == "supcon" and c.data.num_views != 2:
+        raise ConfigError("config.method='supcon' needs config.data.num_views=2 (two augmentations)")
     if c.method == "acl_pretrain" and c.data.num_views != 2:
         raise ConfigError("config.method='acl_pretrain' needs config.data.num_views=2 (two views)")
     if c.method == "ascl" and c.loss.two_views and c.data.num_views != 2:

@@ -12,6 +12,7 @@ Methods (`config.method`):
 - ascl:   L = nat_ce*CE(x) + adv_ce*CE(x_adv) + scl*L_SCL + vat*L_VAT (ASCL Eq. 6, SPEC 1.1);
           two_views=True is the authors' ascl_pgd_2trans variant (4b contrastive rows).
 - acl_pretrain: NT-Xent pre-training with S2S / A2A / A2S / DS (ACL §2.2, Algorithm 1, SPEC 3.4).
+- supcon: SupCon on two standard augmentations + CE, no adversary (ASCL Table 6 "orgSCL").
 - linear_eval: a frozen encoder (BN in eval mode), the classifier trained on clean (standard) or
           PGD (adversarial) examples (ACL Table 5).
 Terms whose weight is 0 are not computed (as the authors' `add_loss`).
@@ -174,6 +175,27 @@ def ascl_step(state, batch, *, model, config):
     return _apply_update(state, grads, bs, loss, m)
 
 
+def supcon_step(state, batch, *, model, config):
+    """ASCL Table 6 "orgSCL": the original SupCon (SPEC §2) on two standard augmentations, no
+    adversary: nat_ce_weight * CE over both views + scl_weight * SupCon(L2-normalised features)."""
+    lw = config.loss
+    v0, v1 = _split_views(batch["image"])
+    x, y = jnp.concatenate([v0, v1]), jnp.concatenate([batch["label"], batch["label"]])
+
+    def loss_fn(params):
+        out, bs = forward(model, params, state.batch_stats, x)
+        f = losses.l2_normalize(out[lw.feature])
+        b = v0.shape[0]
+        scl = losses.supcon_loss(jnp.stack([f[:b], f[b:]], axis=1), batch["label"],
+                                 temperature=lw.temperature, base_temperature=lw.temperature)
+        ce = losses.cross_entropy(out["logits"], y)
+        loss = lw.nat_ce_weight * ce + lw.scl_weight * scl
+        return loss, (bs, {"ce_nat": ce, "scl": scl, "acc_nat": _accuracy(out["logits"], y)})
+
+    (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return _apply_update(state, grads, bs, loss, m)
+
+
 # --------------------------------------------------------------------------------------------
 # ACL pre-training (SPEC 3.3, 3.4)
 
@@ -290,7 +312,7 @@ def semi_student_step(state, batch, *, model, config):
 STEPS = {
     "nat": nat_step, "adv": adv_step, "trades": trades_step, "trades_finetune": trades_step,
     "ascl": ascl_step, "acl_pretrain": acl_pretrain_step, "linear_eval": linear_eval_step,
-    "semi_student": semi_student_step,
+    "semi_student": semi_student_step, "supcon": supcon_step,
 }
 
 
