@@ -85,6 +85,21 @@ def _cosine_distance(a: jax.Array, b: jax.Array) -> jax.Array:
     return 1.0 - cos
 
 
+def _as_latents(z_nat, z_adv, labels, caller: str):
+    """float32 [n, h] latents and int [n] labels (one-hot [n, C] accepted); shape errors name `caller`."""
+    z_nat = jnp.asarray(z_nat, jnp.float32)
+    z_adv = jnp.asarray(z_adv, jnp.float32)
+    labels = jnp.asarray(labels)
+    if labels.ndim == 2:
+        labels = jnp.argmax(labels, axis=-1)
+    if z_nat.ndim != 2 or z_nat.shape != z_adv.shape or labels.shape != z_nat.shape[:1]:
+        raise ValueError(
+            f"{caller} expects z_nat and z_adv of the same shape [n, h] and labels [n]; got "
+            f"z_nat {z_nat.shape}, z_adv {z_adv.shape}, labels {labels.shape}."
+        )
+    return z_nat, z_adv, labels
+
+
 def _masked_anchor_mean(total: jax.Array, count: jax.Array) -> jax.Array:
     """Mean over anchors with ``count > 0`` of ``total / count``; NaN when no anchor qualifies."""
     valid = count > 0
@@ -136,16 +151,7 @@ def r_div(
     Invariances: multiplying ``z_nat`` / ``z_adv`` by a positive scalar, or permuting the rows of
     (z_nat, z_adv, labels) together, leaves all three values unchanged (up to float rounding).
     """
-    z_nat = jnp.asarray(z_nat, jnp.float32)
-    z_adv = jnp.asarray(z_adv, jnp.float32)
-    labels = jnp.asarray(labels)
-    if labels.ndim == 2:
-        labels = jnp.argmax(labels, axis=-1)
-    if z_nat.ndim != 2 or z_nat.shape != z_adv.shape or labels.shape != z_nat.shape[:1]:
-        raise ValueError(
-            "r_div expects z_nat and z_adv of the same shape [n, h] and labels [n]; got "
-            f"z_nat {z_nat.shape}, z_adv {z_adv.shape}, labels {labels.shape}."
-        )
+    z_nat, z_adv, labels = _as_latents(z_nat, z_adv, labels, "r_div")
     n = z_nat.shape[0]
     d_nat = _cosine_distance(z_nat, z_nat)  # [n, n]: d(z_i, z_j)
     d_adv = _cosine_distance(z_nat, z_adv)  # [n, n]: d(z_i, z^a_j)
@@ -215,16 +221,7 @@ def r_div_batched(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    z_nat = jnp.asarray(z_nat, jnp.float32)
-    z_adv = jnp.asarray(z_adv, jnp.float32)
-    labels = jnp.asarray(labels)
-    if labels.ndim == 2:
-        labels = jnp.argmax(labels, axis=-1)
-    if z_nat.ndim != 2 or z_nat.shape != z_adv.shape or labels.shape != z_nat.shape[:1]:
-        raise ValueError(
-            "r_div_batched expects z_nat and z_adv of the same shape [n, h] and labels [n]; got "
-            f"z_nat {z_nat.shape}, z_adv {z_adv.shape}, labels {labels.shape}."
-        )
+    z_nat, z_adv, labels = _as_latents(z_nat, z_adv, labels, "r_div_batched")
     n, h = z_nat.shape
     if n == 0:
         raise ValueError("r_div_batched needs at least one row.")

@@ -139,19 +139,20 @@ def get_engine(logits_fn: Callable, *, params=None, batch_size: int = 128, mesh=
     mesh = default_mesh() if mesh is None else mesh
     key = (_fn_key(logits_fn), params is None, mesh, int(batch_size), loop, unroll)
     try:
-        eng = _ENGINES.pop(key)
-    except (KeyError, TypeError):  # TypeError: something unhashable in the key
+        hash(key)
+    except TypeError:  # something unhashable in the closure: a fresh, uncached engine
+        return Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh, loop=loop,
+                      unroll=unroll, progress=progress)
+    eng = _ENGINES.pop(key, None)
+    if eng is None:
         eng = Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh, loop=loop,
                      unroll=unroll, progress=progress)
     else:
         eng.set_params(params)
         eng.progress = progress
-    try:
-        _ENGINES[key] = eng
-        while len(_ENGINES) > _MAX_ENGINES:
-            _ENGINES.pop(next(iter(_ENGINES)))
-    except TypeError:
-        pass
+    _ENGINES[key] = eng  # most recently used last
+    while len(_ENGINES) > _MAX_ENGINES:
+        _ENGINES.pop(next(iter(_ENGINES)))
     return eng
 
 

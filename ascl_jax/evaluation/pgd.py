@@ -90,6 +90,29 @@ def _ratio(eps, step_size):
     return float(step_size) / float(eps) if eps > 0 else 0.0
 
 
+def _survivor_rounds(eng, fn, x, y, index, clean, rounds, *, eps, name, keep_adv):
+    """Runs the compiled stage `fn` once per (key, desc, extra kwargs) in `rounds` (PGD restarts,
+    mPGD target classes), each time on the rows still robust; a row broken once stays broken.
+    Returns (robust [N] bool, x_adv or None)."""
+    rob = np.asarray(clean, bool).copy()
+    x_adv = x.copy() if keep_adv else None
+    bar = eng.progress_bar(name)
+    for k, desc, extra in rounds:
+        rows = np.flatnonzero(rob)
+        if len(rows) == 0:
+            break
+        engine_lib.grow(bar, len(rows))
+        fooled, xa = eng.run_stage(fn, x, y, index, rows, k, eps=eps, desc=desc,
+                                   robust_count=int(rob.sum()), total=len(rob),
+                                   keep_adv=keep_adv, bar=bar, **extra)
+        rob[rows[fooled]] = False
+        if keep_adv:
+            x_adv[rows[fooled]] = xa[fooled]
+    if bar is not None:
+        bar.close()
+    return rob, x_adv
+
+
 def run_pgd(eng, x, y, index, clean, key, *, eps: float, step_size: float | None = None,
             steps: int, restarts: int = 1, name: str = 'pgd', keep_adv: bool = False,
             check: bool = True, unroll: int | None = None, step_ratio: float | None = None):
@@ -102,24 +125,10 @@ def run_pgd(eng, x, y, index, clean, key, *, eps: float, step_size: float | None
     ratio = _ratio(eps, step_size) if step_ratio is None else float(step_ratio)
     fn = eng.stage(('pgd', ratio), pgd_program(num_steps=steps, step_ratio=ratio),
                    unroll=unroll)
-    rob = np.asarray(clean, bool).copy()
-    x_adv = x.copy() if keep_adv else None
-    bar = eng.progress_bar(name)
-    for r in range(restarts):
-        rows = np.flatnonzero(rob)
-        if len(rows) == 0:
-            break
-        engine_lib.grow(bar, len(rows))
-        desc = name + (f' restart {r + 1}/{restarts}' if restarts > 1 else '')
-        fooled, xa = eng.run_stage(fn, x, y, index, rows, jax.random.fold_in(key, r), eps=eps,
-                                   desc=desc, robust_count=int(rob.sum()), total=len(rob),
-                                   keep_adv=keep_adv, bar=bar)
-        rob[rows[fooled]] = False
-        if keep_adv:
-            x_adv[rows[fooled]] = xa[fooled]
-    if bar is not None:
-        bar.close()
-    return rob, x_adv
+    rounds = [(jax.random.fold_in(key, r), name + (f' restart {r + 1}/{restarts}' if restarts > 1 else ''),
+               {}) for r in range(restarts)]
+    return _survivor_rounds(eng, fn, x, y, index, clean, rounds, eps=eps, name=name,
+                            keep_adv=keep_adv)
 
 
 def run_mpgd(eng, x, y, index, clean, key, *, eps: float, step_size: float, steps: int,
@@ -131,21 +140,7 @@ def run_mpgd(eng, x, y, index, clean, key, *, eps: float, step_size: float, step
     fn = eng.stage(('mpgd', ratio),
                    pgd_program(num_steps=steps, step_ratio=ratio, objective='margin-targeted'),
                    unroll=unroll)
-    rob = np.asarray(clean, bool).copy()
-    x_adv = x.copy() if keep_adv else None
-    bar = eng.progress_bar(name)
-    for rank in range(2, n_t + 2):
-        rows = np.flatnonzero(rob)
-        if len(rows) == 0:
-            break
-        engine_lib.grow(bar, len(rows))
-        fooled, xa = eng.run_stage(fn, x, y, index, rows, jax.random.fold_in(key, rank), eps=eps,
-                                   rank=rank, desc=f'{name} target {rank - 1}/{n_t}',
-                                   robust_count=int(rob.sum()), total=len(rob), keep_adv=keep_adv,
-                                   bar=bar)
-        rob[rows[fooled]] = False
-        if keep_adv:
-            x_adv[rows[fooled]] = xa[fooled]
-    if bar is not None:
-        bar.close()
-    return rob, x_adv
+    rounds = [(jax.random.fold_in(key, rank), f'{name} target {rank - 1}/{n_t}', {'rank': rank})
+              for rank in range(2, n_t + 2)]
+    return _survivor_rounds(eng, fn, x, y, index, clean, rounds, eps=eps, name=name,
+                            keep_adv=keep_adv)
