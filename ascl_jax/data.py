@@ -353,8 +353,8 @@ def _tf():
     if not _TF_READY:
         try:
             tf.config.set_visible_devices([], 'GPU')
-        except (RuntimeError, ValueError):  # runtime already initialised; nothing to hide then
-            pass
+        except (RuntimeError, ValueError) as e:  # TF runtime already initialised by the caller
+            logging.info('data: TF GPUs left visible (%s)', e)
         _TF_READY = True
     return tf
 
