@@ -28,6 +28,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ascl_jax.models import conv_ops
+
 CONV_INITS = ('kaiming_fan_out', 'kaiming_fan_in', 'torch')
 
 Initializer = Callable[..., jax.Array]
@@ -54,6 +56,28 @@ def conv_kernel_init(conv_init: str) -> Initializer:
     raise ValueError(f"conv_init must be one of {CONV_INITS}, got {conv_init!r}")
 
 
+class Conv(nn.Module):
+    """``nn.Conv`` (same variables ``kernel`` [k,k,C,O] and ``bias`` [O], same initialisers) computed by
+    :func:`ascl_jax.models.conv_ops.conv2d` (XLA's convolution; on CPU with faster input gradients for
+    the stem, stride-2 and 1x1-shortcut shapes). ``padding``: (low, high) pairs or 'SAME' / 'VALID'."""
+    features: int
+    kernel_size: int
+    stride: int = 1
+    padding: conv_ops.PadPairs | str = ((0, 0), (0, 0))
+    use_bias: bool = False
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        k = self.kernel_size
+        kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        y = conv_ops.conv2d(x, kernel, self.stride, self.padding)
+        if self.use_bias:
+            y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32)
+        return y
+
+
 def conv(x: jax.Array, features: int, *, kernel: int = 3, stride: int = 1, padding: int | str = 1,
          use_bias: bool = False, conv_init: str = 'kaiming_fan_out', name: str) -> jax.Array:
     """``k x k`` convolution on NHWC ``x`` [B, H, W, C] -> [B, H', W', features].
@@ -65,8 +89,8 @@ def conv(x: jax.Array, features: int, *, kernel: int = 3, stride: int = 1, paddi
     pad = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
     fan_in = kernel * kernel * x.shape[-1]
     bias_init = uniform_bound(1.0 / math.sqrt(fan_in)) if conv_init == 'torch' else nn.initializers.zeros
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=pad, use_bias=use_bias,
-                   kernel_init=conv_kernel_init(conv_init), bias_init=bias_init, name=name)(x)
+    return Conv(features, kernel, stride, pad, use_bias=use_bias, kernel_init=conv_kernel_init(conv_init),
+                bias_init=bias_init, name=name)(x)
 
 
 def linear(x: jax.Array, features: int, *, use_bias: bool = True, zero: bool = False,

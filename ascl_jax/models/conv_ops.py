@@ -1,0 +1,158 @@
+"""NHWC x HWIO 2-D convolution with input gradients that run fast on XLA:CPU.
+
+:func:`conv2d` computes ``lax.conv_general_dilated(x, w, stride, padding)`` -- the same forward,
+the same weight gradient -- and on the CPU backend replaces XLA's *input* gradient for three
+convolution shapes where Eigen's transposed convolution is slow (bench/step.py, ResNet-20 at batch
+128 on 2 AVX-512 cores). The input gradient is what every PGD step computes, so these shapes set
+the speed of the attack:
+
+- **few input channels, stride 1** (the RGB / grey stem, C <= 4): XLA runs the transposed conv with
+  3 output channels (6.3 ms for 3 -> 16 at 32x32). Here: one matmul ``dy [.., O] @ w^T [O, k*k*C]``
+  and a col2im, the k*k shifted windows added back (1.1 ms). An im2col *forward* was tried too and
+  rejected: XLA fuses the PGD update into each of the k*k window slices and recomputes it there.
+- **3x3, stride 2, padding 1** (the first conv of a downsampling block): XLA dilates dy with zeros
+  inside the conv (lhs dilation). Here: the four output phases of dx (even/odd row x column) are one
+  stride-1 2x2 conv of dy with a kernel assembled from w's taps, then depth-to-space (sub-pixel
+  convolution), with no multiplications by inserted zeros.
+- **1x1, stride s, no padding** (projection shortcut): dx is ``dy @ w^T`` placed on every s-th
+  pixel (an interior pad), not a dilated conv.
+
+Other shapes, and every shape on GPU/TPU, use XLA's own gradient. The results equal XLA's up to float
+rounding (tests/test_models.py checks values and gradients against ``lax.conv_general_dilated``).
+The custom rules are ``jax.custom_vjp`` functions; forward-mode autodiff (``jax.jvp``) through these
+three shapes is not available on CPU.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+PadPairs = tuple[tuple[int, int], tuple[int, int]]
+DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+STEM_MAX_CHANNELS = 4
+
+
+def _xla_conv(x: jax.Array, w: jax.Array, stride: int, padding: PadPairs) -> jax.Array:
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                        dimension_numbers=DIMENSION_NUMBERS)
+
+
+def _weight_grad(x, w, stride, padding, dy):
+    """XLA's weight gradient of :func:`_xla_conv` (unchanged by the custom rules)."""
+    return jax.vjp(lambda w_: _xla_conv(x, w_, stride, padding), w)[1](dy)[0]
+
+
+# ----------------------------------------------------------------------------------------------
+# Input gradients
+
+
+def stem_input_grad(dy: jax.Array, w: jax.Array, x_shape, padding: PadPairs) -> jax.Array:
+    """dx of a stride-1 conv by matmul + col2im. dy [B,H',W',O], w [k,k,C,O] -> dx ``x_shape``."""
+    kh, kw, c, o = w.shape
+    _, h, wd, _ = x_shape
+    ho, wo = dy.shape[1], dy.shape[2]
+    cols = jnp.einsum('bhwo,ko->bhwk', dy, w.reshape(kh * kw * c, o))  # [B,H',W',k*k*C]
+    cols = cols.reshape(dy.shape[:3] + (kh, kw, c))
+    hp, wp = ho + kh - 1, wo + kw - 1                                    # padded input size
+    dxp = sum(jnp.pad(cols[:, :, :, i, j, :], ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
+              for i in range(kh) for j in range(kw))
+    (pt, _), (pl, _) = padding
+    return dxp[:, pt:pt + h, pl:pl + wd, :]
+
+
+# Tap of the 3x3 kernel feeding phase p of dx from dy offset a (dx[2n+p] += dy[n+a] w[tap]):
+# dx[2n] = dy[n] w[1]; dx[2n+1] = dy[n] w[2] + dy[n+1] w[0].
+_S2_TAPS = {(0, 0): 1, (0, 1): 2, (1, 1): 0}
+
+
+def stride2_input_grad(dy: jax.Array, w: jax.Array, x_shape) -> jax.Array:
+    """dx of a 3x3 stride-2 padding-1 conv on even H, W as a sub-pixel conv.
+
+    dy [B,H/2,W/2,O], w [3,3,C,O] -> dx [B,H,W,C]: a stride-1 2x2 conv of dy (zero-padded by one
+    row / column at the end) with kernel K[a,b,o,(p,q,c)] = w[tap(a,p), tap(b,q), c, o], then
+    depth-to-space of the (p, q) phases.
+    """
+    b, h, wd, c = x_shape
+    o = w.shape[-1]
+    zero = jnp.zeros((c, o), w.dtype)
+    k = [[jnp.stack([jnp.stack([w[_S2_TAPS[(a, p)], _S2_TAPS[(bb, q)]]
+                                if (a, p) in _S2_TAPS and (bb, q) in _S2_TAPS else zero
+                                for q in range(2)]) for p in range(2)])        # [2(p), 2(q), C, O]
+          for bb in range(2)] for a in range(2)]
+    k = jnp.stack([jnp.stack(row) for row in k])                               # [2,2,2,2,C,O]
+    k = k.transpose(0, 1, 5, 2, 3, 4).reshape(2, 2, o, 4 * c)                  # [a,b,O,(p,q,C)]
+    dyp = jnp.pad(dy, ((0, 0), (0, 1), (0, 1), (0, 0)))
+    ph = _xla_conv(dyp, k, 1, ((0, 0), (0, 0)))                                # [B,H/2,W/2,4C]
+    return ph.reshape(b, h // 2, wd // 2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(x_shape)
+
+
+def pointwise_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int) -> jax.Array:
+    """dx of a 1x1 stride-s unpadded conv: ``dy @ w^T`` on every s-th pixel, zeros elsewhere."""
+    _, h, wd, _ = x_shape
+    core = jnp.einsum('bhwo,co->bhwc', dy, w[0, 0])
+    ho, wo = dy.shape[1], dy.shape[2]
+    cfg = [(0, 0, 0), (0, h - (ho - 1) * stride - 1, stride - 1),
+           (0, wd - (wo - 1) * stride - 1, stride - 1), (0, 0, 0)]
+    return jax.lax.pad(core, jnp.zeros((), core.dtype), cfg)
+
+
+# ----------------------------------------------------------------------------------------------
+# custom_vjp wrappers
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_custom(x, w, stride, padding, kind):
+    return _xla_conv(x, w, stride, padding)
+
+
+def _conv_custom_fwd(x, w, stride, padding, kind):
+    return _xla_conv(x, w, stride, padding), (x, w)
+
+
+def _conv_custom_bwd(stride, padding, kind, res, dy):
+    x, w = res
+    if kind == 'stem':
+        dx = stem_input_grad(dy, w, x.shape, padding)
+    elif kind == 'stride2':
+        dx = stride2_input_grad(dy, w, x.shape)
+    else:
+        dx = pointwise_input_grad(dy, w, x.shape, stride)
+    return dx, _weight_grad(x, w, stride, padding, dy)
+
+
+_conv_custom.defvjp(_conv_custom_fwd, _conv_custom_bwd)
+
+
+def fast_grad_kind(x_shape, w_shape, stride: int, padding: PadPairs) -> str | None:
+    """Which custom input gradient applies to this conv (``'stem'``, ``'stride2'``, ``'pointwise'``) or
+    None. Backend-independent; :func:`conv2d` only uses it on CPU."""
+    kh, kw, c, _ = w_shape
+    _, h, wd, _ = x_shape
+    if stride == 1 and c <= STEM_MAX_CHANNELS:
+        return 'stem'
+    if (stride == 2 and (kh, kw) == (3, 3) and padding == ((1, 1), (1, 1))
+            and h % 2 == 0 and wd % 2 == 0):
+        return 'stride2'
+    if (kh, kw) == (1, 1) and padding == ((0, 0), (0, 0)) and stride > 1:
+        return 'pointwise'
+    return None
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int = 1,
+           padding: PadPairs | str = ((0, 0), (0, 0)), *, fast_grads: bool | None = None) -> jax.Array:
+    """``lax.conv_general_dilated`` in NHWC / HWIO: x [B,H,W,C], w [k,k,C,O] -> [B,H',W',O].
+
+    ``padding``: ((top, bottom), (left, right)) or ``'SAME'`` / ``'VALID'``. ``fast_grads`` (default:
+    on for the CPU backend) swaps in the input gradients of the module docstring where they apply.
+    """
+    if isinstance(padding, str):
+        padding = tuple(jax.lax.padtype_to_pads(x.shape[1:3], w.shape[:2], (stride, stride), padding))
+    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    if fast_grads is None:
+        fast_grads = jax.default_backend() == 'cpu'
+    kind = fast_grad_kind(x.shape, w.shape, stride, padding) if fast_grads else None
+    if kind is None:
+        return _xla_conv(x, w, stride, padding)
+    return _conv_custom(x, w, stride, padding, kind)

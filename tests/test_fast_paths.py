@@ -1,0 +1,143 @@
+"""The CPU fast paths equal the plain ops they replace.
+
+- ``models.conv_ops.conv2d``: custom input gradients (stem / stride-2 / 1x1-shortcut shapes) against
+  XLA's own gradient of ``lax.conv_general_dilated`` (``fast_grads=False``), values and both gradients.
+- ``models.norm.BatchNorm``: two-stage per-channel sums and the hand-written train-mode backward
+  against Flax's ``nn.BatchNorm`` (outputs, running statistics, gradients, including gradients that
+  flow through the returned batch statistics), and against a float64 numpy BN.
+"""
+import flax.linen as nn
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from ascl_jax.models import conv_ops
+from ascl_jax.models.norm import BatchNorm, channel_broadcast, channel_sum
+
+
+def _conv_grads(x, w, stride, padding, fast):
+    f = lambda x, w: conv_ops.conv2d(x, w, stride, padding, fast_grads=fast)  # noqa: E731
+    y, vjp = jax.vjp(f, x, w)
+    dy = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
+    return (y,) + vjp(dy)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding,kind", [
+    ((4, 8, 8, 3), (3, 3, 3, 5), 1, ((1, 1), (1, 1)), 'stem'),
+    ((2, 9, 7, 1), (3, 3, 1, 4), 1, 'VALID', 'stem'),
+    ((2, 9, 7, 3), (5, 5, 3, 4), 1, 'SAME', 'stem'),
+    ((2, 6, 6, 2), (3, 3, 2, 4), 1, ((0, 2), (1, 0)), 'stem'),
+    ((4, 8, 8, 6), (3, 3, 6, 5), 2, ((1, 1), (1, 1)), 'stride2'),
+    ((3, 10, 6, 4), (3, 3, 4, 7), 2, ((1, 1), (1, 1)), 'stride2'),
+    ((4, 8, 8, 6), (1, 1, 6, 5), 2, ((0, 0), (0, 0)), 'pointwise'),
+    ((2, 9, 9, 6), (1, 1, 6, 5), 3, ((0, 0), (0, 0)), 'pointwise'),
+    ((2, 9, 9, 6), (3, 3, 6, 5), 2, ((1, 1), (1, 1)), None),      # odd size: XLA's gradient
+    ((2, 8, 8, 6), (3, 3, 6, 5), 1, ((1, 1), (1, 1)), None),      # plain conv: XLA's gradient
+])
+def test_conv2d_custom_gradients_equal_xla(x_shape, w_shape, stride, padding, kind):
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+    w = jnp.asarray(rng.standard_normal(w_shape, np.float32))
+    pads = padding if not isinstance(padding, str) else tuple(
+        jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], (stride, stride), padding))
+    assert conv_ops.fast_grad_kind(x_shape, w_shape, stride, pads) == kind
+    fast = jax.jit(lambda x, w: _conv_grads(x, w, stride, padding, True))(x, w)
+    ref = jax.jit(lambda x, w: _conv_grads(x, w, stride, padding, False))(x, w)
+    for a, b, name in zip(fast, ref, ("y", "dx", "dw")):
+        assert a.shape == b.shape, name
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+@settings(max_examples=12, deadline=None)
+@given(b=st.integers(1, 3), h=st.integers(1, 5), w=st.integers(1, 5), c=st.integers(1, 6),
+       o=st.integers(1, 5), seed=st.integers(0, 2**16))
+def test_stride2_input_gradient_property(b, h, w, c, o, seed):
+    """Any even H, W: the sub-pixel input gradient equals XLA's dilated-conv gradient."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((b, 2 * h, 2 * w, c)).astype(np.float32)
+    k = rng.standard_normal((3, 3, c, o)).astype(np.float32)
+    fast = _conv_grads(x, k, 2, ((1, 1), (1, 1)), True)
+    ref = _conv_grads(x, k, 2, ((1, 1), (1, 1)), False)
+    np.testing.assert_allclose(fast[1], ref[1], rtol=1e-5, atol=1e-4)
+
+
+def test_conv2d_second_order_gradient():
+    """The custom backward is itself differentiable (grad of a gradient norm, as in input-gradient
+    regularisers): equal to XLA's."""
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((2, 8, 8, 3), np.float32))
+    w = jnp.asarray(rng.standard_normal((3, 3, 3, 4), np.float32))
+
+    def gnorm(w, fast):
+        g = jax.grad(lambda x: jnp.sum(jnp.tanh(conv_ops.conv2d(x, w, 1, 'SAME', fast_grads=fast))))(x)
+        return jnp.sum(g ** 2)
+
+    np.testing.assert_allclose(jax.grad(gnorm)(w, True), jax.grad(gnorm)(w, False), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# BatchNorm
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 8, 8, 16), (10, 7)])
+def test_channel_sum_and_broadcast(shape):
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(channel_sum(jnp.asarray(x)), x.reshape(-1, shape[-1]).sum(0), rtol=1e-5,
+                               atol=1e-5)
+    v = jnp.arange(shape[-1], dtype=jnp.float32)
+    np.testing.assert_array_equal(channel_broadcast(v, shape), np.broadcast_to(np.asarray(v), shape))
+
+
+def _bn_pair(train):
+    return (nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5),
+            BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("shape", [(8, 6, 5, 4), (16, 3)])
+def test_batchnorm_matches_flax(train, shape):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal(shape, np.float32) * 3 + 1)
+    flax_bn, ours = _bn_pair(train)
+    v_flax = flax_bn.init(jax.random.key(0), x)
+    v_ours = ours.init(jax.random.key(0), x)
+    assert jax.tree.structure(v_flax) == jax.tree.structure(v_ours)
+    # non-trivial parameters and running statistics
+    v = jax.tree.map(lambda t: t + jnp.linspace(0.2, 0.7, t.shape[-1]), v_ours)
+    weights = jnp.asarray(rng.standard_normal(shape, np.float32))
+
+    def loss(m, v, x):
+        y, upd = m.apply(v, x, mutable=['batch_stats'])
+        stats = upd['batch_stats']
+        # the loss also reads the updated running statistics, so their cotangents reach the backward
+        return jnp.sum(y * weights) + jnp.sum(stats['mean'] * 50.0) + jnp.sum(stats['var'] * 70.0), (y, upd)
+
+    (l1, (y1, u1)), g1 = jax.jit(jax.value_and_grad(lambda v, x: loss(flax_bn, v, x), (0, 1), has_aux=True))(v, x)
+    (l2, (y2, u2)), g2 = jax.jit(jax.value_and_grad(lambda v, x: loss(ours, v, x), (0, 1), has_aux=True))(v, x)
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), u1, u2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4), g1, g2)
+
+
+def test_batchnorm_train_against_numpy_float64():
+    """Train-mode output and input gradient against BN written out in float64 numpy."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 4, 4, 5)) * 2 + 0.5
+    gy = rng.standard_normal(x.shape)
+    scale, bias = rng.uniform(0.5, 1.5, 5), rng.standard_normal(5)
+    v = {'params': {'scale': jnp.asarray(scale, jnp.float32), 'bias': jnp.asarray(bias, jnp.float32)},
+         'batch_stats': {'mean': jnp.zeros(5), 'var': jnp.ones(5)}}
+    bn = BatchNorm()
+    f = lambda x: bn.apply(v, x, mutable=['batch_stats'])[0]  # noqa: E731
+    y, vjp = jax.vjp(f, jnp.asarray(x, jnp.float32))
+    (dx,) = vjp(jnp.asarray(gy, jnp.float32))
+    n = x.size // 5
+    mu, var = x.reshape(-1, 5).mean(0), x.reshape(-1, 5).var(0)
+    xhat = (x - mu) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(y, xhat * scale + bias, rtol=1e-4, atol=1e-4)
+    g = gy * scale
+    dx_ref = (g - g.reshape(-1, 5).mean(0) - xhat * (g * xhat).reshape(-1, 5).sum(0) / n) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
