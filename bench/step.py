@@ -28,18 +28,26 @@ process, since XLA reads its flags once per process.
 The machine is shared: the load average is printed beside the figures; compare ratios taken in
 one run, and re-run when the machine is quiet.
 
-Recorded (2-core Xeon with AVX-512, jax/jaxlib 0.10.2, torch 2.13.0 oneDNN channels-last, one quiet
-run, img/s; PyTorch: plain 576, PGD-10 78.8, AT 69.5):
+Recorded (2-core Xeon with AVX-512, jax/jaxlib 0.10.2, torch 2.13.0 oneDNN channels-last, img/s).
+Morning sitting, before the models' CPU fast paths (models/conv_ops.py, models/norm.py); PyTorch:
+plain 576, PGD-10 78.8, AT 69.5:
 
   XLA_FLAGS      plain  pgd_unroll  pgd_fori  pgd_chunk5  pgd_fori_raw    at
   (none)         196.1        57.3      58.4        59.2           9.4  34.2
   FAST_FLAGS     258.2        70.4      72.5        71.2           9.5  44.6
 
+Afternoon sittings with the fast paths (the machine ran slower: PyTorch plain 344-476, PGD-10
+63-70, AT 57); JAX/PyTorch in the same sitting:
+
+  FAST_FLAGS     plain 250-262 (0.55-0.73)   pgd_unroll 63-67 (0.95-1.02, 5 runs)
+                 pgd_fori 65-68 (1.02-1.06)  at 39-41 (0.68-0.71)   (bench/results/step_cpu2.json)
+
 PGD-50 with FAST_FLAGS (loaded machine): default policy (chunks of 10), fori and chunk5 within 4%
-of each other, fori_raw 6x slower. Remaining gap to PyTorch: Eigen's convolutions with 16 channels
-(the 32x32 stage) run at ~120 GFLOP/s against oneDNN's ~250, and weight gradients (plain/AT rows)
-at about a quarter of oneDNN's speed; --xla_cpu_use_onednn=true leaves convolutions unchanged in
-this jaxlib, and bf16 convolutions are slower than f32 here.
+of each other, fori_raw 6x slower. Remaining gap to PyTorch: Eigen's convolutions with 16-32
+channels run at 60-75% of oneDNN's speed, and every weight-gradient convolution transposes both
+activation-sized operands (about half the thread time of the plain row; docs/design.md);
+--xla_cpu_use_onednn=true only rewrites dots in this jaxlib, and bf16 convolutions are slower than
+f32 here.
 """
 from __future__ import annotations
 
