@@ -20,13 +20,15 @@ One difference remains: PyTorch updates ``running_var`` with the *unbiased* batc
 the biased one (factor n/(n-1), n = B*H*W; negligible for conv layers).
 
 :class:`BatchNorm` is Flax's ``nn.BatchNorm`` (same variables, same arithmetic: ``E[x^2] - E[x]^2``
-variance, ``(x - mean) * scale * rsqrt(var + eps) + bias``) with one change for XLA:CPU: per-channel
+variance, ``(x - mean) * scale * rsqrt(var + eps) + bias``) changed for XLA:CPU only: per-channel
 sums of an NHWC activation are taken in two stages, ``[B*H, W*C] -> [W*C] -> [C]``, and per-channel
 vectors are broadcast the same way, so that autodiff's transposes are also two-stage. XLA:CPU runs a
 one-shot reduction over (B, H, W) that keeps a 16-wide minor dimension about 5x slower than the
-two-stage form (1.14 ms against 0.24 ms on a [128, 32, 32, 16] activation, bench/step.py
-discussion), and a train-mode BN layer needs four such sums per forward + backward. On other
-backends the plain one-shot form is used.
+two-stage form (1.14 ms against 0.24 ms on a [128, 32, 32, 16] activation, docs/design.md "CPU fast
+paths"), and a train-mode BN layer needs four such sums per forward + backward. Train mode on CPU
+also has a hand-written backward (``jax.custom_vjp``: one elementwise pass after two sums, so
+forward-mode ``jax.jvp`` through it is not available). On other backends the plain one-shot form and
+autodiff are used.
 """
 from __future__ import annotations
 
