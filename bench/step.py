@@ -4,14 +4,16 @@ Rows (batch B = 128, 32x32x3, 10 classes, SPEC 1.6 / peer-bench):
   plain     forward + backward + SGD (momentum 0.9, Nesterov) update, train-mode BN
   pgd/<f>   PGD-10 attack only (Linf, eps 8/255, step 2/255, uniform start, CE, BN running
             statistics = torch ``model.eval()``), in loop form <f>:
-              unroll  all steps unrolled in the traced function (ascl_jax.attacks default for
-                      attacks of <= MAX_UNROLL steps)
-              fori    lax.fori_loop over single steps (unroll=1)
+              unroll  all steps unrolled in the traced function (ascl_jax.attacks default off CPU
+                      for attacks of <= MAX_UNROLL steps)
+              fori    lax.fori_loop over single steps (unroll=1; ascl_jax.attacks default on CPU)
               chunk5  lax.fori_loop over 2 chunks of 5 unrolled steps (unroll=5; the form the
                       library uses for long attacks such as PGD-250)
             with suffix _raw: without ``canonicalize_convs`` (the HWIO kernel rewrite that removes
             XLA:CPU's slow path for convolutions inside loop bodies, see ascl_jax/attacks.py)
-  at        PGD-10 (unrolled) + one update on [clean; adv] (2B rows, train-mode BN)
+  at        PGD-10 (library default form) + one update on [clean; adv] (2B rows, train-mode BN)
+  trainbn_pgd  PGD-10 (library default form) with *batch-statistics* BN, the attack of the authors' ASCL code
+            and of train_steps.ascl_step (no PyTorch column; opt in: --rows trainbn)
 
 PyTorch column: /work/shared/peer-bench/torch_resnet20_at.py run with another interpreter
 (--torch-python, default .venv-torch/bin/python; skipped if it is missing) with
@@ -155,9 +157,9 @@ def run_jax(args) -> dict:
         u, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, u), bs, opt_state, loss
 
-    def pgd(params, batch_stats, xb, yb, key, unroll=None, canonicalize=None):
+    def pgd(params, batch_stats, xb, yb, key, unroll=None, canonicalize=None, bn_mode="eval"):
         logits_fn = attacks.model_forward(model, {"params": params, "batch_stats": batch_stats},
-                                          bn_mode="eval")
+                                          bn_mode=bn_mode)
         return attacks.pgd_linf(attacks.ce_objective(logits_fn, yb), xb, key, eps=eps,
                                 step_size=alpha, num_steps=args.steps, unroll=unroll,
                                 canonicalize=canonicalize)
@@ -179,8 +181,12 @@ def run_jax(args) -> dict:
     if "pgd" in rows:
         for form in args.forms.split(","):
             unroll, canon = _form(form)
+            unroll = args.steps if unroll is None else unroll   # 'unroll': every step unrolled
             f = jax.jit(lambda p, s, xb, yb, k, u=unroll, c=canon: pgd(p, s, xb, yb, k, u, c))
             record(f"pgd_{form}", lambda: f(params, batch_stats, x, y, ka).block_until_ready(), b)
+    if "trainbn" in rows:
+        f = jax.jit(lambda p, s, xb, yb, k: pgd(p, s, xb, yb, k, bn_mode="train"))
+        record("trainbn_pgd", lambda: f(params, batch_stats, x, y, ka).block_until_ready(), b)
     if "at" in rows:
         f = jax.jit(adv_update)
         record("at", lambda: jax.block_until_ready(f(params, batch_stats, opt_state, x, y, ka)), b)

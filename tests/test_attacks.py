@@ -167,8 +167,9 @@ def test_chunked_loop_equals_unrolled(tiny):
     @jax.jit
     def run(x, key):
         kw = dict(eps=EPS, step_size=STEP, num_steps=7)
-        ref = attacks.pgd_linf(obj, x, key, **kw)  # 7 <= MAX_UNROLL: fully unrolled
-        forms = [attacks.pgd_linf(obj, x, key, unroll=1, **kw),      # fori over single steps
+        ref = attacks.pgd_linf(obj, x, key, unroll=7, **kw)  # fully unrolled
+        forms = [attacks.pgd_linf(obj, x, key, **kw),                # default (CPU: fori)
+                 attacks.pgd_linf(obj, x, key, unroll=1, **kw),      # fori over single steps
                  attacks.pgd_linf(obj, x, key, unroll=3, **kw),      # 2 chunks of 3 + 1 step
                  attacks.pgd_linf(obj, x, key, max_unroll=4, **kw),  # default chunk >= 7: unrolled
                  attacks.pgd_linf(obj, x, key, unroll=1, canonicalize=False, **kw),
@@ -198,6 +199,16 @@ def test_canonicalize_convs_gives_hwio_kernels_and_same_values(tiny):
     out = jax.jit(attacks.canonicalize_convs(f))({"a": x})
     np.testing.assert_allclose(np.asarray(out["g"]), ref, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(out["s"]), 2.0 * float(jnp.sum(x)), rtol=1e-6)
+
+
+def test_default_loop_policy():
+    """Unset unroll / max_unroll: single-step fori with the conv rewrite (CPU), else MAX_UNROLL."""
+    assert attacks._policy_unroll(10, None, None, True) == 1
+    assert attacks._policy_unroll(10, None, None, False) == 10
+    assert attacks._policy_unroll(250, None, None, False) == attacks.DEFAULT_CHUNK
+    assert attacks._policy_unroll(10, 4, None, True) == 4
+    assert attacks._policy_unroll(10, None, 5, True) == attacks.DEFAULT_CHUNK
+    assert attacks._policy_unroll(10, None, 20, True) == 10
 
 
 def test_resolve_unroll_policy():
