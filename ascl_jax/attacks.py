@@ -40,7 +40,8 @@ ResNet-20 Eigen's convolutions are faster, and ``XLA_FLAGS=--xla_cpu_experimenta
 (set before JAX starts) speeds the PGD attack by about 1.25x (PGD-10: 57 -> 71 img/s, PyTorch
 oneDNN 79 img/s) and the weight gradients by about 2x. The models' own CPU fast paths
 (``models/conv_ops.py`` input gradients, ``models/norm.py`` BN) add 2-3% (running-stats BN) to
-~25% (train-mode BN); PGD-10 then runs at 0.95-1.02x PyTorch's speed in one sitting (README).
+~25% (train-mode BN); PGD-10 then runs at 1.00-1.06x PyTorch's speed in one sitting with the
+default CPU loop form (0.95-1.02x fully unrolled; README).
 """
 from __future__ import annotations
 

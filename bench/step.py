@@ -44,6 +44,11 @@ Afternoon sittings with the fast paths (the machine ran slower: PyTorch plain 34
   FAST_FLAGS     plain 250-262 (0.55-0.73)   pgd_unroll 63-67 (0.95-1.02, 5 runs)
                  pgd_fori 65-68 (1.02-1.06)  at 39-41 (0.68-0.71)   (bench/results/step_cpu2.json)
 
+Last sitting (library default loop form on CPU now fori; PyTorch plain 564, PGD-10 72.9, AT 65.7):
+
+  FAST_FLAGS     plain 255.8 (0.45)   pgd_unroll 69.7 (0.96)   pgd_fori 74.8 (1.03)   at 48.3 (0.74)
+                 trainbn_pgd 63.3 (no PyTorch row)
+
 PGD-50 with FAST_FLAGS (loaded machine): default policy (chunks of 10), fori and chunk5 within 4%
 of each other, fori_raw 6x slower. Remaining gap to PyTorch: Eigen's convolutions with 16-32
 channels run at 60-75% of oneDNN's speed, and every weight-gradient convolution transposes both
