@@ -28,6 +28,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 PadPairs = tuple[tuple[int, int], tuple[int, int]]
 DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
@@ -62,27 +63,24 @@ def stem_input_grad(dy: jax.Array, w: jax.Array, x_shape, padding: PadPairs) -> 
     return dxp[:, pt:pt + h, pl:pl + wd, :]
 
 
-# Tap of the 3x3 kernel feeding phase p of dx from dy offset a (dx[2n+p] += dy[n+a] w[tap]):
-# dx[2n] = dy[n] w[1]; dx[2n+1] = dy[n] w[2] + dy[n+1] w[0].
-_S2_TAPS = {(0, 0): 1, (0, 1): 2, (1, 1): 0}
+# _S2_SELECT[a, p, k] = 1 when tap k of the 3x3 kernel feeds phase p of dx from dy offset a
+# (dx[2n+p] += dy[n+a] w[k]): dx[2n] = dy[n] w[1]; dx[2n+1] = dy[n] w[2] + dy[n+1] w[0].
+_S2_SELECT = np.zeros((2, 2, 3), np.float32)
+for (_a, _p), _k in {(0, 0): 1, (0, 1): 2, (1, 1): 0}.items():
+    _S2_SELECT[_a, _p, _k] = 1.0
 
 
 def stride2_input_grad(dy: jax.Array, w: jax.Array, x_shape) -> jax.Array:
     """dx of a 3x3 stride-2 padding-1 conv on even H, W as a sub-pixel conv.
 
     dy [B,H/2,W/2,O], w [3,3,C,O] -> dx [B,H,W,C]: a stride-1 2x2 conv of dy (zero-padded by one
-    row / column at the end) with kernel K[a,b,o,(p,q,c)] = w[tap(a,p), tap(b,q), c, o], then
-    depth-to-space of the (p, q) phases.
+    row / column at the end) with kernel K[a,b,o,(p,q,c)] = sum_kl S[a,p,k] S[b,q,l] w[k,l,c,o]
+    (S = ``_S2_SELECT``), then depth-to-space of the (p, q) phases.
     """
     b, h, wd, c = x_shape
     o = w.shape[-1]
-    zero = jnp.zeros((c, o), w.dtype)
-    k = [[jnp.stack([jnp.stack([w[_S2_TAPS[(a, p)], _S2_TAPS[(bb, q)]]
-                                if (a, p) in _S2_TAPS and (bb, q) in _S2_TAPS else zero
-                                for q in range(2)]) for p in range(2)])        # [2(p), 2(q), C, O]
-          for bb in range(2)] for a in range(2)]
-    k = jnp.stack([jnp.stack(row) for row in k])                               # [2,2,2,2,C,O]
-    k = k.transpose(0, 1, 5, 2, 3, 4).reshape(2, 2, o, 4 * c)                  # [a,b,O,(p,q,C)]
+    sel = jnp.asarray(_S2_SELECT, w.dtype)
+    k = jnp.einsum('apk,bql,klco->abopqc', sel, sel, w).reshape(2, 2, o, 4 * c)
     dyp = jnp.pad(dy, ((0, 0), (0, 1), (0, 1), (0, 0)))
     ph = _xla_conv(dyp, k, 1, ((0, 0), (0, 0)))                                # [B,H/2,W/2,4C]
     return ph.reshape(b, h // 2, wd // 2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(x_shape)
