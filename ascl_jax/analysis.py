@@ -443,13 +443,25 @@ def plot_robust_accuracy_vs_eps(
     for name, (eps, acc) in results_by_model.items():
         eps = np.asarray(eps, np.float64).reshape(-1)
         acc = _as_percent(acc)
-        if eps.shape != acc.shape:
-            raise ValueError(f"model {name!r}: {eps.size} eps values but {acc.size} accuracies.")
+        _check_same_size(name, eps, acc, "eps values")
         order = np.argsort(eps)
         ax.plot(eps[order] * scale, acc[order], marker="o", label=str(name))
-    ax.set_xlabel("perturbation size ε (/255)" if scale == 255.0 else "perturbation size ε")
+    return _finish_accuracy_plot(fig, ax, out, "perturbation size ε (/255)" if scale == 255.0
+                                 else "perturbation size ε",
+                                 title or "Robust accuracy vs perturbation size")
+
+
+def _check_same_size(name, xs: np.ndarray, acc: np.ndarray, what: str) -> None:
+    """One accuracy per x value of a model's line, else a ValueError naming the model."""
+    if xs.shape != acc.shape:
+        raise ValueError(f"model {name!r}: {xs.size} {what} but {acc.size} accuracies.")
+
+
+def _finish_accuracy_plot(fig, ax, out: pathlib.Path, xlabel: str, title: str) -> pathlib.Path:
+    """Labels (y: robust accuracy in %), grid and legend of a per-model accuracy plot; saves it."""
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(title or "Robust accuracy vs perturbation size")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save(fig, out)
@@ -491,18 +503,13 @@ def plot_rdiv_vs_robust_accuracy(
     ax = fig.add_subplot(1, 1, 1)
     for name, value in points.items():
         rdiv, acc, notes = _rdiv_points(value)
-        if rdiv.shape != acc.shape:
-            raise ValueError(f"model {name!r}: {rdiv.size} R-DIV values but {acc.size} accuracies.")
+        _check_same_size(name, rdiv, acc, "R-DIV values")
         ax.plot(rdiv, acc, marker="o", linestyle="-" if rdiv.size > 1 else "none", label=str(name))
         if notes:
             for x, y, t in zip(rdiv, acc, notes):
                 ax.annotate(t, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("R-DIV  d+ / d-  (relative intra-class divergence)")
-    ax.set_ylabel("robust accuracy (%)")
-    ax.set_title(title or "Robust accuracy vs R-DIV")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    return _save(fig, out)
+    return _finish_accuracy_plot(fig, ax, out, "R-DIV  d+ / d-  (relative intra-class divergence)",
+                                 title or "Robust accuracy vs R-DIV")
 
 
 def plot_selection_counts(

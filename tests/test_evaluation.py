@@ -279,12 +279,17 @@ def test_attack_components_directly(conv):
 # Sanity checks
 
 
-def test_masked_gradients_are_caught(linear, digits):
+def _evaluate_with_sanity(logits_fn, params, digits):
+    """PGD-5 on 96 digits with the gradient-masking sanity checks on (small budgets)."""
     x, y = digits
-    res = evaluation.evaluate(masked_logits, x[:96], y[:96], params=linear, eps=EPS,
-                              step_size=EPS / 4, attacks=('pgd5',), batch_size=32, seed=0,
-                              progress=False, sanity=True, sanity_examples=96, sanity_steps=3,
-                              sanity_square_queries=200, loop='device')
+    return evaluation.evaluate(logits_fn, x[:96], y[:96], params=params, eps=EPS,
+                               step_size=EPS / 4, attacks=('pgd5',), batch_size=32, seed=0,
+                               progress=False, sanity=True, sanity_examples=96, sanity_steps=3,
+                               sanity_square_queries=200, loop='device')
+
+
+def test_masked_gradients_are_caught(linear, digits):
+    res = _evaluate_with_sanity(masked_logits, linear, digits)
     san = res['sanity']
     assert not san['passed']
     assert not san['checks']['nonzero_gradients']['passed']
@@ -294,11 +299,7 @@ def test_masked_gradients_are_caught(linear, digits):
 
 
 def test_sanity_passes_on_a_plain_model(linear, digits):
-    x, y = digits
-    res = evaluation.evaluate(linear_logits, x[:96], y[:96], params=linear, eps=EPS,
-                              step_size=EPS / 4, attacks=('pgd5',), batch_size=32, seed=0,
-                              progress=False, sanity=True, sanity_examples=96, sanity_steps=3,
-                              sanity_square_queries=200, loop='device')
+    res = _evaluate_with_sanity(linear_logits, linear, digits)
     san = res['sanity']
     assert san['passed'], san['messages']
     sweep = san['checks']['accuracy_falls_with_eps']
