@@ -64,30 +64,40 @@ def channel_broadcast(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     return jnp.broadcast_to(v, shape)
 
 
-@jax.custom_vjp
-def _bn_train_cpu(x, scale, bias, eps):
-    """Train-mode BN with a hand-written backward (CPU): -> (y, batch mean, biased batch var)."""
-    return _bn_train_fwd(x, scale, bias, eps)[0]
+def _normalize(x, mean, var, scale, bias, eps):
+    """``(x - mean) * scale * rsqrt(var + eps) + bias``, per channel. x [..., C]; the rest [C]."""
+    mul = scale * jax.lax.rsqrt(var + eps)
+    return ((x - channel_broadcast(mean, x.shape)) * channel_broadcast(mul, x.shape)
+            + channel_broadcast(bias, x.shape))
 
 
-def _bn_train_fwd(x, scale, bias, eps):
+def _bn_train_plain(x, scale, bias, eps):
+    """Train-mode BN: -> (y, batch mean, biased batch var ``E[x^2] - E[x]^2``), as Flax."""
     n = x.size // x.shape[-1]
     mean = channel_sum(x) / n
     var = jnp.maximum(0.0, channel_sum(x * x) / n - mean * mean)
-    rstd = jax.lax.rsqrt(var + eps)
-    mul = scale * rstd
-    y = (x - channel_broadcast(mean, x.shape)) * channel_broadcast(mul, x.shape) + channel_broadcast(
-        bias, x.shape)
-    return (y, mean, var), (x, scale, mean, rstd, eps)
+    return _normalize(x, mean, var, scale, bias, eps), mean, var
+
+
+@jax.custom_vjp
+def _bn_train_cpu(x, scale, bias, eps):
+    """:func:`_bn_train_plain` with a hand-written backward (:func:`_bn_train_bwd`)."""
+    return _bn_train_plain(x, scale, bias, eps)
+
+
+def _bn_train_fwd(x, scale, bias, eps):
+    y, mean, var = _bn_train_plain(x, scale, bias, eps)
+    return (y, mean, var), (x, scale, mean, var, eps)
 
 
 def _bn_train_bwd(res, cts):
     """Standard BN backward, written as one elementwise pass ``dx = a*gy + b*(x - mean) + c`` with
     per-channel a, b, c (b and c also carry the cotangents of the returned mean and variance) after
     two per-channel sums, ``sum(gy)`` and ``sum(gy * (x - mean))``."""
-    x, scale, mean, rstd, eps = res
+    x, scale, mean, var, eps = res
     gy, gmean, gvar = cts
     n = x.size // x.shape[-1]
+    rstd = jax.lax.rsqrt(var + eps)
     xc = x - channel_broadcast(mean, x.shape)
     s1 = channel_sum(gy)
     dscale = channel_sum(gy * xc) * rstd             # sum(gy * xhat)
@@ -100,6 +110,15 @@ def _bn_train_bwd(res, cts):
 
 
 _bn_train_cpu.defvjp(_bn_train_fwd, _bn_train_bwd)
+
+
+def bn_train(x, scale, bias, eps):
+    """Train-mode BN -> (y, batch mean, batch var): the hand-written backward for NHWC input on CPU,
+    autodiff elsewhere."""
+    eps = jnp.float32(eps)
+    if x.ndim == 4 and _two_stage():
+        return _bn_train_cpu(x, scale, bias, eps)
+    return _bn_train_plain(x, scale, bias, eps)
 
 
 class BatchNorm(nn.Module):
@@ -121,24 +140,13 @@ class BatchNorm(nn.Module):
         ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
         if self.use_running_average:
-            mean, var = ra_mean.value, ra_var.value
-        else:
-            if _two_stage() and x.ndim == 4:
-                y, mean, var = _bn_train_cpu(x, scale, bias, jnp.float32(self.epsilon))
-            else:
-                n = x.size // c
-                mean = channel_sum(x) / n
-                var = jnp.maximum(0.0, channel_sum(x * x) / n - mean * mean)
-                y = None
-            if not self.is_initializing():
-                m = self.momentum
-                ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
-                ra_var.value = m * ra_var.value + (1.0 - m) * var
-            if y is not None:
-                return y
-        mul = scale * jax.lax.rsqrt(var + self.epsilon)
-        return ((x - channel_broadcast(mean, x.shape)) * channel_broadcast(mul, x.shape)
-                + channel_broadcast(bias, x.shape))
+            return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+        y, mean, var = bn_train(x, scale, bias, self.epsilon)
+        if not self.is_initializing():
+            m = self.momentum
+            ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+            ra_var.value = m * ra_var.value + (1.0 - m) * var
+        return y
 
 
 def check_branch(bn: str) -> str:
