@@ -78,6 +78,44 @@ def test_conv2d_second_order_gradient():
     np.testing.assert_allclose(jax.grad(gnorm)(w, True), jax.grad(gnorm)(w, False), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("wrt", ["x", "w", "both"])
+def test_conv2d_gradients_by_argument_and_materialized_input(wrt):
+    """Gradients for x only, w only and both equal XLA's; the input of a convolution whose kernel
+    gradient is taken goes through :func:`conv_ops.materialize` (a while loop in the compiled
+    program, so XLA cannot fuse the input's producer into the weight gradient's transpose), and an
+    attack-style gradient (x only) has no such loop."""
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.standard_normal((4, 8, 8, 6), np.float32))
+    w = jnp.asarray(rng.standard_normal((3, 3, 6, 5), np.float32))
+    argnums = {"x": 0, "w": 1, "both": (0, 1)}[wrt]
+
+    def loss(x, w, fast):
+        h = jax.nn.relu(x * 1.5 + 0.25)           # an elementwise producer, as BN + ReLU
+        return jnp.sum(jnp.tanh(conv_ops.conv2d(h, w, 1, 'SAME', fast_grads=fast)))
+
+    fast = jax.jit(jax.grad(lambda x, w: loss(x, w, True), argnums))
+    ref = jax.jit(jax.grad(lambda x, w: loss(x, w, False), argnums))
+    for a, b in zip(jax.tree.leaves(fast(x, w)), jax.tree.leaves(ref(x, w))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    hlo = fast.lower(x, w).compile().as_text()
+    assert (" while(" in hlo) == (wrt != "x"), wrt
+
+
+def test_materialize_is_exact_identity():
+    """Bit-identical output for ordinary values, signed zeros, infinities and a NaN first element
+    (the case where the loop runs zero times)."""
+    rng = np.random.default_rng(3)
+    cases = [rng.standard_normal((3, 4, 5, 2)).astype(np.float32),
+             np.array([[-0.0, 0.0, np.inf, -np.inf, 1e-45]], np.float32),
+             np.array([np.nan, 1.0, -2.0], np.float32),
+             np.array([np.inf, np.nan, 3.0], np.float32)]
+    f = jax.jit(conv_ops.materialize)
+    for c in cases:
+        out = np.asarray(f(jnp.asarray(c)))
+        assert out.shape == c.shape
+        np.testing.assert_array_equal(out.view(np.uint32), c.view(np.uint32))
+
+
 # ----------------------------------------------------------------------------------------------
 # BatchNorm
 
