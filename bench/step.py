@@ -49,10 +49,17 @@ Last sitting (library default loop form on CPU now fori; PyTorch plain 564, PGD-
   FAST_FLAGS     plain 255.8 (0.45)   pgd_unroll 69.7 (0.96)   pgd_fori 74.8 (1.03)   at 48.3 (0.74)
                  trainbn_pgd 63.3 (no PyTorch row)
 
+Session 3, with conv inputs materialised for weight gradients (conv_ops.materialize); two sittings
+(PyTorch plain 616 / 594, PGD-10 83.3 / 80.7, AT 72.8 / 73.8):
+
+  FAST_FLAGS     plain 378.6 / 377.6 (0.61 / 0.64)   pgd_unroll 76.9 / 73.4 (0.92 / 0.91)
+                 pgd_fori 76.1 / 79.5 (0.91 / 0.99)  at 54.8 / 56.2 (0.75 / 0.76)
+                 trainbn_pgd 64.2 / 64.0
+
 PGD-50 with FAST_FLAGS (loaded machine): default policy (chunks of 10), fori and chunk5 within 4%
-of each other, fori_raw 6x slower. Remaining gap to PyTorch: Eigen's convolutions with 16-32
-channels run at 60-75% of oneDNN's speed, and every weight-gradient convolution transposes both
-activation-sized operands (about half the thread time of the plain row; docs/design.md);
+of each other, fori_raw 6x slower. Remaining gap to PyTorch: Eigen's forward convolutions with
+16-64 channels take ~1.4x oneDNN's time and its weight-gradient convolutions ~4x (each also
+transposes both operands, NHWC -> CHWN; docs/design.md);
 --xla_cpu_use_onednn=true only rewrites dots in this jaxlib, and bf16 convolutions are slower than
 f32 here.
 """
