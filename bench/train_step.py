@@ -3,7 +3,8 @@ beside the same step in PyTorch (bench/torch_ascl_step.py, channels-last) when a
 interpreter is available (--torch-python, default .venv-torch/bin/python), in one run.
 
   .venv/bin/python bench/train_step.py [--batch 128] [--iters 5] [--devices 1]
-Prints a table and one JSON line. The step is the real `train_steps.ascl_step` under jax.jit
+Prints a table and one JSON line. Each side also times its PGD-10 attack alone (train-mode BN, as
+in the step), so "rest" = step - attack is the two train-mode forwards, the loss and the update. The step is the real `train_steps.ascl_step` under jax.jit
 (attack unrolled, two train-mode forwards, masks + loss, SGD update), state donated.
 """
 import argparse
@@ -30,7 +31,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from ascl_jax import config_lib, models, parallel, train_steps  # noqa: E402
+from ascl_jax import attacks, config_lib, models, parallel, train_steps  # noqa: E402
 from ascl_jax.optim import make_optimizer  # noqa: E402
 from ascl_jax.state import create_train_state  # noqa: E402
 
@@ -65,6 +66,17 @@ def jax_step_figures():
             jax.block_until_ready(state)
             ts.append(time.perf_counter() - t)
     ms = 1000 * float(np.median(ts))
+    attack = jax.jit(lambda st, b: train_steps._pgd(
+        c.attack, attacks.ce_objective(train_steps._attack_logits_fn(model, st, c.attack), b["label"]),
+        b["image"], st.step_key()))
+    with jax.set_mesh(mesh):
+        jax.block_until_ready(attack(state, batch))
+        ta = []
+        for _ in range(args.iters):
+            t = time.perf_counter()
+            jax.block_until_ready(attack(state, batch))
+            ta.append(time.perf_counter() - t)
+    out["attack_ms"] = 1000 * float(np.median(ta))
     out.update(ascl_step_ms=ms, ascl_img_per_s=args.batch / (ms / 1000), devices=jax.device_count(),
                jax=jax.__version__, loss=float(m["loss"]))
     return out
@@ -90,6 +102,10 @@ def main():
     if t:
         print(f"  PyTorch: {t['ascl_img_per_s']:8.1f} img/s  ({t['ascl_step_ms']:.0f} ms/step, torch {t['torch']}, channels-last, {t['threads']} threads)")
         print(f"  ratio JAX/PyTorch: {j['ascl_img_per_s'] / t['ascl_img_per_s']:.2f}")
+    print(f"  of which the PGD-10 attack: JAX {j['attack_ms']:.0f} ms"
+          + (f", PyTorch {t['attack_ms']:.0f} ms" if t and 'attack_ms' in t else ""))
+    print(f"  rest of the step:           JAX {j['ascl_step_ms'] - j['attack_ms']:.0f} ms"
+          + (f", PyTorch {t['ascl_step_ms'] - t['attack_ms']:.0f} ms" if t and 'attack_ms' in t else ""))
     j["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     print(json.dumps({"jax": j, "torch": t}))
 
