@@ -103,6 +103,17 @@ def pointwise_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int) -> j
     return jax.lax.pad(core, jnp.zeros((), core.dtype), cfg)
 
 
+def _input_grad(kind, x, w, stride, padding, dy):
+    """dx of :func:`_xla_conv`: the custom rule for ``kind`` (:func:`fast_grad_kind`), else XLA's."""
+    if kind == 'stem':
+        return stem_input_grad(dy, w, x.shape, padding)
+    if kind == 'stride2':
+        return stride2_input_grad(dy, w, x.shape)
+    if kind == 'pointwise':
+        return pointwise_input_grad(dy, w, x.shape, stride)
+    return jax.vjp(lambda x_: _xla_conv(x_, w, stride, padding), x)[1](dy)[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # Materialising the input of a weight gradient
 
@@ -146,20 +157,10 @@ def _conv_cpu_fwd(x, w, stride, padding, kind):
 
 def _conv_cpu_bwd(stride, padding, kind, res, dy):
     x, w, want_dx, want_dw = res
-    if isinstance(dy, SymbolicZero):
-        dy = jnp.zeros(dy.shape, dy.dtype)
-    dx = dw = None
-    if want_dx:
-        if kind == 'stem':
-            dx = stem_input_grad(dy, w, x.shape, padding)
-        elif kind == 'stride2':
-            dx = stride2_input_grad(dy, w, x.shape)
-        elif kind == 'pointwise':
-            dx = pointwise_input_grad(dy, w, x.shape, stride)
-        else:
-            dx = jax.vjp(lambda x_: _xla_conv(x_, w, stride, padding), x)[1](dy)[0]
-    if want_dw:
-        dw = _weight_grad(x, w, stride, padding, dy)
+    if isinstance(dy, SymbolicZero):                 # output unused: both gradients are zero
+        return None, None
+    dx = _input_grad(kind, x, w, stride, padding, dy) if want_dx else None
+    dw = _weight_grad(x, w, stride, padding, dy) if want_dw else None
     return dx, dw
 
 

@@ -33,6 +33,7 @@ autodiff are used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -79,7 +80,7 @@ def _bn_train_plain(x, scale, bias, eps):
     return _normalize(x, mean, var, scale, bias, eps), mean, var
 
 
-@jax.custom_vjp
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _bn_train_cpu(x, scale, bias, eps):
     """:func:`_bn_train_plain` with a hand-written backward (:func:`_bn_train_bwd`)."""
     return _bn_train_plain(x, scale, bias, eps)
@@ -87,14 +88,14 @@ def _bn_train_cpu(x, scale, bias, eps):
 
 def _bn_train_fwd(x, scale, bias, eps):
     y, mean, var = _bn_train_plain(x, scale, bias, eps)
-    return (y, mean, var), (x, scale, mean, var, eps)
+    return (y, mean, var), (x, scale, mean, var)
 
 
-def _bn_train_bwd(res, cts):
+def _bn_train_bwd(eps, res, cts):
     """Standard BN backward, written as one elementwise pass ``dx = a*gy + b*(x - mean) + c`` with
     per-channel a, b, c (b and c also carry the cotangents of the returned mean and variance) after
     two per-channel sums, ``sum(gy)`` and ``sum(gy * (x - mean))``."""
-    x, scale, mean, var, eps = res
+    x, scale, mean, var = res
     gy, gmean, gvar = cts
     n = x.size // x.shape[-1]
     rstd = jax.lax.rsqrt(var + eps)
@@ -106,7 +107,7 @@ def _bn_train_bwd(res, cts):
     c = -a * s1 / n + gmean / n
     dx = (gy * channel_broadcast(a, x.shape) + xc * channel_broadcast(b, x.shape)
           + channel_broadcast(c, x.shape))
-    return dx, dscale, s1, jnp.zeros_like(eps)
+    return dx, dscale, s1
 
 
 _bn_train_cpu.defvjp(_bn_train_fwd, _bn_train_bwd)
@@ -114,8 +115,7 @@ _bn_train_cpu.defvjp(_bn_train_fwd, _bn_train_bwd)
 
 def bn_train(x, scale, bias, eps):
     """Train-mode BN -> (y, batch mean, batch var): the hand-written backward for NHWC input on CPU,
-    autodiff elsewhere."""
-    eps = jnp.float32(eps)
+    autodiff elsewhere. ``eps``: a Python float."""
     if x.ndim == 4 and _two_stage():
         return _bn_train_cpu(x, scale, bias, eps)
     return _bn_train_plain(x, scale, bias, eps)
