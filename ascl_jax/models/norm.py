@@ -40,6 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ascl_jax import cpu_kernels
+
 BN_TYPES = ('single', 'dual')
 BN_BRANCHES = ('clean', 'adv')
 
@@ -72,26 +74,30 @@ def _normalize(x, mean, var, scale, bias, eps):
             + channel_broadcast(bias, x.shape))
 
 
-def _bn_train_plain(x, scale, bias, eps):
+def _bn_train_plain(x, scale, bias, eps, kernel: bool = False):
     """Train-mode BN: -> (y, batch mean, biased batch var ``E[x^2] - E[x]^2``), as Flax."""
     n = x.size // x.shape[-1]
-    mean = channel_sum(x) / n
-    var = jnp.maximum(0.0, channel_sum(x * x) / n - mean * mean)
+    if kernel:
+        s1, s2 = cpu_kernels.channel_sums(x, x, jnp.zeros(x.shape[-1:], jnp.float32))
+    else:
+        s1, s2 = channel_sum(x), channel_sum(x * x)
+    mean = s1 / n
+    var = jnp.maximum(0.0, s2 / n - mean * mean)
     return _normalize(x, mean, var, scale, bias, eps), mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _bn_train_cpu(x, scale, bias, eps):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _bn_train_cpu(x, scale, bias, eps, kernel):
     """:func:`_bn_train_plain` with a hand-written backward (:func:`_bn_train_bwd`)."""
-    return _bn_train_plain(x, scale, bias, eps)
+    return _bn_train_plain(x, scale, bias, eps, kernel)
 
 
-def _bn_train_fwd(x, scale, bias, eps):
-    y, mean, var = _bn_train_plain(x, scale, bias, eps)
+def _bn_train_fwd(x, scale, bias, eps, kernel):
+    y, mean, var = _bn_train_plain(x, scale, bias, eps, kernel)
     return (y, mean, var), (x, scale, mean, var)
 
 
-def _bn_train_bwd(eps, res, cts):
+def _bn_train_bwd(eps, kernel, res, cts):
     """Standard BN backward, written as one elementwise pass ``dx = a*gy + b*(x - mean) + c`` with
     per-channel a, b, c (b and c also carry the cotangents of the returned mean and variance) after
     two per-channel sums, ``sum(gy)`` and ``sum(gy * (x - mean))``."""
@@ -100,8 +106,11 @@ def _bn_train_bwd(eps, res, cts):
     n = x.size // x.shape[-1]
     rstd = jax.lax.rsqrt(var + eps)
     xc = x - channel_broadcast(mean, x.shape)
-    s1 = channel_sum(gy)
-    dscale = channel_sum(gy * xc) * rstd             # sum(gy * xhat)
+    if kernel:
+        s1, s_gy_xc = cpu_kernels.channel_sums(gy, x, mean)
+    else:
+        s1, s_gy_xc = channel_sum(gy), channel_sum(gy * xc)
+    dscale = s_gy_xc * rstd                          # sum(gy * xhat)
     a = scale * rstd
     b = -a * rstd * dscale / n + 2.0 * gvar / n
     c = -a * s1 / n + gmean / n
@@ -113,11 +122,14 @@ def _bn_train_bwd(eps, res, cts):
 _bn_train_cpu.defvjp(_bn_train_fwd, _bn_train_bwd)
 
 
-def bn_train(x, scale, bias, eps):
+def bn_train(x, scale, bias, eps, kernel: bool | None = None):
     """Train-mode BN -> (y, batch mean, batch var): the hand-written backward for NHWC input on CPU,
-    autodiff elsewhere. ``eps``: a Python float."""
+    autodiff elsewhere. ``eps``: a Python float. ``kernel``: whether the per-channel sums use the
+    C++ kernel (:mod:`ascl_jax.cpu_kernels`); None = :func:`cpu_kernels.enabled`."""
     if x.ndim == 4 and _two_stage():
-        return _bn_train_cpu(x, scale, bias, eps)
+        if kernel is None:
+            kernel = cpu_kernels.enabled()
+        return _bn_train_cpu(x, scale, bias, eps, bool(kernel))
     return _bn_train_plain(x, scale, bias, eps)
 
 
