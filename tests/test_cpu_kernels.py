@@ -105,7 +105,7 @@ def test_failed_build_raises_and_leaves_no_partial_file(tmp_path, monkeypatch):
         pytest.skip("no compiler")
     bad = tmp_path / "bad.cc"
     bad.write_text("this is not C++\n")
-    monkeypatch.setattr(cpu_kernels, "SOURCE", str(bad))
+    monkeypatch.setattr(cpu_kernels, "SOURCES", (str(bad),))
     monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="failed"):
         cpu_kernels.build()
@@ -119,7 +119,75 @@ def test_library_path_depends_on_source(tmp_path, monkeypatch):
     monkeypatch.setenv(cpu_kernels.ENV_CACHE, str(tmp_path))
     p1 = cpu_kernels.library_path(cxx)
     src = tmp_path / "k.cc"
-    src.write_text(open(cpu_kernels.SOURCE).read() + "\n// changed\n")
-    monkeypatch.setattr(cpu_kernels, "SOURCE", str(src))
+    src.write_text(open(cpu_kernels.SOURCES[-1]).read() + "\n// changed\n")
+    monkeypatch.setattr(cpu_kernels, "SOURCES", (*cpu_kernels.SOURCES[:-1], str(src)))
     p2 = cpu_kernels.library_path(cxx)
     assert p1 != p2 and os.path.dirname(p1) == os.path.dirname(p2) == str(tmp_path)
+
+
+def _ref_conv3x3(x, w):
+    """float64 numpy 3x3 stride-1 padding-1 NHWC x HWIO convolution."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    n, h, wd, _ = x.shape
+    xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    out = np.zeros((n, h, wd, w.shape[3]))
+    for a in range(3):
+        for b in range(3):
+            out += np.einsum('nhwi,io->nhwo', xp[:, a:a + h, b:b + wd, :], w[a, b])
+    return out
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(4, 32, 32, 3, 16), (3, 8, 8, 16, 16), (2, 16, 16, 32, 32),
+                                   (2, 8, 8, 64, 64), (2, 7, 5, 5, 48), (1, 9, 13, 20, 80),
+                                   (2, 4, 35, 16, 32), (1, 1, 1, 1, 16), (2, 3, 3, 130, 160)])
+def test_conv3x3_matches_float64(shape):
+    n, h, wd, ci, co = shape
+    kx, kw = jax.random.split(jax.random.key(ci * 1000 + co))
+    x = jax.random.normal(kx, (n, h, wd, ci))
+    w = jax.random.normal(kw, (3, 3, ci, co)) / np.sqrt(9 * ci)
+    y = jax.jit(cpu_kernels.conv3x3)(x, w)
+    ref = _ref_conv3x3(x, w)
+    np.testing.assert_allclose(y, ref, atol=2e-5 * np.sqrt(9 * ci), rtol=1e-5)
+    dx = jax.jit(cpu_kernels.conv3x3_input_grad)(y, w) if ci % 16 == 0 else None
+    if dx is not None:   # the adjoint of the convolution: <conv(x), y> = <x, conv^T(y)>
+        lhs = np.sum(ref * np.asarray(y, np.float64))
+        rhs = np.sum(np.asarray(x, np.float64) * np.asarray(dx, np.float64))
+        assert abs(lhs - rhs) <= 1e-4 * abs(lhs) + 1e-3
+
+
+@pytest.mark.skipif(not cpu_kernels.conv3x3_enabled(), reason="no AVX-512 conv kernel here")
+@pytest.mark.parametrize("ci,co", [(3, 16), (16, 16), (32, 64), (16, 8)])
+def test_conv2d_direct_kernels_values_and_grads_equal_xla(ci, co):
+    from ascl_jax.models import conv_ops
+    kx, kw, kg = jax.random.split(jax.random.key(ci + co), 3)
+    x = jax.random.normal(kx, (4, 8, 8, ci))
+    w = jax.random.normal(kw, (3, 3, ci, co)) / np.sqrt(9 * ci)
+    g = jax.random.normal(kg, (4, 8, 8, co))
+
+    def loss(x, w, direct):
+        y = conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), fast_grads=True, direct_kernels=direct)
+        return jnp.sum(jnp.tanh(y) * g)
+
+    for argnums in (0, 1, (0, 1)):
+        f = jax.jit(jax.value_and_grad(loss, argnums=argnums), static_argnums=2)
+        got, want = f(x, w, True), f(x, w, False)
+        for p, q in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4)
+    hlo = jax.jit(jax.grad(loss), static_argnums=2).lower(x, w, True).as_text()
+    n_calls = hlo.count(cpu_kernels.CONV_TARGET)
+    # forward by the kernel when co = 16k; the input gradient too when also ci = 16k
+    assert n_calls == (0 if co % 16 else 1 + (ci % 16 == 0))
+    hlo = jax.jit(jax.grad(loss), static_argnums=2).lower(x, w, None).as_text()
+    assert hlo.count(cpu_kernels.CONV_TARGET) == n_calls   # default: on where enabled
+
+
+def test_conv3x3_rejects_unsupported_shapes():
+    with pytest.raises(ValueError, match="16k"):
+        cpu_kernels.conv3x3(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 10)))
+    assert not cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 2, ((1, 1), (1, 1)),
+                                             jnp.float32)
+    assert not cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 1, ((0, 0), (0, 0)),
+                                             jnp.float32)
+    assert cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 1, ((1, 1), (1, 1)),
+                                         jnp.float32)

@@ -1,0 +1,195 @@
+// 3x3, stride 1, padding 1 convolution, NHWC x HWIO -> NHWC, float32, for XLA:CPU (XLA FFI).
+//
+//   ascl_conv3x3(x [N, H, W, Ci], w [3, 3, Ci, Co]) -> y [N, H, W, Co],   Co % 16 == 0
+//     y[n, h, v, o] = sum_{a, b, i} xpad[n, h + a, v + b, i] * w[a, b, i, o]   (xpad: 1 zero pixel
+//     around each image)
+//
+// Used for the forward of ResNet's 3x3 stride-1 convolutions and, with the kernel flipped and its
+// channel axes swapped, for their input gradient (ascl_jax/models/conv_ops.py). Direct convolution:
+// each image is copied into a zero-padded buffer once, then every output row is computed in blocks
+// of WB pixels x 16V output channels held in zmm registers (WB * V = 16 accumulators), each
+// input value broadcast once per block and multiplied into V weight vectors. Images are spread over
+// XLA's intra-op thread pool (the calling thread takes images too; module ../cpu_kernels/__init__.py).
+// Summation order per output: (a, b, i) in row-major order, in float32 FMAs.
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using Buffer4 = ffi::Buffer<ffi::F32, 4>;
+using Result4 = ffi::ResultBuffer<ffi::F32, 4>;
+
+namespace {
+
+struct ConvJob {
+  const float* x;
+  const float* w;
+  float* y;
+  int64_t n = 0, h = 0, wd = 0, ci = 0, co = 0;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+#if defined(__AVX512F__)
+// One block: WB output pixels x 16V output channels, input channels [i0, i1). p: padded input at
+// (row h, pixel v0, channel 0); prow: padded row stride; wg: w + channel-group offset; out: y at
+// (n, h, v0, group offset). first: start from zero, else add to what out holds.
+template <int V, int WB>
+inline void Block(const float* __restrict p, int64_t prow, int64_t ci, int64_t i0, int64_t i1,
+                  const float* __restrict wg, int64_t co, float* __restrict out, bool first) {
+  __m512 acc[WB][V];
+  for (int q = 0; q < WB; ++q)
+    for (int v = 0; v < V; ++v)
+      acc[q][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(out + q * co + 16 * v);
+  for (int a = 0; a < 3; ++a) {
+    for (int b = 0; b < 3; ++b) {
+      const float* __restrict xp = p + a * prow + b * ci;
+      const float* __restrict wp = wg + (a * 3 + b) * ci * co;
+      for (int64_t i = i0; i < i1; ++i) {
+        __m512 wv[V];
+        for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_ps(wp + i * co + 16 * v);
+#pragma GCC unroll 16
+        for (int q = 0; q < WB; ++q) {
+          const __m512 xb = _mm512_set1_ps(xp[q * ci + i]);
+#pragma GCC unroll 4
+          for (int v = 0; v < V; ++v) acc[q][v] = _mm512_fmadd_ps(xb, wv[v], acc[q][v]);
+        }
+      }
+    }
+  }
+  for (int q = 0; q < WB; ++q)
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + q * co + 16 * v, acc[q][v]);
+}
+
+// All pixels of one output row for one channel group of 16V, in blocks of WB (then 8, 4, 2, 1).
+template <int V, int WB>
+void Row(const float* p, int64_t prow, int64_t wd, int64_t ci, int64_t i0, int64_t i1,
+         const float* wg, int64_t co, float* out, bool first) {
+  int64_t v0 = 0;
+  for (; v0 + WB <= wd; v0 += WB)
+    Block<V, WB>(p + v0 * ci, prow, ci, i0, i1, wg, co, out + v0 * co, first);
+  if constexpr (WB > 1) {
+    constexpr int kHalf = WB / 2;
+    if (v0 < wd) Row<V, kHalf>(p + v0 * ci, prow, wd - v0, ci, i0, i1, wg, co, out + v0 * co, first);
+  }
+}
+
+// One channel group of 16V for a whole image. The input channels go in chunks of kChunk so that
+// the chunk's weights (9 * kChunk * 16V floats, <= 18 KiB) stay in L1 across the image's rows.
+template <int V, int WB>
+void Group(const float* pad, int64_t h, int64_t wd, int64_t ci, const float* wg, int64_t co,
+           float* yn) {
+  constexpr int64_t kChunk = V == 1 ? 32 : (V == 2 ? 16 : 8);
+  const int64_t prow = (wd + 2) * ci;
+  for (int64_t i0 = 0; i0 < ci; i0 += kChunk) {
+    const int64_t i1 = std::min(ci, i0 + kChunk);
+    for (int64_t r = 0; r < h; ++r)
+      Row<V, WB>(pad + r * prow, prow, wd, ci, i0, i1, wg, co, yn + r * wd * co, i0 == 0);
+  }
+}
+#endif
+
+void Image(const ConvJob& j, int64_t n, std::vector<float>& pad) {
+  const int64_t ci = j.ci, co = j.co;
+  const int64_t prow = (j.wd + 2) * ci;
+  // Zero-padded copy of image n: rows 0 and H+1 and pixels 0 and W+1 of each row are zero.
+  std::fill(pad.begin(), pad.begin() + prow, 0.0f);
+  std::fill(pad.end() - prow, pad.end(), 0.0f);
+  const float* xn = j.x + n * j.h * j.wd * ci;
+  for (int64_t r = 0; r < j.h; ++r) {
+    float* dst = pad.data() + (r + 1) * prow;
+    std::fill(dst, dst + ci, 0.0f);
+    std::memcpy(dst + ci, xn + r * j.wd * ci, sizeof(float) * j.wd * ci);
+    std::fill(dst + (j.wd + 1) * ci, dst + prow, 0.0f);
+  }
+  float* yn = j.y + n * j.h * j.wd * co;
+  int64_t g = 0;
+#if defined(__AVX512F__)
+  for (; g + 64 <= co; g += 64) Group<4, 4>(pad.data(), j.h, j.wd, ci, j.w + g, co, yn + g);
+  if (co - g == 48) { Group<3, 4>(pad.data(), j.h, j.wd, ci, j.w + g, co, yn + g); g += 48; }
+  if (co - g == 32) { Group<2, 8>(pad.data(), j.h, j.wd, ci, j.w + g, co, yn + g); g += 32; }
+  if (co - g == 16) { Group<1, 16>(pad.data(), j.h, j.wd, ci, j.w + g, co, yn + g); g += 16; }
+#endif
+  // Portable path (no AVX-512, or channels left over): plain loops.
+  for (; g < co; ++g) {
+    for (int64_t r = 0; r < j.h; ++r) {
+      const float* p = pad.data() + r * prow;
+      float* out = yn + r * j.wd * co;
+      for (int64_t v = 0; v < j.wd; ++v) {
+        float s = 0.0f;
+        for (int a = 0; a < 3; ++a)
+          for (int b = 0; b < 3; ++b) {
+            const float* xp = p + a * prow + (v + b) * ci;
+            const float* wq = j.w + (a * 3 + b) * ci * co + g;
+            for (int64_t i = 0; i < ci; ++i) s += xp[i] * wq[i * co];
+          }
+        out[v * co + g] = s;
+      }
+    }
+  }
+}
+
+void Drain(ConvJob& j) {
+  std::vector<float> pad((j.h + 2) * (j.wd + 2) * j.ci);
+  for (;;) {
+    const int64_t n = j.next.fetch_add(1, std::memory_order_relaxed);
+    if (n >= j.n) return;
+    Image(j, n, pad);
+    j.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+ffi::Error Conv3x3Impl(ffi::ThreadPool pool, Buffer4 x, Buffer4 w, Result4 y) {
+  const auto xd = x.dimensions();
+  const auto wdims = w.dimensions();
+  const auto yd = y->dimensions();
+  if (wdims[0] != 3 || wdims[1] != 3 || wdims[2] != xd[3] || yd[0] != xd[0] || yd[1] != xd[1] ||
+      yd[2] != xd[2] || yd[3] != wdims[3]) {
+    return ffi::Error::InvalidArgument(
+        "ascl_conv3x3: shapes must be x [N, H, W, Ci], w [3, 3, Ci, Co], y [N, H, W, Co]");
+  }
+  auto job = std::make_shared<ConvJob>();
+  job->x = x.typed_data();
+  job->w = w.typed_data();
+  job->y = y->typed_data();
+  job->n = xd[0];
+  job->h = xd[1];
+  job->wd = xd[2];
+  job->ci = xd[3];
+  job->co = wdims[3];
+  if (job->n == 0 || job->h == 0 || job->wd == 0 || job->co == 0) return ffi::Error::Success();
+  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { Drain(*job); });
+  Drain(*job);
+  while (job->done.load(std::memory_order_acquire) < job->n) std::this_thread::yield();
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AsclConv3x3, Conv3x3Impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Buffer4>()
+                                  .Arg<Buffer4>()
+                                  .Ret<Buffer4>());
+
+// 1 when this build has the AVX-512 blocks; without them only the plain loops exist, which are
+// slower than XLA's convolution, so the Python side does not use the kernel then.
+extern "C" int AsclConv3x3Vectorized() {
+#if defined(__AVX512F__)
+  return 1;
+#else
+  return 0;
+#endif
+}
