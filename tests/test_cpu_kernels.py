@@ -191,3 +191,25 @@ def test_conv3x3_rejects_unsupported_shapes():
                                              jnp.float32)
     assert cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 1, ((1, 1), (1, 1)),
                                          jnp.float32)
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(11, 8, 8, 3, 16), (3, 32, 32, 16, 16), (2, 7, 5, 20, 48),
+                                   (9, 4, 4, 130, 160), (1, 1, 1, 1, 16)])
+def test_conv3x3_weight_grad_matches_float64(shape):
+    n, h, wd, ci, co = shape
+    kx, kd = jax.random.split(jax.random.key(n * 7 + ci))
+    x = jax.random.normal(kx, (n, h, wd, ci))
+    dy = jax.random.normal(kd, (n, h, wd, co))
+    dw = jax.jit(cpu_kernels.conv3x3_weight_grad)(x, dy)
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    ref = np.stack([np.stack([np.einsum('nhwi,nhwo->io', xp[:, a:a + h, b:b + wd], np.asarray(dy, np.float64))
+                              for b in range(3)]) for a in range(3)])
+    np.testing.assert_allclose(dw, ref, atol=1e-5 * np.sqrt(n * h * wd) * 4, rtol=1e-5)
+    again = jax.jit(cpu_kernels.conv3x3_weight_grad)(x, dy)
+    np.testing.assert_array_equal(dw, again)          # fixed image blocks: deterministic
+
+
+def test_conv3x3_weight_grad_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="16k"):
+        cpu_kernels.conv3x3_weight_grad(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 4, 4, 10)))

@@ -10,7 +10,8 @@ float64 numpy and against XLA):
   :mod:`ascl_jax.models.norm`.
 - :func:`conv3x3` (``conv3x3.cc``): a direct 3x3 stride-1 padding-1 NHWC convolution with AVX-512
   register blocking, used only on CPUs with AVX-512 (:func:`conv3x3_enabled`): 1.2-4.8x faster
-  than XLA:CPU's Eigen convolution for ResNet-20's shapes (the 3-channel stem most). Used by :mod:`ascl_jax.models.conv_ops` for those convolutions'
+  than XLA:CPU's Eigen convolution for ResNet-20's shapes (the 3-channel stem most); and
+  :func:`conv3x3_weight_grad`, its kernel gradient, summed over each image in registers. Used by :mod:`ascl_jax.models.conv_ops` for those convolutions'
   forward and input gradient (the weight gradient stays XLA's).
 
 Callers check :func:`enabled` at trace time and fall back to XLA otherwise; results equal XLA's up
@@ -51,7 +52,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = (os.path.join(_HERE, "channel_sums.cc"), os.path.join(_HERE, "conv3x3.cc"))
 TARGET = "ascl_channel_sums"          # FFI target names and the library symbols of their handlers
 CONV_TARGET = "ascl_conv3x3"
-_SYMBOLS = {TARGET: "AsclChannelSums", CONV_TARGET: "AsclConv3x3"}
+WGRAD_TARGET = "ascl_conv3x3_wgrad"
+_SYMBOLS = {TARGET: "AsclChannelSums", CONV_TARGET: "AsclConv3x3",
+            WGRAD_TARGET: "AsclConv3x3Wgrad"}
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
@@ -203,3 +206,16 @@ def conv3x3_input_grad(dy: jax.Array, w: jax.Array) -> jax.Array:
     """dx of :func:`conv3x3` (the same convolution with the kernel flipped and its channel axes
     swapped): dy [N, H, W, Co], w [3, 3, Ci, Co] (Ci a multiple of 16) -> [N, H, W, Ci]."""
     return conv3x3(dy, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2))
+
+
+def conv3x3_weight_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
+    """Kernel gradient of :func:`conv3x3`: x [N, H, W, Ci], dy [N, H, W, Co] (Co a multiple of 16)
+    -> dw [3, 3, Ci, Co], ``dw[a, b, i, o] = sum_{n, h, v} xpad[n, h + a, v + b, i] dy[n, h, v, o]``.
+    Summed per image in float32 registers, then over fixed blocks of images in block order
+    (deterministic for a given shape)."""
+    if (x.ndim != 4 or dy.ndim != 4 or x.shape[:3] != dy.shape[:3] or dy.shape[3] % 16
+            or x.dtype != jnp.float32 or dy.dtype != jnp.float32):
+        raise ValueError(f"conv3x3_weight_grad: needs x [N, H, W, Ci] and dy [N, H, W, 16k], "
+                         f"float32; got {x.shape} {x.dtype}, {dy.shape} {dy.dtype}")
+    out = jax.ShapeDtypeStruct((3, 3, x.shape[3], dy.shape[3]), jnp.float32)
+    return jax.ffi.ffi_call(WGRAD_TARGET, out, vmap_method="sequential")(x, dy)

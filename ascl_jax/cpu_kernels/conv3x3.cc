@@ -40,6 +40,19 @@ struct ConvJob {
   std::atomic<int64_t> done{0};
 };
 
+// Zero-padded copy of one image [H, W, C] -> pad [(H + 2), (W + 2), C].
+void PadImage(const float* xn, int64_t h, int64_t wd, int64_t ci, std::vector<float>& pad) {
+  const int64_t prow = (wd + 2) * ci;
+  std::fill(pad.begin(), pad.begin() + prow, 0.0f);
+  std::fill(pad.end() - prow, pad.end(), 0.0f);
+  for (int64_t r = 0; r < h; ++r) {
+    float* dst = pad.data() + (r + 1) * prow;
+    std::fill(dst, dst + ci, 0.0f);
+    std::memcpy(dst + ci, xn + r * wd * ci, sizeof(float) * wd * ci);
+    std::fill(dst + (wd + 1) * ci, dst + prow, 0.0f);
+  }
+}
+
 #if defined(__AVX512F__)
 // One block: WB output pixels x 16V output channels, input channels [i0, i1). p: padded input at
 // (row h, pixel v0, channel 0); prow: padded row stride; wg: w + channel-group offset; out: y at
@@ -102,16 +115,7 @@ void Group(const float* pad, int64_t h, int64_t wd, int64_t ci, const float* wg,
 void Image(const ConvJob& j, int64_t n, std::vector<float>& pad) {
   const int64_t ci = j.ci, co = j.co;
   const int64_t prow = (j.wd + 2) * ci;
-  // Zero-padded copy of image n: rows 0 and H+1 and pixels 0 and W+1 of each row are zero.
-  std::fill(pad.begin(), pad.begin() + prow, 0.0f);
-  std::fill(pad.end() - prow, pad.end(), 0.0f);
-  const float* xn = j.x + n * j.h * j.wd * ci;
-  for (int64_t r = 0; r < j.h; ++r) {
-    float* dst = pad.data() + (r + 1) * prow;
-    std::fill(dst, dst + ci, 0.0f);
-    std::memcpy(dst + ci, xn + r * j.wd * ci, sizeof(float) * j.wd * ci);
-    std::fill(dst + (j.wd + 1) * ci, dst + prow, 0.0f);
-  }
+  PadImage(j.x + n * j.h * j.wd * ci, j.h, j.wd, ci, pad);
   float* yn = j.y + n * j.h * j.wd * co;
   int64_t g = 0;
 #if defined(__AVX512F__)
@@ -175,9 +179,155 @@ ffi::Error Conv3x3Impl(ffi::ThreadPool pool, Buffer4 x, Buffer4 w, Result4 y) {
   return ffi::Error::Success();
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradient: dw[a, b, i, o] = sum_{n, h, v} xpad[n, h + a, v + b, i] * dy[n, h, v, o]
+
+struct WgradJob {
+  const float* x;
+  const float* dy;
+  int64_t n = 0, h = 0, wd = 0, ci = 0, co = 0, chunks = 1, per_chunk = 1;
+  std::vector<float> part;  // [chunks, 9 * ci * co]: one partial sum per fixed block of images
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+};
+
+#if defined(__AVX512F__)
+// IB input channels [i0, i0 + IB) x 16V output channels [g, g + 16V) of tap (a, b), summed over
+// all pixels of one image in registers, then added into dw (this chunk's partial sum).
+template <int V, int IB>
+inline void WBlock(const float* __restrict pad, const float* __restrict dyn, int64_t h, int64_t wd,
+                   int64_t ci, int64_t co, int a, int b, int64_t i0, int64_t g,
+                   float* __restrict dw) {
+  const int64_t prow = (wd + 2) * ci;
+  __m512 acc[IB][V];
+  for (int k = 0; k < IB; ++k)
+    for (int v = 0; v < V; ++v) acc[k][v] = _mm512_setzero_ps();
+  for (int64_t r = 0; r < h; ++r) {
+    const float* __restrict xr = pad + (r + a) * prow + b * ci + i0;
+    const float* __restrict dr = dyn + r * wd * co + g;
+    for (int64_t v0 = 0; v0 < wd; ++v0) {
+      __m512 d[V];
+      for (int v = 0; v < V; ++v) d[v] = _mm512_loadu_ps(dr + v0 * co + 16 * v);
+#pragma GCC unroll 16
+      for (int k = 0; k < IB; ++k) {
+        const __m512 xb = _mm512_set1_ps(xr[v0 * ci + k]);
+#pragma GCC unroll 4
+        for (int v = 0; v < V; ++v) acc[k][v] = _mm512_fmadd_ps(xb, d[v], acc[k][v]);
+      }
+    }
+  }
+  float* out = dw + ((a * 3 + b) * ci + i0) * co + g;
+  for (int k = 0; k < IB; ++k)
+    for (int v = 0; v < V; ++v) {
+      float* o = out + k * co + 16 * v;
+      _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), acc[k][v]));
+    }
+}
+
+// All input channels from i0 on, in blocks of IB (then IB/2, ..., 1).
+template <int V, int IB>
+void WChannels(const float* pad, const float* dyn, int64_t h, int64_t wd, int64_t ci, int64_t co,
+               int a, int b, int64_t i0, int64_t g, float* dw) {
+  for (; i0 + IB <= ci; i0 += IB) WBlock<V, IB>(pad, dyn, h, wd, ci, co, a, b, i0, g, dw);
+  if constexpr (IB > 1) {
+    if (i0 < ci) WChannels<V, IB / 2>(pad, dyn, h, wd, ci, co, a, b, i0, g, dw);
+  }
+}
+#endif
+
+void WgradImage(const WgradJob& j, int64_t n, std::vector<float>& pad, float* dw) {
+  PadImage(j.x + n * j.h * j.wd * j.ci, j.h, j.wd, j.ci, pad);
+  const float* dyn = j.dy + n * j.h * j.wd * j.co;
+  const int64_t ci = j.ci, co = j.co, prow = (j.wd + 2) * ci;
+  for (int a = 0; a < 3; ++a) {
+    for (int b = 0; b < 3; ++b) {
+      int64_t g = 0;
+#if defined(__AVX512F__)
+      for (; g + 64 <= co; g += 64) WChannels<4, 4>(pad.data(), dyn, j.h, j.wd, ci, co, a, b, 0, g, dw);
+      if (co - g == 48) { WChannels<3, 4>(pad.data(), dyn, j.h, j.wd, ci, co, a, b, 0, g, dw); g += 48; }
+      if (co - g == 32) { WChannels<2, 8>(pad.data(), dyn, j.h, j.wd, ci, co, a, b, 0, g, dw); g += 32; }
+      if (co - g == 16) { WChannels<1, 16>(pad.data(), dyn, j.h, j.wd, ci, co, a, b, 0, g, dw); g += 16; }
+#endif
+      for (; g < co; ++g) {  // portable path
+        for (int64_t i = 0; i < ci; ++i) {
+          float s = 0.0f;
+          for (int64_t r = 0; r < j.h; ++r)
+            for (int64_t v = 0; v < j.wd; ++v)
+              s += pad[(r + a) * prow + (v + b) * ci + i] * dyn[(r * j.wd + v) * co + g];
+          dw[((a * 3 + b) * ci + i) * co + g] += s;
+        }
+      }
+    }
+  }
+}
+
+void WgradDrain(WgradJob& j) {
+  std::vector<float> pad((j.h + 2) * (j.wd + 2) * j.ci);
+  const int64_t size = 9 * j.ci * j.co;
+  for (;;) {
+    const int64_t k = j.next.fetch_add(1, std::memory_order_relaxed);
+    if (k >= j.chunks) return;
+    float* dw = j.part.data() + k * size;
+    const int64_t n1 = std::min(j.n, (k + 1) * j.per_chunk);
+    for (int64_t n = k * j.per_chunk; n < n1; ++n) WgradImage(j, n, pad, dw);
+    j.done.fetch_add(1, std::memory_order_release);
+  }
+}
+
+ffi::Error Conv3x3WgradImpl(ffi::ThreadPool pool, Buffer4 x, Buffer4 dy, Result4 dw) {
+  const auto xd = x.dimensions();
+  const auto dd = dy.dimensions();
+  const auto wdims = dw->dimensions();
+  if (dd[0] != xd[0] || dd[1] != xd[1] || dd[2] != xd[2] || wdims[0] != 3 || wdims[1] != 3 ||
+      wdims[2] != xd[3] || wdims[3] != dd[3]) {
+    return ffi::Error::InvalidArgument(
+        "ascl_conv3x3_wgrad: shapes must be x [N, H, W, Ci], dy [N, H, W, Co], dw [3, 3, Ci, Co]");
+  }
+  auto job = std::make_shared<WgradJob>();
+  job->x = x.typed_data();
+  job->dy = dy.typed_data();
+  job->n = xd[0];
+  job->h = xd[1];
+  job->wd = xd[2];
+  job->ci = xd[3];
+  job->co = dd[3];
+  const int64_t size = 9 * job->ci * job->co;
+  float* out = dw->typed_data();
+  if (job->n == 0 || job->h == 0 || job->wd == 0 || size == 0) {
+    std::fill(out, out + size, 0.0f);
+    return ffi::Error::Success();
+  }
+  // Fixed image blocks (kWgradChunks at most) with one partial sum each, added in block order:
+  // the result does not depend on which thread ran which block.
+  constexpr int64_t kWgradChunks = 8;
+  job->chunks = std::min(job->n, kWgradChunks);
+  job->per_chunk = (job->n + job->chunks - 1) / job->chunks;
+  job->chunks = (job->n + job->per_chunk - 1) / job->per_chunk;
+  job->part.assign(job->chunks * size, 0.0f);
+  const int64_t helpers =
+      std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->chunks) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { WgradDrain(*job); });
+  WgradDrain(*job);
+  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+  std::copy(job->part.begin(), job->part.begin() + size, out);
+  for (int64_t k = 1; k < job->chunks; ++k) {
+    const float* p = job->part.data() + k * size;
+    for (int64_t q = 0; q < size; ++q) out[q] += p[q];
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(AsclConv3x3, Conv3x3Impl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<Buffer4>()
+                                  .Arg<Buffer4>()
+                                  .Ret<Buffer4>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(AsclConv3x3Wgrad, Conv3x3WgradImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
                                   .Arg<Buffer4>()

@@ -24,7 +24,10 @@ the speed of the attack:
   gradient too when the input has 16k channels (the same kernel on dy with w flipped and its
   channel axes swapped). Only where :func:`ascl_jax.cpu_kernels.conv3x3_enabled`.
 
-Other shapes use XLA's own input gradient, and every weight gradient is XLA's. On CPU every convolution is one ``jax.custom_vjp``
+  Their kernel gradient is :func:`ascl_jax.cpu_kernels.conv3x3_weight_grad` (summed per image in
+  registers: 2-3x faster than Eigen's, which also transposes both operands).
+
+Other shapes use XLA's own input gradient and weight gradient. On CPU every convolution is one ``jax.custom_vjp``
 (:func:`_conv_cpu`) that also knows which gradients are wanted (``symbolic_zeros``): when the
 kernel's gradient is, the input goes through :func:`materialize` first. The weight gradient reads
 its input transposed (NHWC -> CHWN); without the barrier XLA:CPU fuses the input's producer (BN +
@@ -168,7 +171,8 @@ def _conv_cpu(x, w, stride, padding, kind, direct_fwd):
 
 def _conv_cpu_fwd(x, w, stride, padding, kind, direct_fwd):
     # x, w: CustomVJPPrimal (symbolic_zeros=True), so we know whether w's gradient is wanted.
-    xv = materialize(x.value) if w.perturbed else x.value
+    # The direct kernels take x as a buffer already; XLA's weight gradient needs the barrier.
+    xv = materialize(x.value) if w.perturbed and not direct_fwd else x.value
     return (_forward(xv, w.value, stride, padding, direct_fwd),
             (xv, w.value, x.perturbed, w.perturbed))
 
@@ -178,7 +182,12 @@ def _conv_cpu_bwd(stride, padding, kind, direct_fwd, res, dy):
     if isinstance(dy, SymbolicZero):                 # output unused: both gradients are zero
         return None, None
     dx = _input_grad(kind, x, w, stride, padding, dy) if want_dx else None
-    dw = _weight_grad(x, w, stride, padding, dy) if want_dw else None
+    if not want_dw:
+        dw = None
+    elif direct_fwd:
+        dw = cpu_kernels.conv3x3_weight_grad(x, dy)
+    else:
+        dw = _weight_grad(x, w, stride, padding, dy)
     return dx, dw
 
 
