@@ -83,6 +83,13 @@ def _bn_train_plain(x, scale, bias, eps, kernel: bool = False):
         s1, s2 = channel_sum(x), channel_sum(x * x)
     mean = s1 / n
     var = jnp.maximum(0.0, s2 / n - mean * mean)
+    if kernel:
+        # Folded form x * mul + (bias - mean * mul) (PyTorch's CPU batch norm computes this): no
+        # x - mean for XLA to write to memory and keep for the backward.
+        mul = scale * jax.lax.rsqrt(var + eps)
+        y = (x * channel_broadcast(mul, x.shape)
+             + channel_broadcast(bias - mean * mul, x.shape))
+        return y, mean, var
     return _normalize(x, mean, var, scale, bias, eps), mean, var
 
 
@@ -105,17 +112,21 @@ def _bn_train_bwd(eps, kernel, res, cts):
     gy, gmean, gvar = cts
     n = x.size // x.shape[-1]
     rstd = jax.lax.rsqrt(var + eps)
-    xc = x - channel_broadcast(mean, x.shape)
     if kernel:
         s1, s_gy_xc = cpu_kernels.channel_sums(gy, x, mean)
     else:
+        xc = x - channel_broadcast(mean, x.shape)
         s1, s_gy_xc = channel_sum(gy), channel_sum(gy * xc)
     dscale = s_gy_xc * rstd                          # sum(gy * xhat)
     a = scale * rstd
     b = -a * rstd * dscale / n + 2.0 * gvar / n
     c = -a * s1 / n + gmean / n
-    dx = (gy * channel_broadcast(a, x.shape) + xc * channel_broadcast(b, x.shape)
-          + channel_broadcast(c, x.shape))
+    if kernel:   # folded as in the forward: a*gy + b*x + (c - b*mean)
+        dx = (gy * channel_broadcast(a, x.shape) + x * channel_broadcast(b, x.shape)
+              + channel_broadcast(c - b * mean, x.shape))
+    else:
+        dx = (gy * channel_broadcast(a, x.shape) + xc * channel_broadcast(b, x.shape)
+              + channel_broadcast(c, x.shape))
     return dx, dscale, s1
 
 
