@@ -56,10 +56,15 @@ Session 3, with conv inputs materialised for weight gradients (conv_ops.material
                  pgd_fori 76.1 / 79.5 (0.91 / 0.99)  at 54.8 / 56.2 (0.75 / 0.76)
                  trainbn_pgd 64.2 / 64.0
 
+Session 4, with the C++ kernels (ascl_jax/cpu_kernels: 3x3 conv forward / input / weight gradient,
+BN sums; PyTorch plain 560, PGD-10 78.9, AT 68.0; bench/results/step_cpu2.json):
+
+  FAST_FLAGS     plain 563.5 (1.01)   pgd_fori 106.8 (1.35)   pgd_unroll 97.7 (1.24)
+                 at 74.0 (1.09)       trainbn_pgd 103.7
+
 PGD-50 with FAST_FLAGS (loaded machine): default policy (chunks of 10), fori and chunk5 within 4%
-of each other, fori_raw 6x slower. Remaining gap to PyTorch: Eigen's forward convolutions with
-16-64 channels take ~1.4x oneDNN's time and its weight-gradient convolutions ~4x (each also
-transposes both operands, NHWC -> CHWN; docs/design.md);
+of each other, fori_raw 6x slower. Before session 4 the gap to PyTorch was Eigen's convolutions:
+forward with 16-64 channels ~1.4x oneDNN's time, weight gradients ~4x (docs/design.md);
 --xla_cpu_use_onednn=true only rewrites dots in this jaxlib, and bf16 convolutions are slower than
 f32 here.
 """
