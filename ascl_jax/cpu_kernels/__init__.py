@@ -11,11 +11,13 @@ float64 numpy and against XLA):
 - :func:`conv3x3` (``conv3x3.cc``): a direct 3x3 stride-1 padding-1 NHWC convolution with AVX-512
   register blocking, used only on CPUs with AVX-512 (:func:`conv3x3_enabled`): 1.2-4.8x faster
   than XLA:CPU's Eigen convolution for ResNet-20's shapes (the 3-channel stem most); and
-  :func:`conv3x3_weight_grad`, its kernel gradient, summed over each image in registers. Used by :mod:`ascl_jax.models.conv_ops` for those convolutions'
-  forward and input gradient (the weight gradient stays XLA's).
+  :func:`conv3x3_weight_grad`, its kernel gradient, summed over each image in registers. Used
+  by :mod:`ascl_jax.models.conv_ops` for those convolutions' forward, input gradient and kernel
+  gradient.
 
 Callers check :func:`enabled` at trace time and fall back to XLA otherwise; results equal XLA's up
-to float rounding.
+to float rounding. Calling a kernel function directly builds and loads the library first and
+raises ``RuntimeError`` if that is not possible.
 
 Build: the first call compiles the ``.cc`` files with the system C++ compiler (``$CXX``, else
 ``c++``/``g++``/``clang++``; ``-O3 -march=native``, about 2 s) against the XLA FFI headers that
@@ -28,7 +30,8 @@ renamed into place, so concurrent processes (pytest-xdist workers) are safe.
 
 When the kernels are not used: ``ASCL_JAX_CPU_KERNELS=0`` in the environment; a backend other than
 CPU; more than one process (``jax.process_count() > 1``: the custom call has no partitioning rule,
-so XLA would gather the global batch onto every device); no compiler, or a failed build or load
+so XLA would gather the global batch onto every device; within one process, e.g. the tests' 8
+simulated CPU devices, it does that too: correct, but each device then computes the whole call); no compiler, or a failed build or load
 (one warning, naming the cause, then XLA's reductions).
 """
 from __future__ import annotations
@@ -160,16 +163,22 @@ def enabled() -> bool:
     return load()
 
 
+def _require_loaded(name: str) -> None:
+    if not load():
+        raise RuntimeError(f"cpu_kernels.{name}: the C++ kernels could not be built or loaded "
+                           "(see the warning above); use the XLA paths instead")
+
+
 def channel_sums(a: jax.Array, b: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(sum a, sum a * (b - shift))`` over all axes but the last, in float32.
 
-    a, b: [..., C] float32, same shape; shift: [C]. Returns two [C] arrays. Requires :func:`load`
-    to have succeeded (callers check :func:`enabled`). Summation: float within blocks of 256 rows,
+    a, b: [..., C] float32, same shape; shift: [C]. Returns two [C] arrays. Summation: float within blocks of 256 rows,
     double across blocks and threads; deterministic for a given shape and thread count.
     """
     if a.shape != b.shape or shift.shape != a.shape[-1:]:
         raise ValueError(f"channel_sums: a, b must be [..., C] of one shape and shift [C]; got "
                          f"{a.shape}, {b.shape}, {shift.shape}")
+    _require_loaded("channel_sums")
     out = jax.ShapeDtypeStruct(a.shape[-1:], jnp.float32)
     return tuple(jax.ffi.ffi_call(TARGET, (out, out), vmap_method="sequential")(
         a.astype(jnp.float32), b.astype(jnp.float32), shift.astype(jnp.float32)))
@@ -194,10 +203,11 @@ def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
     """3x3 stride-1 padding-1 convolution: x [N, H, W, Ci] (NHWC), w [3, 3, Ci, Co] (HWIO, Co a
     multiple of 16) -> [N, H, W, Co], float32. Equals ``lax.conv_general_dilated(x, w, (1, 1),
     ((1, 1), (1, 1)))`` up to float rounding. Not differentiable by itself (``conv_ops`` holds the
-    rules). Requires :func:`load` to have succeeded."""
+    rules)."""
     if not conv3x3_supported(x.shape, w.shape, 1, ((1, 1), (1, 1)), x.dtype) or w.dtype != x.dtype:
         raise ValueError(f"conv3x3: needs x [N, H, W, Ci] and w [3, 3, Ci, 16k], float32; got "
                          f"{x.shape} {x.dtype}, {w.shape} {w.dtype}")
+    _require_loaded("conv3x3")
     out = jax.ShapeDtypeStruct(x.shape[:3] + w.shape[3:], jnp.float32)
     return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(x, w)
 
@@ -217,5 +227,6 @@ def conv3x3_weight_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
             or x.dtype != jnp.float32 or dy.dtype != jnp.float32):
         raise ValueError(f"conv3x3_weight_grad: needs x [N, H, W, Ci] and dy [N, H, W, 16k], "
                          f"float32; got {x.shape} {x.dtype}, {dy.shape} {dy.dtype}")
+    _require_loaded("conv3x3_weight_grad")
     out = jax.ShapeDtypeStruct((3, 3, x.shape[3], dy.shape[3]), jnp.float32)
     return jax.ffi.ffi_call(WGRAD_TARGET, out, vmap_method="sequential")(x, dy)

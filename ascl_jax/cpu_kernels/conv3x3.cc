@@ -182,6 +182,10 @@ ffi::Error Conv3x3Impl(ffi::ThreadPool pool, Buffer4 x, Buffer4 w, Result4 y) {
   job->ci = xd[3];
   job->co = wdims[3];
   if (job->n == 0 || job->h == 0 || job->wd == 0 || job->co == 0) return ffi::Error::Success();
+  if (job->ci == 0) {  // no input channels: the sum over them is empty
+    std::fill(job->y, job->y + job->n * job->h * job->wd * job->co, 0.0f);
+    return ffi::Error::Success();
+  }
   const int64_t helpers = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->n) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { Drain(*job); });
   Drain(*job);

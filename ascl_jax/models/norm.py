@@ -27,8 +27,11 @@ one-shot reduction over (B, H, W) that keeps a 16-wide minor dimension about 5x 
 two-stage form (1.14 ms against 0.24 ms on a [128, 32, 32, 16] activation, docs/design.md "CPU fast
 paths"), and a train-mode BN layer needs four such sums per forward + backward. Train mode on CPU
 also has a hand-written backward (``jax.custom_vjp``: one elementwise pass after two sums, so
-forward-mode ``jax.jvp`` through it is not available). On other backends the plain one-shot form and
-autodiff are used.
+forward-mode ``jax.jvp`` through it is not available). Where :func:`ascl_jax.cpu_kernels.enabled`,
+the train-mode sums come from the C++ kernel :func:`ascl_jax.cpu_kernels.channel_sums` (one pass
+over the operands) and the normalisation is written in PyTorch's folded form ``x * mul + (bias -
+mean * mul)`` (its backward likewise), so that XLA keeps no ``x - mean``. On other backends the
+plain one-shot form and autodiff are used.
 """
 from __future__ import annotations
 
