@@ -214,3 +214,64 @@ def test_conv3x3_weight_grad_matches_float64(shape):
 def test_conv3x3_weight_grad_rejects_bad_shapes():
     with pytest.raises(ValueError, match="16k"):
         cpu_kernels.conv3x3_weight_grad(jnp.zeros((1, 4, 4, 3)), jnp.zeros((1, 4, 4, 10)))
+
+
+def test_no_compiler_means_clear_error(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "_compiler", lambda: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        cpu_kernels.build()
+
+
+def test_failed_load_falls_back_to_xla(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "load", lambda: False)
+    assert not cpu_kernels.enabled() and not cpu_kernels.conv3x3_enabled()
+    from ascl_jax.models import conv_ops
+    x = jnp.ones((2, 8, 8, 16))
+
+    def f(x):
+        y = conv_ops.conv2d(x, jnp.ones((3, 3, 16, 16)), 1, ((1, 1), (1, 1)))
+        return norm.bn_train(y, jnp.ones(16), jnp.zeros(16), 1e-5)[0].sum()
+
+    hlo = jax.jit(jax.grad(f)).lower(x).as_text()
+    assert "ascl_" not in hlo
+    with pytest.raises(RuntimeError, match="could not be built"):
+        cpu_kernels.channel_sums(x, x, jnp.zeros(16))
+
+
+def test_portable_build_without_avx512(tmp_path):
+    """The plain-loop code paths (what a CPU without AVX-512 compiles): built with AVX-512 off,
+    registered under other names, checked against float64 references."""
+    import ctypes
+    import subprocess
+    cxx = cpu_kernels._compiler()
+    if cxx is None or not os.uname().machine.startswith(("x86", "amd64")):
+        pytest.skip("needs an x86 C++ compiler")
+    lib_path = tmp_path / "portable.so"
+    cmd = [cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-w", "-mno-avx512f", "-I",
+           jax.ffi.include_dir(), *cpu_kernels.SOURCES, "-o", str(lib_path)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    lib = ctypes.cdll.LoadLibrary(str(lib_path))
+    assert lib.AsclConv3x3Vectorized() == 0
+    names = {}
+    for target, symbol in cpu_kernels._SYMBOLS.items():
+        names[target] = target + "_portable_test"
+        jax.ffi.register_ffi_target(names[target], jax.ffi.pycapsule(getattr(lib, symbol)),
+                                    platform="cpu")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(3, 6, 5, 7)).astype(np.float32)
+    w = rng.normal(size=(3, 3, 7, 32)).astype(np.float32)
+    dy = rng.normal(size=(3, 6, 5, 32)).astype(np.float32)
+    y = jax.ffi.ffi_call(names[cpu_kernels.CONV_TARGET],
+                         jax.ShapeDtypeStruct((3, 6, 5, 32), jnp.float32))(x, w)
+    np.testing.assert_allclose(y, _ref_conv3x3(x, w), atol=1e-4, rtol=1e-5)
+    dw = jax.ffi.ffi_call(names[cpu_kernels.WGRAD_TARGET],
+                          jax.ShapeDtypeStruct((3, 3, 7, 32), jnp.float32))(x, dy)
+    want = jax.vjp(lambda w_: jax.lax.conv_general_dilated(
+        x, w_, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')), w)[1](dy)[0]
+    np.testing.assert_allclose(dw, want, atol=1e-4, rtol=1e-5)
+    a = rng.normal(size=(300, 16)).astype(np.float32)
+    out = jax.ShapeDtypeStruct((16,), jnp.float32)
+    s1, s2 = jax.ffi.ffi_call(names[cpu_kernels.TARGET], (out, out))(a, a, np.zeros(16, np.float32))
+    r1, r2 = _ref_sums(a, a, np.zeros(16))
+    np.testing.assert_allclose(s1, r1, atol=1e-4)
+    np.testing.assert_allclose(s2, r2, atol=1e-3)
