@@ -53,6 +53,7 @@ ENV_SWITCH = "ASCL_JAX_CPU_KERNELS"
 ENV_CACHE = "ASCL_JAX_KERNEL_CACHE"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = (os.path.join(_HERE, "channel_sums.cc"), os.path.join(_HERE, "conv3x3.cc"))
+HEADERS = (os.path.join(_HERE, "work_queue.h"),)   # part of the build's cache key
 TARGET = "ascl_channel_sums"          # FFI target names and the library symbols of their handlers
 CONV_TARGET = "ascl_conv3x3"
 WGRAD_TARGET = "ascl_conv3x3_wgrad"
@@ -94,7 +95,7 @@ def _cpu_signature() -> str:
 def library_path(cxx: str) -> str:
     """The cached library's path for this source, compiler, jaxlib and CPU (built or not)."""
     source = b""
-    for src in SOURCES:
+    for src in (*SOURCES, *HEADERS):
         with open(src, "rb") as f:
             source += f.read() + b"\0"
     try:

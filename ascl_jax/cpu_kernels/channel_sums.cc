@@ -8,21 +8,20 @@
 // -> (sum dy, sum dy * (x - mean)). One pass over the operands, where XLA:CPU's reductions write
 // x*x, x - mean and dy * (x - mean) to memory first (docs/design.md "CPU fast paths").
 //
-// Summation: rows are cut into chunks (one per thread of XLA's intra-op pool, run through the FFI
-// ThreadPool; the calling thread drains chunks too, so nothing waits on a busy pool), each chunk
+// Summation: rows are cut into chunks (one per thread of XLA's intra-op pool, shared out by
+// work_queue.h; the calling thread drains chunks too, so nothing waits on a busy pool), each chunk
 // sums blocks of kBlock rows in float and adds the block sums into double; chunk sums are added in
 // chunk order. The result depends only on the shape and the pool size, not on thread timing.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
+#include "work_queue.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -38,8 +37,7 @@ struct Job {
   const float* shift;
   int64_t m = 0, c = 0, chunks = 1, rows_per_chunk = 0;
   std::vector<double> part;  // [chunks, 2, c]
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+  ascl::WorkQueue queue;      // one item per chunk
 };
 
 // Any C: two rows at a time into float block sums (vectorised by the compiler over c).
@@ -147,12 +145,7 @@ void RunChunk(Job& j, int64_t k) {
 
 // Claims and runs chunks until none is left; safe to call from any number of threads.
 void Drain(Job& j) {
-  for (;;) {
-    const int64_t k = j.next.fetch_add(1, std::memory_order_relaxed);
-    if (k >= j.chunks) return;
-    RunChunk(j, k);
-    j.done.fetch_add(1, std::memory_order_release);
-  }
+  for (int64_t k; j.queue.Claim(k); j.queue.Finish()) RunChunk(j, k);
 }
 
 ffi::Error ChannelSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::Buffer<ffi::F32> b,
@@ -181,10 +174,8 @@ ffi::Error ChannelSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::B
       1, std::min<int64_t>(threads, (job->m * c) / kMinChunkElems));
   job->rows_per_chunk = (job->m + job->chunks - 1) / job->chunks;
   job->part.assign(job->chunks * 2 * c, 0.0);
-  for (int64_t t = 1; t < job->chunks; ++t) pool.Schedule([job] { Drain(*job); });
-  Drain(*job);
-  // Chunks claimed by pool threads are running already; wait for them to finish.
-  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+  job->queue.count = job->chunks;
+  ascl::RunOnPool(pool, job, job->chunks, Drain);
   for (int64_t q = 0; q < c; ++q) {
     double t1 = 0.0, t2 = 0.0;
     for (int64_t k = 0; k < job->chunks; ++k) {

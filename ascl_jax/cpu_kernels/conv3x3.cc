@@ -9,22 +9,22 @@
 // gradient (ascl_jax/models/conv_ops.py). Direct convolution: each image is copied into a
 // zero-padded buffer once, then every output row is computed in blocks of WB pixels x 16V output
 // channels held in zmm registers (WB * V = 16 accumulators), the input channels in chunks whose
-// weights stay in L1 (BlockTaps, Group). Images are spread over XLA's intra-op thread pool (the
-// calling thread takes images too). Summation order per output: input-channel chunk, kernel row a,
-// input channel i, tap b, in float32 FMAs; the result does not depend on the thread count.
+// weights stay in L1 (BlockTaps, Group). Images are spread over XLA's intra-op thread pool
+// (work_queue.h; the calling thread takes images too). Summation order per output: input-channel
+// chunk, kernel row a, input channel i, tap b, in float32 FMAs; the result does not depend on the
+// thread count.
 // Without AVX-512 only plain loops are compiled, and the Python side does not use the kernel.
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
+#include "work_queue.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -38,8 +38,7 @@ struct ConvJob {
   const float* w;
   float* y;
   int64_t n = 0, h = 0, wd = 0, ci = 0, co = 0;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+  ascl::WorkQueue queue;  // one item per image
 };
 
 // Zero-padded copy of one image [H, W, C] -> pad [(H + 2), (W + 2), C].
@@ -154,13 +153,13 @@ void Image(const ConvJob& j, int64_t n, std::vector<float>& pad) {
 }
 
 void Drain(ConvJob& j) {
+  int64_t n;
+  if (!j.queue.Claim(n)) return;
   std::vector<float> pad((j.h + 2) * (j.wd + 2) * j.ci);
-  for (;;) {
-    const int64_t n = j.next.fetch_add(1, std::memory_order_relaxed);
-    if (n >= j.n) return;
+  do {
     Image(j, n, pad);
-    j.done.fetch_add(1, std::memory_order_release);
-  }
+    j.queue.Finish();
+  } while (j.queue.Claim(n));
 }
 
 ffi::Error Conv3x3Impl(ffi::ThreadPool pool, Buffer4 x, Buffer4 w, Result4 y) {
@@ -186,10 +185,9 @@ ffi::Error Conv3x3Impl(ffi::ThreadPool pool, Buffer4 x, Buffer4 w, Result4 y) {
     std::fill(job->y, job->y + job->n * job->h * job->wd * job->co, 0.0f);
     return ffi::Error::Success();
   }
-  const int64_t helpers = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->n) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { Drain(*job); });
-  Drain(*job);
-  while (job->done.load(std::memory_order_acquire) < job->n) std::this_thread::yield();
+  job->queue.count = job->n;
+  ascl::RunOnPool(pool, job, std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->n),
+                  Drain);
   return ffi::Error::Success();
 }
 
@@ -202,8 +200,7 @@ struct WgradJob {
   const float* dy;
   int64_t n = 0, h = 0, wd = 0, ci = 0, co = 0, chunks = 1, per_chunk = 1;
   std::vector<float> part;  // [chunks, 9 * ci * co]: one partial sum per fixed block of images
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
+  ascl::WorkQueue queue;    // one item per block of images
 };
 
 #if defined(__AVX512F__)
@@ -277,16 +274,16 @@ void WgradImage(const WgradJob& j, int64_t n, std::vector<float>& pad, float* dw
 }
 
 void WgradDrain(WgradJob& j) {
+  int64_t k;
+  if (!j.queue.Claim(k)) return;
   std::vector<float> pad((j.h + 2) * (j.wd + 2) * j.ci);
   const int64_t size = 9 * j.ci * j.co;
-  for (;;) {
-    const int64_t k = j.next.fetch_add(1, std::memory_order_relaxed);
-    if (k >= j.chunks) return;
+  do {
     float* dw = j.part.data() + k * size;
     const int64_t n1 = std::min(j.n, (k + 1) * j.per_chunk);
     for (int64_t n = k * j.per_chunk; n < n1; ++n) WgradImage(j, n, pad, dw);
-    j.done.fetch_add(1, std::memory_order_release);
-  }
+    j.queue.Finish();
+  } while (j.queue.Claim(k));
 }
 
 ffi::Error Conv3x3WgradImpl(ffi::ThreadPool pool, Buffer4 x, Buffer4 dy, Result4 dw) {
@@ -319,11 +316,10 @@ ffi::Error Conv3x3WgradImpl(ffi::ThreadPool pool, Buffer4 x, Buffer4 dy, Result4
   job->per_chunk = (job->n + job->chunks - 1) / job->chunks;
   job->chunks = (job->n + job->per_chunk - 1) / job->per_chunk;
   job->part.assign(job->chunks * size, 0.0f);
-  const int64_t helpers =
-      std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->chunks) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { WgradDrain(*job); });
-  WgradDrain(*job);
-  while (job->done.load(std::memory_order_acquire) < job->chunks) std::this_thread::yield();
+  job->queue.count = job->chunks;
+  ascl::RunOnPool(pool, job,
+                  std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->chunks),
+                  WgradDrain);
   std::copy(job->part.begin(), job->part.begin() + size, out);
   for (int64_t k = 1; k < job->chunks; ++k) {
     const float* p = job->part.data() + k * size;
