@@ -248,7 +248,7 @@ def test_portable_build_without_avx512(tmp_path):
         pytest.skip("needs an x86 C++ compiler")
     lib_path = tmp_path / "portable.so"
     cmd = [cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-w", "-mno-avx512f", "-I",
-           jax.ffi.include_dir(), *cpu_kernels.SOURCES, "-o", str(lib_path)]
+           cpu_kernels.include_dir(), *cpu_kernels.SOURCES, "-o", str(lib_path)]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     lib = ctypes.cdll.LoadLibrary(str(lib_path))
     assert lib.AsclConv3x3Vectorized() == 0
@@ -275,3 +275,9 @@ def test_portable_build_without_avx512(tmp_path):
     r1, r2 = _ref_sums(a, a, np.zeros(16))
     np.testing.assert_allclose(s1, r1, atol=1e-4)
     np.testing.assert_allclose(s2, r2, atol=1e-3)
+
+
+def test_include_dir_falls_back_to_jaxlib(monkeypatch):
+    monkeypatch.delattr(jax.ffi, "include_dir", raising=False)
+    path = cpu_kernels.include_dir()
+    assert os.path.isfile(os.path.join(path, "xla", "ffi", "api", "ffi.h"))

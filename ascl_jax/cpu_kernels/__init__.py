@@ -92,6 +92,18 @@ def _cpu_signature() -> str:
     return "\n".join(sig)
 
 
+def include_dir() -> str:
+    """The XLA FFI headers that jaxlib ships (``jax.ffi.include_dir()``, else ``jaxlib/include``)."""
+    fn = getattr(jax.ffi, "include_dir", None)
+    if fn is not None:
+        return fn()
+    import jaxlib
+    path = os.path.join(os.path.dirname(jaxlib.__file__), "include")
+    if os.path.isfile(os.path.join(path, "xla", "ffi", "api", "ffi.h")):
+        return path
+    raise RuntimeError("the XLA FFI headers were not found (jax.ffi.include_dir, jaxlib/include)")
+
+
 def library_path(cxx: str) -> str:
     """The cached library's path for this source, compiler, jaxlib and CPU (built or not)."""
     source = b""
@@ -122,7 +134,7 @@ def build() -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=os.path.dirname(path))
     os.close(fd)
-    cmd = [cxx, *CXX_FLAGS, "-I", jax.ffi.include_dir(), *SOURCES, "-o", tmp]
+    cmd = [cxx, *CXX_FLAGS, "-I", include_dir(), *SOURCES, "-o", tmp]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         if proc.returncode != 0:
