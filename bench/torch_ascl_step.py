@@ -7,12 +7,11 @@ Prints one JSON line.
 """
 import argparse
 import json
-import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from timing import median_ms  # bench/timing.py, beside this script
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--threads", type=int, default=2)
@@ -109,18 +108,8 @@ def main():
         loss.backward()
         opt.step()
 
-    def median_ms(fn):
-        for _ in range(2):
-            fn()
-        ts = []
-        for _ in range(args.iters):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return 1000 * float(np.median(ts))
-
-    ms = median_ms(step)
-    attack_ms = median_ms(attack)
+    ms = median_ms(step, args.iters)
+    attack_ms = median_ms(attack, args.iters)
     print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
                       "channels_last": args.channels_last, "batch": args.batch,
                       "ascl_step_ms": ms, "ascl_img_per_s": args.batch / (ms / 1000),

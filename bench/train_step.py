@@ -35,18 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from ascl_jax import attacks, config_lib, models, parallel, train_steps  # noqa: E402
 from ascl_jax.optim import make_optimizer  # noqa: E402
 from ascl_jax.state import create_train_state  # noqa: E402
-
-
-def _median_ms(call, warmup=2):
-    """Median wall time of ``call()`` in ms over ``--iters`` calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        call()
-    ts = []
-    for _ in range(args.iters):
-        t = time.perf_counter()
-        call()
-        ts.append(time.perf_counter() - t)
-    return 1000 * float(np.median(ts))
+from timing import median_ms  # noqa: E402  (bench/timing.py, beside this script)
 
 
 def jax_step_figures():
@@ -77,8 +66,9 @@ def jax_step_figures():
         t = time.perf_counter()
         compiled = step.lower(state, batch).compile()
         out["compile_s"] = time.perf_counter() - t
-        ms = _median_ms(run_step)
-        out["attack_ms"] = _median_ms(lambda: jax.block_until_ready(attack(last["state"], batch)))
+        ms = median_ms(run_step, args.iters)
+        out["attack_ms"] = median_ms(lambda: jax.block_until_ready(attack(last["state"], batch)),
+                                     args.iters)
     m = last["metrics"]
     out.update(ascl_step_ms=ms, ascl_img_per_s=args.batch / (ms / 1000), devices=jax.device_count(),
                jax=jax.__version__, loss=float(m["loss"]))

@@ -175,7 +175,7 @@ ffi::Error ChannelSumsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> a, ffi::B
   job->rows_per_chunk = (job->m + job->chunks - 1) / job->chunks;
   job->part.assign(job->chunks * 2 * c, 0.0);
   job->queue.count = job->chunks;
-  ascl::RunOnPool(pool, job, job->chunks, Drain);
+  ascl::RunOnPool(pool, job, Drain);
   for (int64_t q = 0; q < c; ++q) {
     double t1 = 0.0, t2 = 0.0;
     for (int64_t k = 0; k < job->chunks; ++k) {

@@ -33,11 +33,21 @@ using Result4 = ffi::ResultBuffer<ffi::F32, 4>;
 
 namespace {
 
-struct ConvJob {
+// Sizes shared by both kernels: N images of H x W pixels, Ci input and Co output channels.
+struct ConvDims {
+  int64_t n = 0, h = 0, wd = 0, ci = 0, co = 0;
+};
+
+// x [N, H, W, Ci] (the dimensions of an FFI buffer) and Co.
+template <typename Dims>
+ConvDims DimsOf(const Dims& xd, int64_t co) {
+  return ConvDims{xd[0], xd[1], xd[2], xd[3], co};
+}
+
+struct ConvJob : ConvDims {
   const float* x;
   const float* w;
   float* y;
-  int64_t n = 0, h = 0, wd = 0, ci = 0, co = 0;
   ascl::WorkQueue queue;  // one item per image
 };
 
@@ -175,19 +185,14 @@ ffi::Error Conv3x3Impl(ffi::ThreadPool pool, Buffer4 x, Buffer4 w, Result4 y) {
   job->x = x.typed_data();
   job->w = w.typed_data();
   job->y = y->typed_data();
-  job->n = xd[0];
-  job->h = xd[1];
-  job->wd = xd[2];
-  job->ci = xd[3];
-  job->co = wdims[3];
+  static_cast<ConvDims&>(*job) = DimsOf(xd, wdims[3]);
   if (job->n == 0 || job->h == 0 || job->wd == 0 || job->co == 0) return ffi::Error::Success();
   if (job->ci == 0) {  // no input channels: the sum over them is empty
     std::fill(job->y, job->y + job->n * job->h * job->wd * job->co, 0.0f);
     return ffi::Error::Success();
   }
   job->queue.count = job->n;
-  ascl::RunOnPool(pool, job, std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->n),
-                  Drain);
+  ascl::RunOnPool(pool, job, Drain);
   return ffi::Error::Success();
 }
 
@@ -195,10 +200,10 @@ ffi::Error Conv3x3Impl(ffi::ThreadPool pool, Buffer4 x, Buffer4 w, Result4 y) {
 // ---------------------------------------------------------------------------------------------
 // Weight gradient: dw[a, b, i, o] = sum_{n, h, v} xpad[n, h + a, v + b, i] * dy[n, h, v, o]
 
-struct WgradJob {
+struct WgradJob : ConvDims {
   const float* x;
   const float* dy;
-  int64_t n = 0, h = 0, wd = 0, ci = 0, co = 0, chunks = 1, per_chunk = 1;
+  int64_t chunks = 1, per_chunk = 1;
   std::vector<float> part;  // [chunks, 9 * ci * co]: one partial sum per fixed block of images
   ascl::WorkQueue queue;    // one item per block of images
 };
@@ -298,11 +303,7 @@ ffi::Error Conv3x3WgradImpl(ffi::ThreadPool pool, Buffer4 x, Buffer4 dy, Result4
   auto job = std::make_shared<WgradJob>();
   job->x = x.typed_data();
   job->dy = dy.typed_data();
-  job->n = xd[0];
-  job->h = xd[1];
-  job->wd = xd[2];
-  job->ci = xd[3];
-  job->co = dd[3];
+  static_cast<ConvDims&>(*job) = DimsOf(xd, dd[3]);
   const int64_t size = 9 * job->ci * job->co;
   float* out = dw->typed_data();
   if (job->n == 0 || job->h == 0 || job->wd == 0 || size == 0) {
@@ -317,9 +318,7 @@ ffi::Error Conv3x3WgradImpl(ffi::ThreadPool pool, Buffer4 x, Buffer4 dy, Result4
   job->chunks = (job->n + job->per_chunk - 1) / job->per_chunk;
   job->part.assign(job->chunks * size, 0.0f);
   job->queue.count = job->chunks;
-  ascl::RunOnPool(pool, job,
-                  std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()), job->chunks),
-                  WgradDrain);
+  ascl::RunOnPool(pool, job, WgradDrain);
   std::copy(job->part.begin(), job->part.begin() + size, out);
   for (int64_t k = 1; k < job->chunks; ++k) {
     const float* p = job->part.data() + k * size;

@@ -9,6 +9,7 @@
 #ifndef ASCL_JAX_CPU_KERNELS_WORK_QUEUE_H_
 #define ASCL_JAX_CPU_KERNELS_WORK_QUEUE_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -35,12 +36,13 @@ struct WorkQueue {
   }
 };
 
-// Runs drain(*job) on the calling thread and on up to workers - 1 pool threads and returns when
-// all job->queue.count items are finished. drain claims items with job.queue.Claim and reports
-// each with job.queue.Finish.
+// Runs drain(*job) on the calling thread and on pool threads (one worker per pool thread, at most
+// one per item) and returns when all job->queue.count items are finished. drain claims items
+// with job.queue.Claim and reports each with job.queue.Finish.
 template <typename Job, typename Drain>
-void RunOnPool(xla::ffi::ThreadPool& pool, const std::shared_ptr<Job>& job, int64_t workers,
-               Drain drain) {
+void RunOnPool(xla::ffi::ThreadPool& pool, const std::shared_ptr<Job>& job, Drain drain) {
+  const int64_t workers = std::min<int64_t>(std::max<int64_t>(1, pool.num_threads()),
+                                            job->queue.count);
   for (int64_t t = 1; t < workers; ++t) pool.Schedule([job, drain] { drain(*job); });
   drain(*job);
   job->queue.Wait();

@@ -230,11 +230,10 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1,
     if not fast_grads:
         return _xla_conv(x, w, stride, padding)
     kind = fast_grad_kind(x.shape, w.shape, stride, padding)
-    direct_fwd = False
-    if (direct_kernels is not False and cpu_kernels.conv3x3_supported(
-            x.shape, w.shape, stride, padding, x.dtype) and w.dtype == x.dtype
-            and (direct_kernels or cpu_kernels.conv3x3_enabled())):
-        direct_fwd = True
-        if kind is None and x.shape[-1] % 16 == 0:      # dx = conv3x3(dy, flipped w): Ci = 16k
-            kind = 'direct'
+    if direct_kernels is None:
+        direct_kernels = cpu_kernels.conv3x3_enabled()
+    direct_fwd = bool(direct_kernels) and w.dtype == x.dtype and cpu_kernels.conv3x3_supported(
+        x.shape, w.shape, stride, padding, x.dtype)
+    if direct_fwd and kind is None and x.shape[-1] % 16 == 0:   # dx = conv3x3(dy, flipped w)
+        kind = 'direct'
     return _conv_cpu(x, w, stride, padding, kind, direct_fwd)
