@@ -41,7 +41,8 @@ def main(argv):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ascl_jax: %(message)s"))
     ours.addHandler(handler)
-    from ascl_jax import config_lib, checkpointing, train
+    from ascl_jax import checkpointing, train
+    from ascl_jax import config as config_lib
     try:
         if _MODE.value == "train":
             if _CONFIG.value is None:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ascl_jax.config_lib import ConfigError
+from ascl_jax.config import ConfigError
 
 
 def learning_rate_schedule(optim_cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedule:

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ascl_jax.config_lib import ConfigError
+from ascl_jax.config import ConfigError
 
 DATA_AXIS = "data"
 

@@ -32,7 +32,9 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from ascl_jax import attacks, config_lib, models, parallel, train_steps  # noqa: E402
+from ascl_jax import attacks, models, parallel  # noqa: E402
+from ascl_jax import config as config_lib  # noqa: E402
+from ascl_jax.train import steps as train_steps  # noqa: E402
 from ascl_jax.optim import make_optimizer  # noqa: E402
 from ascl_jax.state import create_train_state  # noqa: E402
 from timing import median_ms  # noqa: E402  (bench/timing.py, beside this script)

@@ -8,13 +8,13 @@ and the classifier zero-initialised. Evaluation PGD-20. Training split: the firs
   --config configs/acl_finetune.py:pretrained=runs/acl_ds,branch=adv
   --config configs/acl_finetune.py:random_init=True     (the RI column: TRADES from scratch)
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, pretrained="", branch="adv", dataset="cifar10", epochs=25,
+    a = config.parse_arg(arg, pretrained="", branch="adv", dataset="cifar10", epochs=25,
                              random_init=False)
-    c = config_lib.cifar_base(a["dataset"], "resnet18")
+    c = config.cifar_base(a["dataset"], "resnet18")
     c.name = f"acl_finetune:{a['branch']},{a['dataset']}"
     c.method = "trades" if a["random_init"] else "trades_finetune"
     c.data.train_split = "train[:45000]"
@@ -28,4 +28,4 @@ def get_config(arg=None):
                         schedule="piecewise", decay_epochs=decays, decay_factors=(0.1, 0.01),
                         num_epochs=a["epochs"]))
     c.eval.update(dict(attacks=("clean", "pgd"), pgd_steps=20, autoattack="none"))
-    return config_lib.smoke(c) if a["smoke"] else c
+    return config.smoke(c) if a["smoke"] else c

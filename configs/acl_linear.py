@@ -4,12 +4,12 @@ classifier trained on clean images (standard) or on PGD-10 examples (adversarial
 Expected TA/RA: standard theta_bn 91.02/0.20, theta_bn_adv 79.76/30.31; adversarial theta_bn
 82.63/0.28, theta_bn_adv 74.22/44.22.
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, pretrained="", branch="adv", mode="standard", dataset="cifar10")
-    c = config_lib.cifar_base(a["dataset"], "resnet18")
+    a = config.parse_arg(arg, pretrained="", branch="adv", mode="standard", dataset="cifar10")
+    c = config.cifar_base(a["dataset"], "resnet18")
     c.name = f"acl_linear:{a['branch']},{a['mode']}"
     c.method = "linear_eval"
     c.model.update(dict(head="identity", bn="single", normalization="imagenet"))
@@ -20,4 +20,4 @@ def get_config(arg=None):
                         schedule="piecewise", decay_epochs=(15, 20), decay_factors=(0.1, 0.01),
                         num_epochs=25))
     c.eval.update(dict(attacks=("clean", "pgd"), pgd_steps=20, autoattack="none"))
-    return config_lib.smoke(c) if a["smoke"] else c
+    return config.smoke(c) if a["smoke"] else c

@@ -7,12 +7,12 @@ views with BN in eval mode and an unclipped random start; SimCLR augmentation, t
   --config configs/acl_pretrain.py:variant=ds,bn=single          (Table 4 SingleBN column)
 Then fine-tune with configs/acl_finetune.py or evaluate linearly with configs/acl_linear.py.
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, variant="ds", dataset="cifar10", bn="")
-    c = config_lib.cifar_base(a["dataset"], "resnet18")
+    a = config.parse_arg(arg, variant="ds", dataset="cifar10", bn="")
+    c = config.cifar_base(a["dataset"], "resnet18")
     c.name = f"acl_pretrain:{a['variant']},{a['dataset']}" + (f",bn={a['bn']}" if a["bn"] else "")
     c.method = "acl_pretrain"
     c.data.update(dict(batch_size=512, augment="simclr", num_views=2))
@@ -29,6 +29,6 @@ def get_config(arg=None):
     c.eval.autoattack = "none"
     c.checkpoint_every_steps = 2000
     if a["smoke"]:
-        c = config_lib.smoke(c)
+        c = config.smoke(c)
         c.optim.warmup_epochs = 0
     return c

@@ -1,5 +1,5 @@
 """ACL semi-supervised (ACL §2.2.1, Eq. 3, Table 2; SPEC 3.7): one command runs the three stages
-into one workdir (ascl_jax/semisup.py), each resumable.
+into one workdir (ascl_jax/train/semisup.py), each resumable.
 
   --config configs/acl_semisup.py:fraction=0.01    (1% = 450 labelled of the 45k split; 0.1 = 4500)
   --config configs/acl_semisup.py:smoke            (digits, tiny encoder, a few steps per stage)
@@ -17,7 +17,7 @@ import os
 
 import ml_collections
 
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def _sibling(name, arg):
@@ -28,7 +28,7 @@ def _sibling(name, arg):
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, fraction=0.01, dataset="cifar10")
+    a = config.parse_arg(arg, fraction=0.01, dataset="cifar10")
     smoke = a["smoke"]
     pre = _sibling("acl_pretrain", f"variant=ds,dataset={a['dataset']}" + (",smoke" if smoke else ""))
     fine = _sibling("acl_finetune", f"dataset={a['dataset']}" + (",smoke" if smoke else ""))
@@ -68,7 +68,7 @@ def get_config(arg=None):
         teacher.data.batch_size = 16
         teacher.data.label_fraction = student.data.label_fraction = 0.1  # 144 of 1437 digits
 
-    c = config_lib.base_config()
+    c = config.base_config()
     c.name = f"acl_semisup:{a['fraction']},{a['dataset']}" + (":smoke" if smoke else "")
     c.method = "semi_supervised"
     c.data = pre.data

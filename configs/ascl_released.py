@@ -4,12 +4,12 @@ L2-normalised features, tau 0.2, a linear 128-d head (p1), alpha=0 (no natural C
 with KL/(N*C), PGD-10 eps 0.031 step 0.007 in train mode, SGD 0.1 / wd 5e-4, 120 epochs with
 decays at 100/105/110.   --config configs/ascl_released.py:arch=resnet18   (resnet18, wrn34_10)
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, arch="resnet18")
-    c = config_lib.cifar_base("cifar10", a["arch"])
+    a = config.parse_arg(arg, arch="resnet18")
+    c = config.cifar_base("cifar10", a["arch"])
     c.name = f"ascl_released:{a['arch']}"
     c.method = "ascl"
     c.data.num_views = 2
@@ -22,4 +22,4 @@ def get_config(arg=None):
                         schedule="piecewise", decay_epochs=(100, 105, 110),
                         decay_factors=(0.1, 0.01, 0.001), num_epochs=120))
     c.eval.eps, c.eval.step_size = 0.031, 0.007
-    return config_lib.smoke(c) if a["smoke"] else c
+    return config.smoke(c) if a["smoke"] else c

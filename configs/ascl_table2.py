@@ -6,12 +6,12 @@ Paper setting: PGD-10 training (8/255, 2/255; CIFAR-100 0.01, 0.001), Adam 1e-3 
 Expected (CIFAR-10 nat/PGD/mPGD/AA): ADV 78.8/48.1/36.4/36.1, TRADES 76.1/51.9/38.2/36.3,
 ours 75.5/53.7/41.0/42.0. CIFAR-100: ADV 60.7/35.7/25.3/25.7, ours 59.0/42.5/31.1/31.9.
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, row="ours", dataset="cifar10")
-    c = config_lib.resnet20_adam(config_lib.cifar_base(a["dataset"], "resnet20"))
+    a = config.parse_arg(arg, row="ours", dataset="cifar10")
+    c = config.resnet20_adam(config.cifar_base(a["dataset"], "resnet20"))
     c.name = f"ascl_table2:{a['row']},{a['dataset']}"
     if a["row"] == "adv":
         c.method = "adv"
@@ -23,5 +23,5 @@ def get_config(arg=None):
         c.method = "ascl"
         c.loss.strategy = "leaked"
     else:
-        raise config_lib.ConfigError(f"row={a['row']!r}: choose one of ['adv', 'trades', 'ours']")
-    return config_lib.smoke(c) if a["smoke"] else c
+        raise config.ConfigError(f"row={a['row']!r}: choose one of ['adv', 'trades', 'ours']")
+    return config.smoke(c) if a["smoke"] else c

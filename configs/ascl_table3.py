@@ -3,14 +3,14 @@ ResNet-18 or WideResNet-34-10 on CIFAR-10, SGD 0.1 (decays 100/150), 200 epochs;
 the full test set.  --config configs/ascl_table3.py:arch=wrn34_10   (arch: resnet18, wrn34_10)
 Expected nat/AA: WRN 87.70/52.80, ResNet-18 85.02/50.31.
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, arch="resnet18")
-    c = config_lib.sgd_200(config_lib.cifar_base("cifar10", a["arch"]))
+    a = config.parse_arg(arg, arch="resnet18")
+    c = config.sgd_200(config.cifar_base("cifar10", a["arch"]))
     c.name = f"ascl_table3:{a['arch']}"
     c.method = "ascl"
     c.loss.update(dict(strategy="leaked", nat_ce_weight=0.0, vat_weight=0.0))
     c.eval.autoattack_examples = 10_000
-    return config_lib.smoke(c) if a["smoke"] else c
+    return config.smoke(c) if a["smoke"] else c

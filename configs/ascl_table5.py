@@ -3,16 +3,16 @@
 The SCL runs on the projection (loss.feature='proj'); CE and VAT use the classifier on z.
 Expected nat: Global 76.4 / 77.3 / 76.6, Leaked 75.5 / 76.5 / 75.7 (none / p1 / p2).
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, head="p1", strategy="leaked")
-    c = config_lib.resnet20_adam(config_lib.cifar_base("cifar10", "resnet20"))
+    a = config.parse_arg(arg, head="p1", strategy="leaked")
+    c = config.resnet20_adam(config.cifar_base("cifar10", "resnet20"))
     c.name = f"ascl_table5:{a['head']},{a['strategy']}"
     c.method = "ascl"
     c.loss.strategy = a["strategy"]
     c.model.head = a["head"]
     c.model.proj_dim = 128
     c.loss.feature = "z" if a["head"] == "identity" else "proj"
-    return config_lib.smoke(c) if a["smoke"] else c
+    return config.smoke(c) if a["smoke"] else c

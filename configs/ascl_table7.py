@@ -1,13 +1,13 @@
 """ASCL Table 7: lambda_SCL and lambda_VAT sweep, Leaked-ASCL, ResNet-20, CIFAR-10 (Table 2 setting).
   --config configs/ascl_table7.py:scl=2.0,vat=0.0
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg, scl=1.0, vat=2.0)
-    c = config_lib.resnet20_adam(config_lib.cifar_base("cifar10", "resnet20"))
+    a = config.parse_arg(arg, scl=1.0, vat=2.0)
+    c = config.resnet20_adam(config.cifar_base("cifar10", "resnet20"))
     c.name = f"ascl_table7:scl={a['scl']},vat={a['vat']}"
     c.method = "ascl"
     c.loss.update(dict(strategy="leaked", scl_weight=a["scl"], vat_weight=a["vat"]))
-    return config_lib.smoke(c) if a["smoke"] else c
+    return config.smoke(c) if a["smoke"] else c

@@ -8,12 +8,12 @@ Finishes in a few minutes on 2 CPU cores.
   python -m ascl_jax.main --config configs/default.py --workdir runs/default
   python -m ascl_jax.main --config configs/default.py:smoke --workdir /tmp/smoke
 """
-from ascl_jax import config_lib
+from ascl_jax import config
 
 
 def get_config(arg=None):
-    a = config_lib.parse_arg(arg)
-    c = config_lib.base_config()
+    a = config.parse_arg(arg)
+    c = config.base_config()
     c.name = "default"
     c.method = "ascl"
     c.loss.strategy = "leaked"
@@ -35,4 +35,4 @@ def get_config(arg=None):
                         decay_epochs=(30,), decay_factors=(0.1,), num_epochs=40))
     c.log_every_steps = 11
     c.checkpoint_every_steps = 110
-    return config_lib.smoke(c) if a["smoke"] else c
+    return config.smoke(c) if a["smoke"] else c

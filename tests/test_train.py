@@ -9,7 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ascl_jax import checkpointing, config_lib, parallel, train, train_steps
+from ascl_jax import checkpointing, parallel, train
+from ascl_jax import config as config_lib
+from ascl_jax.train import steps as train_steps
 from ascl_jax.optim import make_optimizer
 from ascl_jax.state import create_train_state
 

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ascl_jax import checkpointing, config_lib, data, models, parallel, train_steps
+from ascl_jax import checkpointing, data, models, parallel
+from ascl_jax import config as config_lib
+from ascl_jax.train import steps as train_steps
 from ascl_jax.optim import make_optimizer
 from ascl_jax.state import TrainState, create_train_state
 
@@ -154,7 +156,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None, stop_after_steps: int
     after this many steps of this invocation, as a preemption would; a later call with the same
     workdir resumes. Returns the report (also written to workdir/report.json)."""
     if config.method == "semi_supervised":
-        from ascl_jax import semisup
+        from ascl_jax.train import semisup
         return semisup.run(config, workdir)
     t_start = time.time()
     config_lib.validate(config)

@@ -21,7 +21,8 @@ import os
 import jax
 import numpy as np
 
-from ascl_jax import checkpointing, config_lib, data, parallel
+from ascl_jax import checkpointing, data, parallel
+from ascl_jax import config as config_lib
 
 STAGES = ("pretrain", "teacher", "student")
 
@@ -45,7 +46,7 @@ def pseudo_labels(config, workdir: str, path: str) -> str:
     'index' and 'logits'. Written once (atomically); an existing file is reused."""
     if os.path.exists(path):
         return path
-    from ascl_jax import train
+    from ascl_jax.train import loop as train
     mesh = parallel.make_mesh()
     tcfg, model, state = train.restore_run(workdir, mesh)
     cfg = copy.deepcopy(tcfg.data)
@@ -73,7 +74,7 @@ def pseudo_labels(config, workdir: str, path: str) -> str:
 
 def run(config, workdir: str) -> dict:
     """Runs (or resumes) the three stages; returns the student's report with the teacher's."""
-    from ascl_jax import train
+    from ascl_jax.train import loop as train
     config_lib.validate(config)
     checkpointing.check_or_write_config(config, workdir)
     stages = stage_configs(config, workdir)
@@ -96,6 +97,6 @@ def run(config, workdir: str) -> dict:
 
 
 def _finished(config, workdir) -> bool:
-    from ascl_jax import train
+    from ascl_jax.train import loop as train
     mngr = checkpointing.make_manager(workdir, save_every=1, max_to_keep=config.max_checkpoints)
     return mngr.latest_step() == train.total_steps(config)[1]
