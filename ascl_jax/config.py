@@ -1,33 +1,121 @@
 """The configuration schema: every field a run reads, its default, and its validation.
 
 Experiment files in `configs/` are data only: each `get_config(arg)` starts from
-`base_config()` and overrides fields. `validate(config)` checks every enumerated field and
-the numeric ranges up front and raises `ConfigError` naming the field and the allowed values.
+`base_config()` (or `cifar_base()`) and overrides fields; `load(name, arg)` returns the config
+`--config configs/<name>.py:arg` gives. `validate(config)` checks every enumerated field and the
+numeric ranges up front and raises `ConfigError` naming the field and the allowed values.
+
+Every enumeration of the library is defined here once; later modules (data, models, attacks,
+losses, ...) import them. Sections that a library function reads on its own (`data`, `model`) have
+their defaults in `data_defaults(name)` / `model_defaults()` and are completed and checked by
+`resolve_data(cfg)` / `resolve_model(cfg)`, so a partial section (a dict with a few keys, e.g.
+`dict(arch="resnet20")`) works from a notebook. This module imports nothing from the library.
 """
 from __future__ import annotations
 
+import importlib.util
+import numbers
+import pathlib
+from typing import Any, Mapping
+
 import ml_collections
+import numpy as np
 
 METHODS = ("nat", "adv", "trades", "ascl", "acl_pretrain", "trades_finetune", "linear_eval",
            "semi_student", "semi_supervised", "supcon")
 TRAIN_SUBSETS = ("", "labelled", "unlabelled")
+# data
 DATASETS = ("digits", "cifar10", "cifar100")
 AUGMENTS = ("none", "crop_flip", "simclr")
-STRATEGIES = ("global", "hard", "soft", "leaked")
+NUM_VIEWS = (1, 2)
+# model
+ARCHS = ("cnn", "resnet20", "resnet18", "preact_resnet18", "wrn34_10", "tiny")
+HEADS = ("identity", "p1", "p2", "acl_mlp")
+BN_TYPES = ("single", "dual")
+BN_BRANCHES = ("clean", "adv")
+NORMALIZATIONS = ("cifar10", "cifar100", "imagenet", "digits", "none")  # per-dataset mean/std
+CONV_INITS = ("kaiming_fan_out", "kaiming_fan_in", "torch")
+CNN_PADDINGS = ("auto", "VALID", "SAME")
+MLP_LAYERS = (2, 3)  # acl_mlp head: 3 layers (ACL default) or 2 (ACL --twoLayerProj)
+# attack
+BN_MODES = ("train", "eval")
+ATTACK_INITS = ("uniform", "normal")
+# loss. 'merge' (NEG = hard OR soft negatives) is the authors' code-only
+# soft_lcscl(neg_type='merge'), not in the paper's Table 1 (SPEC 1.2).
+STRATEGIES = ("global", "hard", "soft", "leaked", "merge")
 SIMILARITIES = ("cosine", "dot", "neg_l1", "neg_l2", "neg_linf")
+LOSS_FEATURES = ("z", "proj")
+VAT_REDUCTIONS = ("mean", "batchmean", "sum")
 ACL_VARIANTS = ("s2s", "a2a", "a2s", "ds")
+# optimiser
 OPTIMIZERS = ("sgd", "adam", "lars")
 SCHEDULES = ("constant", "piecewise", "warmup_cosine")
-BN_MODES = ("train", "eval")
-BN_BRANCHES = ("clean", "adv")
-ATTACK_INITS = ("uniform", "normal")
+# fine-tuning and evaluation
 LINEAR_EVAL_MODES = ("standard", "adversarial")
 EVAL_ATTACKS = ("clean", "pgd", "mpgd", "autoattack")
 AUTOATTACK_VERSIONS = ("none", "fast", "standard")
 
+CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+
 
 class ConfigError(ValueError):
     """A config field holds a value that is not allowed."""
+
+
+def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
+    """The data section (`config.data`) with the defaults for dataset `name`.
+
+    Fields:
+      name: one of DATASETS.
+      data_dir: tfds data directory ('' : `$TFDS_DATA_DIR` or `~/tensorflow_datasets`); unused
+        for digits.
+      batch_size: global training batch (all processes); divisible by the process count.
+      eval_batch_size: global evaluation batch.
+      num_train / num_test: sizes of `train_split` / 'test'; -1 derives them from the known
+        dataset sizes (set them for splits like 'train[:90%]' and under tfds mock_data).
+      augment: one of AUGMENTS: 'none', 'crop_flip' (pad + random crop + flip, SPEC 1.7) or
+        'simclr' (SPEC 3.5).
+      num_views: 1, or 2 independent augmentations of each image (`image` gains a view axis).
+      crop_padding: pixels of padding for 'crop_flip' (4 for CIFAR, 1 for the 8x8 digits).
+      flip: horizontal flips in 'crop_flip' / 'simclr' (True for CIFAR; False for digits, where
+        mirrored digits mislead).
+      train_split: tfds split string, e.g. 'train' or 'train[:45000]' (ACL 45k/5k).
+      label_fraction: 0.0 (no labelled split), or the fraction of `train_split` that is labelled
+        (0.01, 0.1 in ACL semi-supervised, SPEC 3.7).
+
+    `resolve_data` also accepts None for data_dir, num_train, num_test, crop_padding, flip and
+    label_fraction, and -1 for crop_padding, all meaning the default.
+    """
+    _choice(name, DATASETS, "data.name")
+    digits = name == "digits"
+    return ml_collections.ConfigDict(dict(
+        name=name, data_dir="", batch_size=128, eval_batch_size=256 if digits else 500,
+        num_train=-1, num_test=-1,  # -1: the dataset's full split sizes
+        augment="crop_flip", num_views=1, crop_padding=1 if digits else 4, flip=not digits,
+        train_split="train", label_fraction=0.0,
+    ))
+
+
+# Model fields that base_config() leaves out (a config may set them): absent means these.
+_MODEL_OPTIONAL = dict(proj_hidden=200, mlp_dim=None, mlp_layers=3, conv_init=None,
+                       cnn_padding="auto")
+
+
+def model_defaults(*, optional: bool = True) -> ml_collections.ConfigDict:
+    """The model section (`config.model`) with its defaults.
+
+    Fields: arch (ARCHS); head (HEADS); proj_dim (p1/p2 output width); bn (BN_TYPES);
+    bn_momentum (Flax convention, 0.9 = PyTorch 0.1); normalization (NORMALIZATIONS: whose
+    per-channel mean/std the model subtracts first; 'none' here, the dataset's name in a run).
+    With `optional`: proj_hidden (p2 hidden width), mlp_dim (acl_mlp width, None = encoder
+    width), mlp_layers (MLP_LAYERS, acl_mlp), conv_init (None = the architecture's reference
+    init, else CONV_INITS), cnn_padding (CNN_PADDINGS, cnn only).
+    """
+    m = dict(arch="cnn", head="identity", proj_dim=128, bn="single", bn_momentum=0.9,
+             normalization="none")
+    if optional:
+        m.update(_MODEL_OPTIONAL)
+    return ml_collections.ConfigDict(m)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -37,16 +125,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.method = "ascl"
 
-    c.data = ml_collections.ConfigDict(dict(
-        name="digits", data_dir="", batch_size=128, eval_batch_size=256,
-        num_train=-1, num_test=-1,  # -1: the dataset's full split sizes
-        augment="crop_flip", num_views=1, crop_padding=1, flip=False,
-        train_split="train", label_fraction=0.0,
-    ))
-    c.model = ml_collections.ConfigDict(dict(
-        arch="cnn", head="identity", proj_dim=128, bn="single", bn_momentum=0.9,
-        normalization="digits",
-    ))
+    c.data = data_defaults("digits")
+    c.model = model_defaults(optional=False)
+    c.model.normalization = "digits"
     # The training attack (PGD Linf). ASCL/AT: CE, uniform start, model in train mode (SPEC 1.6).
     c.attack = ml_collections.ConfigDict(dict(
         eps=8 / 255, step_size=2 / 255, num_steps=10, random_start=True, init="uniform",
@@ -62,7 +143,9 @@ def base_config() -> ml_collections.ConfigDict:
         two_views=False,  # authors' ascl_pgd_2trans: two augmentations, 4b contrastive rows
         trades_beta=6.0,
         # ACL: DS loss = l_std + acl_alpha * l_adv (paper), divided by (1 + acl_alpha) when
-        # acl_average (the code averages the two terms, SPEC 3.4).
+        # acl_average (the code averages the two terms, SPEC 3.4). a2s / ds route the adversarial
+        # view through the 'adv' BN set of model.bn='dual'; with bn='single' both views share one
+        # BN (ACL Table 4's SingleBN column).
         acl_variant="ds", acl_temperature=0.5, acl_alpha=1.0, acl_average=True,
     ))
     c.optim = ml_collections.ConfigDict(dict(
@@ -77,8 +160,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval = ml_collections.ConfigDict(dict(
         attacks=("clean", "pgd"), eps=8 / 255, step_size=2 / 255, pgd_steps=20, pgd_restarts=1,
         mpgd_steps=20, autoattack="none", autoattack_examples=1000, num_examples=-1,
-        eps_sweep=(), bn_branch="clean",
-        sanity=True,  # gradient-masking checks (eps sweep, more steps, Square vs white-box)  # which BN set a dual-BN model is evaluated with
+        eps_sweep=(),
+        bn_branch="clean",  # which BN set a dual-BN model is evaluated with
+        sanity=True,  # gradient-masking checks (eps sweep, more steps, Square vs white-box)
     ))
     c.analysis = ml_collections.ConfigDict(dict(enabled=False, num_examples=512, tsne_points=400))
     c.log_every_steps = 10
@@ -109,19 +193,123 @@ def _positive(value, field, *, allow_zero=False):
         raise ConfigError(f"config.{field}={value!r} must be {bound}")
 
 
+def _is_int(x: Any) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _positive_int(value: Any, field: str) -> int:
+    if not _is_int(value) or value <= 0:
+        raise ConfigError(f"config.{field}={value!r} is not allowed; allowed: a positive integer")
+    return int(value)
+
+
+def _section(cfg: Any, field: str) -> dict:
+    """A config section (ConfigDict, mapping or attribute object) as a plain dict."""
+    if cfg is None:
+        raise ConfigError(f"config.{field} is None")
+    if isinstance(cfg, ml_collections.ConfigDict):
+        return cfg.to_dict()
+    if isinstance(cfg, Mapping):
+        return dict(cfg)
+    return dict(vars(cfg))
+
+
+def _merge(cfg: Any, defaults: ml_collections.ConfigDict, field: str) -> dict:
+    given = _section(cfg, field)
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ConfigError(f"unknown config.{field} field(s) {unknown}; allowed: {list(defaults)}")
+    return {**defaults.to_dict(), **given}
+
+
+def resolve_data(cfg: Any) -> ml_collections.ConfigDict:
+    """The data section completed from `data_defaults(cfg.name)` and checked.
+
+    cfg: a ConfigDict, mapping or attribute object holding any subset of the data fields.
+    Returns a new ConfigDict with every field, the 'default' sentinels (None, -1 for
+    crop_padding) replaced by the dataset's defaults, data_dir '' / num_train -1 / num_test -1 /
+    label_fraction 0.0 where unset. Raises ConfigError naming the field and the allowed values.
+    Dataset facts (split sizes, whether a split exists) are checked by `ascl_jax.data`.
+    """
+    name = _section(cfg, "data").get("name", "digits")
+    _choice(name, DATASETS, "data.name")
+    defaults = data_defaults(name)
+    d = _merge(cfg, defaults, "data")
+    _choice(d["augment"], AUGMENTS, "data.augment")
+    if not _is_int(d["num_views"]) or d["num_views"] not in NUM_VIEWS:
+        raise ConfigError(f"config.data.num_views={d['num_views']!r} is not allowed; choose one of "
+                          f"{list(NUM_VIEWS)}")
+    d["num_views"] = int(d["num_views"])
+    d["batch_size"] = _positive_int(d["batch_size"], "data.batch_size")
+    d["eval_batch_size"] = _positive_int(d["eval_batch_size"], "data.eval_batch_size")
+    if d["crop_padding"] is None or (_is_int(d["crop_padding"]) and d["crop_padding"] == -1):
+        d["crop_padding"] = defaults.crop_padding
+    if not _is_int(d["crop_padding"]) or d["crop_padding"] < 0:
+        raise ConfigError(f"config.data.crop_padding={d['crop_padding']!r} is not allowed; allowed: "
+                          "None / -1 (the dataset's default) or an integer >= 0")
+    d["crop_padding"] = int(d["crop_padding"])
+    if d["flip"] is None:
+        d["flip"] = defaults.flip
+    if not isinstance(d["flip"], (bool, np.bool_)):
+        raise ConfigError(f"config.data.flip={d['flip']!r} is not allowed; allowed: None, True, False")
+    d["flip"] = bool(d["flip"])
+    frac = d["label_fraction"]
+    if frac is not None and (isinstance(frac, bool) or not isinstance(frac, numbers.Real)
+                             or not 0.0 <= float(frac) < 1.0):
+        raise ConfigError(f"config.data.label_fraction={frac!r} is not allowed; allowed: None / 0.0 "
+                          "(no labelled split) or a fraction in (0, 1), e.g. 0.01 or 0.1")
+    d["label_fraction"] = 0.0 if frac is None else float(frac)
+    split = d["train_split"]
+    if not isinstance(split, str) or not split.strip():
+        raise ConfigError(f"config.data.train_split={split!r} is not allowed; allowed: a tfds split "
+                          "string such as 'train' or 'train[:45000]'")
+    d["train_split"] = split.strip()
+    for field in ("num_train", "num_test"):
+        value = d[field]
+        if value is None or (_is_int(value) and value == -1):
+            d[field] = -1
+        else:
+            d[field] = _positive_int(value, f"data.{field}")
+    d["data_dir"] = str(d["data_dir"]) if d["data_dir"] else ""
+    return ml_collections.ConfigDict(d)
+
+
+def resolve_model(cfg: Any) -> ml_collections.ConfigDict:
+    """The model section completed from `model_defaults()` and checked.
+
+    cfg: a ConfigDict, mapping or attribute object holding any subset of the model fields.
+    Returns a new ConfigDict with every field. Raises ConfigError naming the field and the
+    allowed values.
+    """
+    m = _merge(cfg, model_defaults(), "model")
+    _choice(m["arch"], ARCHS, "model.arch")
+    _choice(m["head"], HEADS, "model.head")
+    _choice(m["bn"], BN_TYPES, "model.bn")
+    _choice(m["normalization"], NORMALIZATIONS, "model.normalization")
+    if m["conv_init"] is not None and m["conv_init"] not in CONV_INITS:
+        raise ConfigError(f"config.model.conv_init={m['conv_init']!r} is not allowed; choose None "
+                          f"(the architecture's reference init) or one of {list(CONV_INITS)}")
+    _choice(m["cnn_padding"], CNN_PADDINGS, "model.cnn_padding")
+    m["proj_dim"] = _positive_int(m["proj_dim"], "model.proj_dim")
+    m["proj_hidden"] = _positive_int(m["proj_hidden"], "model.proj_hidden")
+    if m["mlp_dim"] is not None:
+        m["mlp_dim"] = _positive_int(m["mlp_dim"], "model.mlp_dim")
+    if not _is_int(m["mlp_layers"]) or m["mlp_layers"] not in MLP_LAYERS:
+        raise ConfigError(f"config.model.mlp_layers={m['mlp_layers']!r} is not allowed; choose one "
+                          f"of {list(MLP_LAYERS)}")
+    m["mlp_layers"] = int(m["mlp_layers"])
+    m["bn_momentum"] = float(m["bn_momentum"])
+    if not 0.0 <= m["bn_momentum"] < 1.0:
+        raise ConfigError(f"config.model.bn_momentum={m['bn_momentum']!r} must lie in [0, 1) (Flax "
+                          "convention, 0.9 = PyTorch 0.1)")
+    return ml_collections.ConfigDict(m)
+
+
 def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Checks every enumerated field and numeric range; returns the config unchanged."""
-    from ascl_jax import models  # local import: keeps config loading light
-
     _choice(c.method, METHODS, "method")
-    _choice(c.data.name, DATASETS, "data.name")
-    _choice(c.data.augment, AUGMENTS, "data.augment")
-    _choice(c.data.num_views, (1, 2), "data.num_views")
-    _positive(c.data.batch_size, "data.batch_size")
-    _positive(c.data.eval_batch_size, "data.eval_batch_size")
-    _choice(c.model.arch, models.ARCHS, "model.arch")
-    _choice(c.model.head, models.HEADS, "model.head")
-    _choice(c.model.bn, models.BN_TYPES, "model.bn")
+    resolve_data(c.data)
+    resolve_model(c.model)
     _choice(c.attack.bn_mode, BN_MODES, "attack.bn_mode")
     _choice(c.attack.init, ATTACK_INITS, "attack.init")
     if not 0 <= c.attack.eps <= 1:
@@ -130,8 +318,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _positive(c.attack.num_steps, "attack.num_steps", allow_zero=True)
     _choice(c.loss.strategy, STRATEGIES, "loss.strategy")
     _choice(c.loss.similarity, SIMILARITIES, "loss.similarity")
-    _choice(c.loss.feature, ("z", "proj"), "loss.feature")
-    _choice(c.loss.vat_reduction, ("mean", "batchmean", "sum"), "loss.vat_reduction")
+    _choice(c.loss.feature, LOSS_FEATURES, "loss.feature")
+    _choice(c.loss.vat_reduction, VAT_REDUCTIONS, "loss.vat_reduction")
     _choice(c.loss.acl_variant, ACL_VARIANTS, "loss.acl_variant")
     _positive(c.loss.temperature, "loss.temperature")
     _positive(c.loss.acl_temperature, "loss.acl_temperature")
@@ -167,9 +355,6 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.method='acl_pretrain' needs config.data.num_views=2 (two views)")
     if c.method == "ascl" and c.loss.two_views and c.data.num_views != 2:
         raise ConfigError("config.loss.two_views=True needs config.data.num_views=2")
-    if c.method == "acl_pretrain" and c.loss.acl_variant in ("a2s", "ds") and c.model.bn != "dual":
-        raise ConfigError(f"config.loss.acl_variant={c.loss.acl_variant!r} uses dual batch norm: "
-                          "set config.model.bn='dual'")
     return c
 
 
@@ -193,6 +378,33 @@ def parse_arg(arg: str | None, **defaults) -> dict:
         else:
             out[key] = value
     return out
+
+
+def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config that `--config configs/<name>.py:arg` gives: `get_config(arg)` of the file.
+
+    name: a config name ('ascl_table2', a file of CONFIGS_DIR) or a path to a config file
+      ('configs/ascl_table2.py'), either optionally followed by ':arg'
+      ('ascl_table2:row=adv,smoke'); then `arg` must be None.
+    arg: the config argument (see `parse_arg`); None calls `get_config()` as absl's
+      config_flags does for a path without ':'.
+    """
+    if ":" in name:
+        name, _, tail = name.partition(":")
+        if arg is not None:
+            raise ConfigError(f"config {name!r}: an argument is given twice ({tail!r} and {arg!r})")
+        arg = tail
+    path = pathlib.Path(name)
+    if path.suffix != ".py":
+        path = CONFIGS_DIR / f"{name}.py"
+    if not path.is_file():
+        known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))
+        raise ConfigError(f"config file {str(path)!r} does not exist; the configs in "
+                          f"{str(CONFIGS_DIR)!r} are {known}")
+    spec = importlib.util.spec_from_file_location(f"ascl_jax_configs_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config() if arg is None else module.get_config(arg)
 
 
 def cifar_base(dataset: str = "cifar10", arch: str = "resnet20") -> ml_collections.ConfigDict:

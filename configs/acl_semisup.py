@@ -12,26 +12,16 @@ into one workdir (ascl_jax/train/semisup.py), each resumable.
    pseudo labels; loss Eq. 3 with alpha 0.5, T 1, beta 6; SGD 0.1, wd 5e-4, 15 epochs (decays 5, 10).
 Expected (CIFAR-10, ResNet-18, ACL Table 2) TA/RA: 10% labels 76.66/51.09, 1% labels 75.66/50.67.
 """
-import importlib.util
-import os
-
 import ml_collections
 
 from ascl_jax import config
 
 
-def _sibling(name, arg):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(os.path.dirname(__file__), f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
-
-
 def get_config(arg=None):
     a = config.parse_arg(arg, fraction=0.01, dataset="cifar10")
     smoke = a["smoke"]
-    pre = _sibling("acl_pretrain", f"variant=ds,dataset={a['dataset']}" + (",smoke" if smoke else ""))
-    fine = _sibling("acl_finetune", f"dataset={a['dataset']}" + (",smoke" if smoke else ""))
+    pre = config.load("acl_pretrain", f"variant=ds,dataset={a['dataset']}" + (",smoke" if smoke else ""))
+    fine = config.load("acl_finetune", f"dataset={a['dataset']}" + (",smoke" if smoke else ""))
     pre.data.train_split = "train[:45000]"
     if smoke:  # the embedded digits dataset
         for c in (pre, fine):

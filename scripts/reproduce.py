@@ -11,7 +11,6 @@ positives / negatives per anchor, which of the papers' orderings hold here, and 
 the papers the GPU/TPU command, the paper's numbers and the expected time per epoch from bench/.
 """
 import argparse
-import importlib.util
 import json
 import os
 import pathlib
@@ -20,6 +19,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from ascl_jax import config  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--workdir", default=str(ROOT / "runs" / "repro"))
@@ -29,15 +29,8 @@ ap.add_argument("--bench-json", default="", help="bench/train_step.py JSON line 
 args = ap.parse_args()
 
 
-def load(name, arg=""):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
-
-
 def digits_base(name, method):
-    c = load("default")
+    c = config.load("default", "")
     c.name = f"repro:{name}"
     c.method = method
     c.optim.num_epochs = args.epochs

@@ -1,10 +1,10 @@
-"""Tests of ascl_jax.data / ascl_jax.augment: offline (digits + tfds mock_data), fast.
+"""Tests of ascl_jax.data (sources, semisup, pipeline, augment): offline (digits + tfds mock_data), fast.
 
 Covers: the fixed digits split; batch format, shapes, ranges and labels; exact per-epoch
 permutations; determinism and resume from a step (across an epoch boundary); per-process sharding;
 two views; the augmentations keep [0, 1]; CIFAR-10/100 through ``tfds.testing.mock_data`` (crop_flip
-and simclr); padded evaluation batches with a mask; the labelled/unlabelled split; a fast, clear
-error for an unprepared tfds dataset; config errors.
+and simclr); the first N evaluation examples; the labelled/unlabelled split; a fast, clear error for
+an unprepared tfds dataset; config errors.
 """
 import time
 
@@ -13,8 +13,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from ascl_jax import augment as aug
 from ascl_jax import data
+from ascl_jax.data import augment as aug
+from ascl_jax.data import sources
 
 
 def _digits(**kw):
@@ -125,16 +126,6 @@ def test_process_sharding_disjoint_and_covering():
         assert len(np.unique(idx)) == len(idx) and idx.min() >= lo and idx.max() < hi
         train_idx.append(idx)
     assert not set(train_idx[0]) & set(train_idx[1])
-    # Evaluation over both processes covers the split exactly once, in equal batch counts.
-    seen = []
-    counts = []
-    for p in range(2):
-        batches = list(data.make_eval_iterator(cfg, split='train', process_index=p,
-                                               process_count=2))
-        counts.append(len(batches))
-        seen += [b['index'][b['mask']] for b in batches]
-    assert counts[0] == counts[1] == data.num_eval_batches(cfg, split='train', process_count=2)
-    np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.arange(1437))
 
 
 def test_two_views_differ_share_labels():
@@ -147,25 +138,12 @@ def test_two_views_differ_share_labels():
     np.testing.assert_array_equal(b['label'], y_tr[b['index']])
 
 
-def test_eval_iterator_pads_with_mask_and_covers_once():
+def test_eval_arrays_first_num_examples():
     cfg = _digits(eval_batch_size=100)
-    batches = list(data.make_eval_iterator(cfg))
-    assert len(batches) == 4 == data.num_eval_batches(cfg)
-    assert [int(b['mask'].sum()) for b in batches] == [100, 100, 100, 60]
-    last = batches[-1]
-    assert last['image'].shape == (100, 8, 8, 1) and last['mask'].dtype == bool
-    assert np.all(last['image'][60:] == 0) and np.all(last['index'][60:] == -1)
     x_te, y_te = data.load_eval_arrays(cfg, 'test')
-    idx = np.concatenate([b['index'][b['mask']] for b in batches])
-    np.testing.assert_array_equal(idx, np.arange(360))
-    np.testing.assert_array_equal(np.concatenate([b['label'][b['mask']] for b in batches]), y_te)
-    np.testing.assert_array_equal(np.concatenate([b['image'][b['mask']] for b in batches]), x_te)
-    # num_examples: the first N examples only.
     x100, y100 = data.load_eval_arrays(cfg, 'test', num_examples=100)
     np.testing.assert_array_equal(x100, x_te[:100])
-    batches = list(data.make_eval_iterator(cfg, num_examples=30, process_index=1, process_count=2))
-    assert len(batches) == 1 and batches[0]['image'].shape == (50, 8, 8, 1)
-    np.testing.assert_array_equal(batches[0]['index'][batches[0]['mask']], np.arange(15, 30))
+    np.testing.assert_array_equal(y100, y_te[:100])
 
 
 def test_label_split_and_subset_iterators():
@@ -238,11 +216,9 @@ def test_cifar_mock_data_crop_flip_simclr_eval(name, num_classes):
         b = next(it)
         assert b['image'].shape == (16, 2, 32, 32, 3)
         assert 0.0 <= b['image'].min() and b['image'].max() <= 1.0
-        batches = list(data.make_eval_iterator(cfg))
-        assert [int(x['mask'].sum()) for x in batches] == [32, 16]
         x, y = data.load_eval_arrays(cfg, 'test', num_examples=20)
         assert x.shape == (20, 32, 32, 3) and y.shape == (20,)
-        np.testing.assert_array_equal(x, batches[0]['image'][:20])
+        assert 0.0 <= x.min() and x.max() <= 1.0
         cfg.update(num_train=40, train_split='train[:40]', label_fraction=0.25)
         lab, unl = data.label_split(cfg)
         assert len(lab) == 10 and len(unl) == 30
@@ -287,15 +263,14 @@ def test_prepared_tfds_split_sharding_and_index(prepared_cifar10):
     orig = np.rint(x[:, 0, 0, 0] * 255).astype(int)  # original example number
     np.testing.assert_array_equal(np.sort(orig), np.arange(100))
     np.testing.assert_array_equal(y, orig % 10)
-    cfg.update(batch_size=60, eval_batch_size=48)  # divisible by 1, 2 and 3 processes
+    cfg.update(batch_size=60)  # divisible by 1, 2 and 3 processes
+    spec = sources.resolve(cfg)
     for pc in (1, 2, 3):  # index = position in the split, whatever the process count
         seen = np.full(100, -1)
         for p in range(pc):
-            for b in data.make_eval_iterator(cfg, split='train', process_index=p,
-                                             process_count=pc):
-                i = b['index'][b['mask']]
-                assert np.all(seen[i] == -1)
-                seen[i] = np.rint(b['image'][b['mask']][:, 0, 0, 0] * 255)
+            ex = sources.load_examples(spec, 'train', 100, p, pc)
+            assert np.all(seen[ex.index] == -1)
+            seen[ex.index] = ex.image[:, 0, 0, 0]
         np.testing.assert_array_equal(seen, orig)
         for p in range(pc):
             it = data.make_train_iterator(cfg, seed=0, process_index=p, process_count=pc)
@@ -322,7 +297,7 @@ def test_missing_tfds_dataset_fails_fast_and_clearly(tmp_path):
     assert 'cifar10' in msg and str(tmp_path) in msg and 'tfds build cifar10' in msg
     assert 'download_and_prepare' in msg
     with pytest.raises(data.DatasetNotPreparedError):
-        data.make_eval_iterator(cfg)
+        data.load_eval_arrays(cfg)
     with pytest.raises(FileNotFoundError):  # it is a FileNotFoundError too
         data.check_prepared(cfg)
 
@@ -334,7 +309,6 @@ def test_missing_tfds_dataset_fails_fast_and_clearly(tmp_path):
     ('name', 'mnist'), ('augment', 'autoaugment'), ('num_views', 3), ('batch_size', 0),
     ('eval_batch_size', -1), ('crop_padding', -3), ('flip', 'yes'), ('label_fraction', 1.5),
     ('label_fraction', -0.1), ('num_train', 0), ('num_test', -2), ('train_split', 'validation'),
-    ('shuffle_buffer', -5),
 ])
 def test_bad_config_values_raise(field, value):
     cfg = _digits().to_dict()  # a plain dict: ConfigDict itself type-checks some fields
@@ -347,10 +321,9 @@ def test_config_sentinels_and_errors():
     # Typed "unset" sentinels (CLI-overridable configs) mean the same as None.
     lead_style = dict(name='digits', data_dir='', batch_size=128, eval_batch_size=256,
                       num_train=-1, num_test=-1, augment='crop_flip', num_views=1,
-                      crop_padding=-1, flip=False, shuffle_buffer=2048, train_split='train',
-                      label_fraction=0.0)
+                      crop_padding=-1, flip=False, train_split='train', label_fraction=0.0)
     assert data.dataset_info(lead_style) == data.dataset_info(_digits())
-    r = data._resolve(lead_style)
+    r = sources.resolve(lead_style)
     assert r.data_dir is None and r.label_fraction is None and r.crop_padding == 1
     cfg = _digits()
     cfg.typo_field = 1
@@ -360,8 +333,6 @@ def test_config_sentinels_and_errors():
         data.dataset_info(_digits(batch_size=2000))  # larger than the training set
     with pytest.raises(ValueError, match='process_count'):
         data.make_train_iterator(_digits(batch_size=15), seed=0, process_count=2)
-    with pytest.raises(ValueError, match='eval_batch_size'):
-        data.make_eval_iterator(_digits(eval_batch_size=15), process_count=2)
     with pytest.raises(ValueError, match='process_index'):
         data.make_train_iterator(_digits(), seed=0, process_index=2, process_count=2)
     with pytest.raises(ValueError, match='label_fraction'):

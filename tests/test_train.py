@@ -15,17 +15,13 @@ from ascl_jax.train import steps as train_steps
 from ascl_jax.optim import make_optimizer
 from ascl_jax.state import create_train_state
 
-import importlib.util
 import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(name, arg="smoke"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg)
+    return config_lib.load(name, arg)
 
 
 def small(method="ascl", **loss):

@@ -3,7 +3,7 @@
 Every function takes one image ``float32 [H, W, C]`` with pixels in [0, 1] and a stateless seed
 ``int64 [2]`` and returns an image of the same shape and range. The functions draw all their
 randomness from that seed (``tf.random.stateless_*`` / ``tf.image.stateless_random_*``), so the
-same (image, seed) always gives the same output: ``ascl_jax.data`` derives the seed from
+same (image, seed) always gives the same output: ``ascl_jax.data.pipeline`` derives the seed from
 (run seed, epoch, example index, view), which makes training data order and augmentation exactly
 reproducible and a resumed run sees the same batches as an uninterrupted one.
 
@@ -18,7 +18,7 @@ Augmentations of the papers (SPEC §1.7, §3.5):
   skipped: hue and saturation are undefined there and grayscale is the identity; brightness and
   contrast are skipped too, so that 'simclr' on digits is purely geometric (documented deviation).
 
-This module imports TensorFlow at import time; ``ascl_jax.data`` imports it lazily.
+This module imports TensorFlow at import time; ``ascl_jax.data.pipeline`` imports it lazily.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
-AUGMENTS = ('none', 'crop_flip', 'simclr')
+from ascl_jax.config import AUGMENTS
 
 
 def _split(seed: tf.Tensor, num: int) -> tf.Tensor:

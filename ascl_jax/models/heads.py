@@ -18,10 +18,9 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from ascl_jax.config import HEADS
 from ascl_jax.models import layers
 from ascl_jax.models.norm import Norm
-
-HEADS = ('identity', 'p1', 'p2', 'acl_mlp')
 
 
 class ProjectionHead(nn.Module):

@@ -27,14 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascl_jax import config as config_lib
+from ascl_jax.config import ARCHS
 from ascl_jax.models import cnn as cnn_lib
 from ascl_jax.models import layers
 from ascl_jax.models import resnet as resnet_lib
 from ascl_jax.models import wideresnet as wrn_lib
-from ascl_jax.models.heads import HEADS, ProjectionHead
-from ascl_jax.models.norm import BN_TYPES, Norm, check_branch
-
-ARCHS = ('cnn', 'resnet20', 'resnet18', 'preact_resnet18', 'wrn34_10', 'tiny')
+from ascl_jax.models.heads import ProjectionHead
+from ascl_jax.models.norm import Norm, check_branch
 
 # Width h of z per architecture.
 FEATURE_DIMS = {'cnn': 200, 'resnet20': 64, 'resnet18': 512, 'preact_resnet18': 512,
@@ -45,7 +45,8 @@ DEFAULT_CONV_INIT = {'cnn': 'kaiming_fan_in', 'resnet20': 'kaiming_fan_out',
                      'resnet18': 'kaiming_fan_out', 'preact_resnet18': 'torch',
                      'wrn34_10': 'kaiming_fan_out', 'tiny': 'kaiming_fan_out'}
 
-# Per-dataset (mean, std) of the [0, 1] images, channel order RGB.
+# Per-dataset (mean, std) of the [0, 1] images, channel order RGB; one row per
+# config.NORMALIZATIONS name.
 # digits: sklearn ``load_digits`` (1797 images, 8x8, 1 channel) scaled by 1/16; mean and std over all
 # pixels of all images (0.305260..., 0.376049...).
 NORMALIZATION = {
@@ -135,23 +136,6 @@ class ASCLModel(nn.Module):
         return {'z': z, 'proj': proj, 'logits': logits}
 
 
-def _get(cfg: Any, name: str, default: Any) -> Any:
-    if isinstance(cfg, Mapping):
-        return cfg.get(name, default)
-    try:
-        value = getattr(cfg, name)
-    except (AttributeError, KeyError):
-        return default
-    return default if value is None and default is not None else value
-
-
-def _choice(cfg: Any, name: str, default: Any, allowed: Sequence[str]) -> str:
-    value = _get(cfg, name, default)
-    if value not in allowed:
-        raise ValueError(f"model.{name} must be one of {tuple(allowed)}, got {value!r}")
-    return value
-
-
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"{what} must be a positive int, got {value!r}")
@@ -159,54 +143,30 @@ def _positive_int(value: Any, what: str) -> int:
 
 
 def build_model(model_cfg: Any, *, num_classes: int, image_shape: Sequence[int]) -> ASCLModel:
-    """Builds the model from a config (ConfigDict, dict or any attribute object).
+    """Builds the model from a model config (ConfigDict, dict or any attribute object).
 
-    Fields (defaults in brackets): ``arch`` (one of ARCHS) [required]; ``head`` (HEADS)
-    ['identity']; ``proj_dim`` [128] (p1/p2 output width); ``proj_hidden`` [200] (p2 hidden width);
-    ``mlp_dim`` [None = encoder width] and ``mlp_layers`` [3] (acl_mlp); ``bn`` (BN_TYPES)
-    ['single']; ``bn_momentum`` [0.9, Flax convention = PyTorch 0.1]; ``normalization`` (keys of
-    NORMALIZATION) ['none']; ``conv_init`` [None = per-arch reference, else one of
-    layers.CONV_INITS]; ``cnn_padding`` ['auto'] (cnn only).
-
+    model_cfg: any subset of the fields of ``config.model_defaults()`` (documented there): arch
+    (ARCHS), head (HEADS), proj_dim, proj_hidden, mlp_dim, mlp_layers, bn (BN_TYPES), bn_momentum,
+    normalization (keys of NORMALIZATION), conv_init (None = per-arch reference, else
+    CONV_INITS), cnn_padding; absent fields take those defaults (``config.resolve_model``).
     image_shape: (H, W, C) of the inputs, e.g. (32, 32, 3) or (8, 8, 1).
     Raises ValueError naming the field and the allowed values for anything unknown.
     """
-    arch = _get(model_cfg, 'arch', None)
-    if arch not in ARCHS:
-        raise ValueError(f"model.arch must be one of {ARCHS}, got {arch!r}")
-    head = _choice(model_cfg, 'head', 'identity', HEADS)
-    bn_type = _choice(model_cfg, 'bn', 'single', BN_TYPES)
-    normalization = _choice(model_cfg, 'normalization', 'none', tuple(NORMALIZATION))
-    conv_init = _get(model_cfg, 'conv_init', None)
-    if conv_init is not None and conv_init not in layers.CONV_INITS:
-        raise ValueError(f"model.conv_init must be None or one of {layers.CONV_INITS}, got {conv_init!r}")
-    cnn_padding = _choice(model_cfg, 'cnn_padding', 'auto', cnn_lib.CNN_PADDINGS)
-    proj_dim = _positive_int(_get(model_cfg, 'proj_dim', 128), 'model.proj_dim')
-    proj_hidden = _positive_int(_get(model_cfg, 'proj_hidden', 200), 'model.proj_hidden')
-    mlp_dim = _get(model_cfg, 'mlp_dim', None)
-    if mlp_dim is not None:
-        mlp_dim = _positive_int(mlp_dim, 'model.mlp_dim')
-    mlp_layers = _get(model_cfg, 'mlp_layers', 3)
-    if mlp_layers not in (2, 3):
-        raise ValueError(f"model.mlp_layers must be one of (2, 3), got {mlp_layers!r}")
-    bn_momentum = float(_get(model_cfg, 'bn_momentum', 0.9))
-    if not 0.0 <= bn_momentum < 1.0:
-        raise ValueError(f"model.bn_momentum must be in [0, 1) (Flax convention, 0.9 = PyTorch 0.1), "
-                         f"got {bn_momentum}")
-
+    m = config_lib.resolve_model(model_cfg)
     num_classes = _positive_int(num_classes, 'num_classes')
     image_shape = tuple(int(d) for d in image_shape)
     if len(image_shape) != 3 or min(image_shape) <= 0:
         raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
-    mean, std = NORMALIZATION[normalization]
+    mean, std = NORMALIZATION[m.normalization]
     channels = image_shape[-1]
     if len(mean) not in (1, channels):
-        raise ValueError(f"model.normalization={normalization!r} has {len(mean)} channels but "
+        raise ValueError(f"model.normalization={m.normalization!r} has {len(mean)} channels but "
                          f"image_shape {image_shape} has {channels}")
-    return ASCLModel(arch=arch, head=head, num_classes=num_classes, image_shape=image_shape,
-                     proj_dim=proj_dim, proj_hidden=proj_hidden, mlp_dim=mlp_dim, mlp_layers=int(mlp_layers),
-                     bn_type=bn_type, bn_momentum=bn_momentum, mean=tuple(mean), std=tuple(std),
-                     conv_init=conv_init, cnn_padding=cnn_padding)
+    return ASCLModel(arch=m.arch, head=m.head, num_classes=num_classes, image_shape=image_shape,
+                     proj_dim=m.proj_dim, proj_hidden=m.proj_hidden, mlp_dim=m.mlp_dim,
+                     mlp_layers=m.mlp_layers, bn_type=m.bn, bn_momentum=m.bn_momentum,
+                     mean=tuple(mean), std=tuple(std), conv_init=m.conv_init,
+                     cnn_padding=m.cnn_padding)
 
 
 # ----------------------------------------------------------------------------- variable utilities

@@ -1,0 +1,128 @@
+"""The config schema: every config file and documented `:arg` loads and validates; `config.load`;
+partial sections resolve from the one set of defaults; other modules' enumerations agree with it."""
+import itertools
+import pathlib
+
+import ml_collections
+import pytest
+
+from ascl_jax import config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _grid(**axes):
+    """Every combination of the documented values, as ':arg' strings."""
+    keys = list(axes)
+    return [",".join(f"{k}={v}" for k, v in zip(keys, values) if v != "")
+            for values in itertools.product(*axes.values())]
+
+
+# Every config file and the `:arg` values its docstring / the README documents.
+DOCUMENTED_ARGS = {
+    "default": [""],
+    "ascl_table2": _grid(row=("adv", "trades", "ours"), dataset=("cifar10", "cifar100")),
+    "ascl_table3": _grid(arch=("resnet18", "wrn34_10")),
+    "ascl_table4": _grid(strategy=("global", "hard", "soft", "leaked")),
+    "ascl_table5": _grid(head=("identity", "p1", "p2"), strategy=("global", "leaked")),
+    "ascl_table6": _grid(row=("orgscl", "adv", "adv_scl", "adv_vat", "adv_vat_scl"),
+                         arch=("resnet18", "wrn34_10")),
+    "ascl_table7": ["", "scl=2.0,vat=0.0", "scl=0.5,vat=1.0"],
+    "ascl_released": _grid(arch=("resnet18", "wrn34_10")),
+    "acl_pretrain": _grid(variant=("s2s", "a2a", "a2s", "ds"), bn=("", "single", "dual"),
+                          dataset=("cifar10", "cifar100")),
+    "acl_finetune": _grid(pretrained=("runs/acl_ds",), branch=("adv", "clean"),
+                          dataset=("cifar10", "cifar100"), epochs=(25, 100))
+                    + ["random_init=True"],
+    "acl_linear": _grid(pretrained=("runs/acl_ds",), branch=("adv", "clean"),
+                        mode=("standard", "adversarial")),
+    "acl_semisup": _grid(fraction=(0.01, 0.1), dataset=("cifar10", "cifar100")),
+}
+CASES = [(name, arg + tail) for name, args in DOCUMENTED_ARGS.items() for arg in args
+         for tail in ("", ",smoke" if arg else "smoke")]
+
+
+def _validate_all(c):
+    config.validate(c)
+    for stage in (c.stages.values() if "stages" in c else ()):
+        if stage.method in ("trades_finetune", "linear_eval") and not stage.init.workdir:
+            stage.init.workdir = "/nonexistent"  # the semi-supervised routine sets it
+        config.validate(stage)
+
+
+def test_every_config_file_has_documented_args():
+    assert sorted(DOCUMENTED_ARGS) == sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("name,arg", CASES)
+def test_every_config_and_documented_arg_loads_and_validates(name, arg):
+    c = config.load(name, arg)
+    assert isinstance(c, ml_collections.ConfigDict) and c.name
+    if c.method in ("trades_finetune", "linear_eval") and not c.init.workdir:
+        c.init.workdir = "/nonexistent"
+    _validate_all(c)
+    assert c.name.endswith(":smoke") == ("smoke" in arg)
+
+
+def test_load_by_name_path_and_colon_arg():
+    by_name = config.load("ascl_table2", "row=adv,smoke")
+    by_path = config.load(str(ROOT / "configs" / "ascl_table2.py"), "row=adv,smoke")
+    by_colon = config.load(str(ROOT / "configs" / "ascl_table2.py") + ":row=adv,smoke")
+    assert by_name.to_dict() == by_path.to_dict() == by_colon.to_dict()
+    assert by_name.method == "adv" and by_name.name == "ascl_table2:adv,cifar10:smoke"
+    assert config.load("default").to_dict() == config.load("default", "").to_dict()
+    with pytest.raises(config.ConfigError, match="ascl_table2"):
+        config.load("no_such_config")
+    with pytest.raises(config.ConfigError, match="twice"):
+        config.load("default:smoke", "smoke")
+    with pytest.raises(config.ConfigError, match="not known"):
+        config.load("ascl_table2", "rows=adv")
+
+
+def test_merge_strategy_is_accepted():
+    c = config.load("ascl_table4", "strategy=merge,smoke")
+    assert c.loss.strategy == "merge"
+    config.validate(c)
+
+
+def test_partial_sections_resolve_from_the_schema_defaults():
+    d = config.resolve_data(dict(name="cifar10", batch_size=64))
+    assert d.to_dict() == dict(config.data_defaults("cifar10").to_dict(), batch_size=64)
+    assert (d.crop_padding, d.flip, d.eval_batch_size) == (4, True, 500)
+    assert config.base_config().data.to_dict() == config.data_defaults("digits").to_dict()
+    sentinels = config.resolve_data(dict(crop_padding=-1, flip=None, num_train=None,
+                                         label_fraction=None, data_dir=None))
+    assert sentinels.to_dict() == config.data_defaults("digits").to_dict()
+    m = config.resolve_model(dict(arch="resnet20"))
+    assert m.to_dict() == dict(config.model_defaults().to_dict(), arch="resnet20")
+    base = config.base_config().model.to_dict()
+    assert base == dict(config.model_defaults(optional=False).to_dict(), normalization="digits")
+    with pytest.raises(config.ConfigError, match="shuffle_buffer"):
+        config.resolve_data(dict(shuffle_buffer=2048))  # not a field (training permutes exactly)
+    with pytest.raises(config.ConfigError, match=r"model.head='mlp'.*'acl_mlp'"):
+        config.resolve_model(dict(head="mlp"))
+
+
+def test_validate_checks_data_and_model_sections():
+    c = config.base_config()
+    c.data.crop_padding = -3
+    with pytest.raises(config.ConfigError, match="data.crop_padding"):
+        config.validate(c)
+    c = config.base_config()
+    c.model.normalization = "mnist"
+    with pytest.raises(config.ConfigError, match="model.normalization"):
+        config.validate(c)
+
+
+def test_other_modules_enumerations_agree_with_the_schema():
+    from ascl_jax import attacks, losses, models
+    from ascl_jax.models import cnn, layers, norm
+    assert models.ARCHS == config.ARCHS and models.HEADS == config.HEADS
+    assert tuple(models.NORMALIZATION) == config.NORMALIZATIONS
+    assert layers.CONV_INITS == config.CONV_INITS and cnn.CNN_PADDINGS == config.CNN_PADDINGS
+    assert norm.BN_TYPES == config.BN_TYPES and norm.BN_BRANCHES == config.BN_BRANCHES
+    assert set(attacks.BN_MODES) == set(config.BN_MODES)
+    assert attacks.BN_BRANCHES == config.BN_BRANCHES
+    assert set(attacks.INITS) == set(config.ATTACK_INITS)
+    assert losses.STRATEGIES == config.STRATEGIES
+    assert losses.SIMILARITIES == config.SIMILARITIES
