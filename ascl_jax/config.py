@@ -38,7 +38,7 @@ CONV_INITS = ("kaiming_fan_out", "kaiming_fan_in", "torch")
 CNN_PADDINGS = ("auto", "VALID", "SAME")
 MLP_LAYERS = (2, 3)  # acl_mlp head: 3 layers (ACL default) or 2 (ACL --twoLayerProj)
 # attack
-BN_MODES = ("train", "eval")
+BN_MODES = ("eval", "train")  # eval: running statistics; train: batch statistics, updates discarded
 ATTACK_INITS = ("uniform", "normal")
 # loss. 'merge' (NEG = hard OR soft negatives) is the authors' code-only
 # soft_lcscl(neg_type='merge'), not in the paper's Table 1 (SPEC 1.2).

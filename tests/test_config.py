@@ -121,7 +121,7 @@ def test_other_modules_enumerations_agree_with_the_schema():
     assert tuple(models.NORMALIZATION) == config.NORMALIZATIONS
     assert layers.CONV_INITS == config.CONV_INITS and cnn.CNN_PADDINGS == config.CNN_PADDINGS
     assert norm.BN_TYPES == config.BN_TYPES and norm.BN_BRANCHES == config.BN_BRANCHES
-    assert set(attacks.BN_MODES) == set(config.BN_MODES)
+    assert attacks.BN_MODES == config.BN_MODES
     assert attacks.BN_BRANCHES == config.BN_BRANCHES
     assert set(attacks.INITS) == set(config.ATTACK_INITS)
     assert losses.STRATEGIES == config.STRATEGIES
