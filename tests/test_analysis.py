@@ -292,7 +292,7 @@ def test_plot_tsne(tmp_path):
 
 def test_text_summary_contains_the_numbers():
     report = {"config": "default", "method": "ascl", "dataset": "digits", "clean_accuracy": 0.9512,
-              "robust_accuracy": {"pgd20": 0.6125, "autoattack": {"accuracy": 0.55}},
+              "robust_accuracy": {"pgd20": 0.6125, "autoattack": 0.55},
               "r_div": {"intra": 0.1234, "inter": 0.2468, "ratio": 0.5}, "num_positives": 11.3,
               "num_positives_nat": 5.0, "num_positives_adv": 6.3, "num_negatives": 14.3,
               "train_images_per_second": 321.0, "wall_seconds": 100.0}
@@ -304,7 +304,70 @@ def test_text_summary_contains_the_numbers():
     # Missing keys are tolerated.
     empty = analysis.text_summary({})
     assert "n/a" in empty and "R-DIV" in empty
-    assert "n/a" in analysis.text_summary({"robust_accuracy": None, "r_div": 0.48})
+    assert "n/a" in analysis.text_summary({"robust_accuracy": None, "r_div": None})
+
+
+# The training loop's report, key for key as ascl_jax/train/loop.py writes it (train_and_evaluate, then
+# evaluate_state with the analysis on); the values are those of a digits run.
+TRAIN_REPORT = {
+    "config": "default", "method": "ascl", "dataset": "digits", "arch": "cnn", "steps": 440,
+    "train_images_per_second": 422.6, "final_train_metrics": {"loss": 3.52, "num_positives_nat": 24.28},
+    "num_positives_nat": 24.28, "num_positives_adv": 21.70, "num_negatives_nat": 1.78,
+    "num_negatives_adv": 4.49, "num_positives": 22.99, "num_negatives": 3.135,
+    "clean_accuracy": 0.9833, "robust_accuracy": {"autoattack": 0.7667, "mpgd": 0.775, "pgd20": 0.7833},
+    "overall_robust_accuracy": 0.7667, "eval_eps": 0.1,
+    "sanity": {"checks": {"nonzero_gradients": {"message": "ok", "passed": True}}, "messages": [],
+               "num_examples": 256, "passed": True, "tolerance": 0.01},
+    "analysis": {"plots": {}, "r_div": {"ratio": 0.1916, "intra": 0.0309, "inter": 0.1610}, "skipped": {},
+                 "errors": {}},
+    "r_div": {"batch_size": 128, "inter": 0.1610, "intra": 0.0309, "num_batches": 3, "num_rows": 360,
+              "ratio": 0.1916, "ratio_mean_of_batches": 0.1925},
+    "wall_seconds": 330.1,
+}
+
+# evaluation.evaluate's result, key for key as ascl_jax/evaluation/runner.py returns it.
+EVAL_RESULTS = {
+    "eps": 8 / 255, "step_size": 2 / 255, "seed": 0, "num_classes": 10, "attacks": ["clean", "pgd20"],
+    "num_evaluated": 32, "clean_accuracy": 0.875, "robust_accuracy": {"pgd20": 0.40625},
+    "num_examples": {"pgd20": 32},
+    "overall": {"robust_accuracy": 0.40625, "num_examples": 32, "attacks": ["pgd20"]},
+    "settings": {"pgd_steps": 20}, "timing_s": {"clean": 0.1, "pgd20": 1.0},
+    "sanity": {"passed": False, "messages": ["gradients are zero on 50% of the examples"]},
+    "per_example": {"index": np.arange(32)},
+}
+
+
+def test_text_summary_of_the_training_report_has_every_value():
+    text = analysis.text_summary(TRAIN_REPORT)
+    lines = text.splitlines()
+    assert "n/a" not in text, text
+    assert all(line.split(":", 1)[1].strip() for line in lines[1:]), text
+    for s in ("config=default", "method=ascl", "dataset=digits", "arch=cnn", "98.33%", "autoattack 76.67%",
+              "mpgd 77.50%", "pgd20 78.33%", "worst case     : 76.67% at eps 0.1 (25.5/255)", "passed",
+              "0.1916", "0.0309", "0.1610", "22.99 (nat 24.28, adv 21.70)", "3.13 (nat 1.78, adv 4.49)",
+              "440 steps", "422.6 train images/s", "wall 330.1 s"):
+        assert s in text, (s, text)
+    assert len(lines) <= 10
+
+
+def test_text_summary_reads_the_eval_summary_of_write_eval_json(tmp_path):
+    from ascl_jax import evaluation
+
+    evaluation.write_eval_json(str(tmp_path), EVAL_RESULTS)
+    report = json.loads((tmp_path / "report.json").read_text())
+    text = analysis.text_summary(report)
+    for s in ("87.50%", "pgd20 40.62%", "worst case     : 40.62% at eps 0.03137 (8/255)",
+              "FAILED (gradients are zero on 50% of the examples)"):
+        assert s in text, (s, text)
+    # The semi-supervised report: the student's report plus the teacher's accuracy; no attack evaluated.
+    semi = dict(TRAIN_REPORT, method="semi_supervised", robust_accuracy={}, sanity=None,
+                teacher_clean_accuracy=0.0625, stages={"teacher": str(tmp_path)})
+    for k in ("num_positives", "num_positives_nat", "num_positives_adv", "num_negatives",
+              "num_negatives_nat", "num_negatives_adv", "r_div", "analysis"):
+        semi.pop(k)
+    text = analysis.text_summary(semi)
+    assert "robust accuracy: no attack evaluated" in text and "teacher clean  : 6.25%" in text, text
+    assert "worst case" not in text and "sanity" not in text
 
 
 def test_run_analysis_writes_all_plots(tmp_path):

@@ -550,6 +550,23 @@ def test_nt_xent_reference_float64_and_optax():
     np.testing.assert_allclose(got, ref, rtol=1e-5)
 
 
+def test_nt_xent_rows_per_anchor_reference():
+    """Row i of nt_xent_rows is anchor i of [z1; z2] (ACL's formula, self term as e^{1/t}); its mean
+    is nt_xent_loss; the terms are float32 whatever the input dtype."""
+    z1, z2 = rand(22, 6, 5), rand(23, 6, 5)
+    x = np.concatenate([z1, z2]).astype(np.float64)
+    nrm = np.linalg.norm(x, axis=1, keepdims=True)
+    e = np.exp(x @ x.T / np.maximum(nrm * nrm.T, 1e-8) / 0.5)
+    ref = [-np.log(e[i, (i + 6) % 12] / (e[i].sum() - np.exp(1 / 0.5))) for i in range(12)]
+    rows = jax.jit(losses.nt_xent_rows)(jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32))
+    assert rows.shape == (12,) and rows.dtype == jnp.float32
+    np.testing.assert_allclose(rows, ref, rtol=2e-5)
+    f1, f2 = jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32)
+    np.testing.assert_allclose(jnp.mean(rows), ntx(f1, f2), rtol=1e-5)
+    with jax.enable_x64(True):
+        assert losses.nt_xent_rows(jnp.asarray(z1), jnp.asarray(z2)).dtype == jnp.float32
+
+
 # ------------------------------------------------------------------------------------------------
 # KL, CE, TRADES, distillation
 # ------------------------------------------------------------------------------------------------
@@ -631,6 +648,8 @@ ERRORS = [
      r"z1 and z2 must have the same shape"),
     (lambda: losses.nt_xent_loss(np.ones((4, 3), np.float32), np.ones((4, 3), np.float32),
                                  temperature=0), r"temperature must be positive"),
+    (lambda: losses.nt_xent_rows(np.zeros((4, 3), np.float32), np.zeros((5, 3), np.float32)),
+     r"z1 and z2 must have the same shape"),
     (lambda: losses.kl_divergence(np.zeros((4, 3)), np.zeros((4, 3)), reduction="avg"),
      r"reduction 'avg'.*batchmean, mean, sum, none"),
     (lambda: losses.cross_entropy(np.zeros((4, 3)), np.zeros(4, int), reduction="batchmean"),

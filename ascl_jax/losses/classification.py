@@ -1,0 +1,155 @@
+"""Classification-space losses: cross entropy, KL, TRADES, distillation, ACL's semi-supervised loss.
+
+ASCL Eq. 4 (adversarial training CE) and Eq. 5 (VAT KL); TRADES fine-tuning (SPEC §3.6) and ACL's
+semi-supervised distillation (ACL Eq. 3, SPEC §3.7). Logits are ``[N, C]``, labels int ``[N]``; every
+loss works under ``jax.jit`` and ``jax.grad`` and computes in the floating dtype of the logits.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ascl_jax.losses.checks import (Array, check_choice, check_ndim, check_positive, check_same_shape,
+                                    float_dtype)
+
+KL_REDUCTIONS = ("batchmean", "mean", "sum", "none")
+CE_REDUCTIONS = ("mean", "sum", "none")
+
+
+def kl_divergence(logits_p: Array, logits_q: Array, *, reduction: str = "batchmean") -> Array:
+    """``KL(softmax(logits_p) || softmax(logits_q))`` per row: ASCL Eq. 5 (VAT), TRADES.
+
+    SPEC §1.1 (VAT), §3.6 (TRADES).
+
+    Gradients flow through both arguments (the authors' VAT and TRADES do not stop either).
+
+    Args:
+        logits_p, logits_q: float ``[N, C]``.
+        reduction: ``'batchmean'`` (sum / N, paper Eq. 5), ``'mean'`` (sum / (N*C), PyTorch
+            ``KLDivLoss(reduction='mean')`` as in the authors' VAT term, SPEC §1.4), ``'sum'``, or
+            ``'none'`` (per-row ``[N]``).
+
+    Returns:
+        Scalar, or ``[N]`` for ``'none'``.
+    """
+    check_choice("reduction", reduction, KL_REDUCTIONS)
+    check_ndim("logits_p", logits_p, 2, "[N, C]")
+    check_same_shape("logits_p", logits_p, "logits_q", logits_q)
+    float_dtype(logits_p)
+    log_p = jax.nn.log_softmax(logits_p, axis=-1)
+    log_q = jax.nn.log_softmax(logits_q, axis=-1)
+    per_row = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    if reduction == "none":
+        return per_row
+    total = jnp.sum(per_row)
+    if reduction == "sum":
+        return total
+    if reduction == "batchmean":
+        return total / logits_p.shape[0]
+    return total / (logits_p.shape[0] * logits_p.shape[1])
+
+
+def cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> Array:
+    """Softmax cross-entropy with integer labels: ASCL Eq. 4, AT / TRADES natural term (SPEC §1.1).
+
+    Args:
+        logits: float ``[N, C]``.
+        labels: int ``[N]`` in ``[0, C)``.
+        reduction: ``'mean'``, ``'sum'`` or ``'none'`` (per-row ``[N]``).
+
+    Returns:
+        Scalar, or ``[N]`` for ``'none'``.
+    """
+    check_choice("reduction", reduction, CE_REDUCTIONS)
+    check_ndim("logits", logits, 2, "[N, C]")
+    float_dtype(logits)
+    if jnp.shape(labels) != logits.shape[:1]:
+        raise ValueError(f"labels must have shape [N] = ({logits.shape[0]},) for logits of shape "
+                         f"{logits.shape}, got {tuple(jnp.shape(labels))}")
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    per_row = -jnp.take_along_axis(log_p, jnp.asarray(labels)[:, None], axis=-1)[:, 0]
+    if reduction == "none":
+        return per_row
+    if reduction == "sum":
+        return jnp.sum(per_row)
+    return jnp.mean(per_row)
+
+
+def trades_kl(logits_nat: Array, logits_adv: Array) -> Array:
+    """TRADES robust term ``sum_i KL(p_nat,i || p_adv,i) / b`` (SPEC §3.6, ``trades.py``).
+
+    Args:
+        logits_nat, logits_adv: float ``[b, C]``; gradients flow through both.
+
+    Returns:
+        Scalar.
+    """
+    return kl_divergence(logits_nat, logits_adv, reduction="batchmean")
+
+
+def _distillation_rows(logits: Array, teacher_logits: Array, t: Array) -> Array:
+    """``D(a, p) = sum_c -log_softmax(a/T)_c softmax(p/T)_c`` per row: [N, C], [N, C] -> [N]."""
+    return jnp.sum(-jax.nn.log_softmax(logits / t, axis=-1) * jax.nn.softmax(teacher_logits / t, axis=-1),
+                   axis=-1)
+
+
+def soft_distillation(logits: Array, teacher_logits: Array, temperature: float = 1.0) -> Array:
+    """ACL semi-supervised distillation ``mean_rows sum_c -log_softmax(a/T) * softmax(p/T)``.
+
+    SPEC §3.7 (``train_trades_cifar10_semisupervised.py``).
+
+    The ``T^2`` factor and the per-part weighting of ACL Eq. 3 are left to the caller. The teacher
+    logits are used as given (the pseudo-labels are constants in ACL; pass them as data).
+
+    Args:
+        logits: float ``[N, C]`` student logits ``a``.
+        teacher_logits: float ``[N, C]`` teacher logits ``p``.
+        temperature: T > 0.
+
+    Returns:
+        Scalar.
+    """
+    check_positive("temperature", temperature)
+    check_ndim("logits", logits, 2, "[N, C]")
+    check_same_shape("logits", logits, "teacher_logits", teacher_logits)
+    dtype = float_dtype(logits)
+    t = jnp.asarray(temperature, dtype)
+    return jnp.mean(_distillation_rows(logits, teacher_logits, t))
+
+
+def acl_semi_supervised_loss(logits_nat: Array, logits_adv: Array, labels: Array,
+                             teacher_logits: Array, labelled: Array, *, alpha: float = 0.5,
+                             temperature: float = 1.0, beta: float = 6.0) -> tuple[Array, dict]:
+    """ACL Eq. 3 (semi-supervised step iii; the authors' code as in SPEC §3.7).
+
+    ``[(1-alpha) sum_l CE(a_l, y_l) + alpha T^2 sum_l D(a_l, p_l) + T^2 sum_u D(a_u, p_u)] / b
+    + beta sum_i KL(softmax(f(x_i)) || softmax(f(x_adv_i))) / b``, with a = adversarial logits,
+    p = teacher (pseudo-label) logits, D(a, p) = sum_c -log_softmax(a/T)_c softmax(p/T)_c
+    (the per-row term of :func:`soft_distillation`) and b = batch size (labelled + unlabelled).
+
+    Args:
+        logits_nat, logits_adv: float ``[b, C]`` student logits on clean / adversarial images.
+        labels: int ``[b]`` (only the labelled rows' values are used).
+        teacher_logits: float ``[b, C]`` soft pseudo-labels (constants).
+        labelled: bool ``[b]``, True for rows with a true label.
+        alpha: CE / distillation mix on labelled rows, in [0, 1]. temperature: T > 0. beta: KL weight.
+
+    Returns:
+        (loss, aux) with aux = {'ce_labelled', 'distill', 'trades_kl'} (sums / b as used in the loss).
+    """
+    check_positive("temperature", temperature)
+    check_same_shape("logits_nat", logits_nat, "logits_adv", logits_adv)
+    check_same_shape("logits_adv", logits_adv, "teacher_logits", teacher_logits)
+    dtype = float_dtype(logits_adv)
+    b = logits_adv.shape[0]
+    t = jnp.asarray(temperature, dtype)
+    lab = jnp.asarray(labelled, bool)
+    ce = cross_entropy(logits_adv, labels, reduction="none")
+    distill = _distillation_rows(logits_adv, jax.lax.stop_gradient(teacher_logits), t)
+    ce_term = jnp.sum(jnp.where(lab, ce, 0.0)) / b
+    distill_term = t * t * jnp.sum(jnp.where(lab, alpha, 1.0) * distill) / b
+    kl = trades_kl(logits_nat, logits_adv)
+    loss = (1.0 - alpha) * ce_term + distill_term + beta * kl
+    return loss, {"ce_labelled": ce_term, "distill": distill_term, "trades_kl": kl}
