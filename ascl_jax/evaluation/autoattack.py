@@ -247,7 +247,7 @@ def stage_seed(name: str, rank: int, restart: int) -> int:
 
 __all__ = [
     'STANDARD', 'VERSIONS', 'COMPONENTS', 'SQUARE_THRESHOLDS', 'Program', 'LogitsFn', 'run_program',
-    'run_program_state', 'default_unroll', 'apgd_linf', 'fab_targeted_linf', 'square_linf',
+    'run_program_state', 'apgd_linf', 'fab_targeted_linf', 'square_linf',
     'apgd_program', 'fab_program', 'square_program', 'apgd_checkpoints', 'square_p',
     'project_linf_hyperplane_box', 'cross_entropy', 'dlr_loss', 'targeted_dlr_loss',
     'robust_margin', 'ranked_target', 'example_keys', 'component_program', 'plan',
