@@ -154,11 +154,16 @@ def margin_objective(logits_fn: LogitsFn, labels: Array, targets: Array | None =
     """
     def objective(x):
         logits = logits_fn(x).astype(jnp.float32)
-        return _margin(logits, labels, targets)
+        return logit_margin(logits, labels, targets)
     return objective
 
 
-def _margin(logits, labels, targets=None):
+def logit_margin(logits: Array, labels: Array, targets: Array | None = None) -> Array:
+    """Misclassification margin per row [B]: z_t - z_y, or max_{j != y} z_j - z_y without targets.
+
+    logits [B, C]; labels, targets int [B]. Positive exactly when the row is misclassified (as t,
+    for the targeted form); its negation is the robustness margin z_y - max_{j != y} z_j.
+    """
     z_y = jnp.take_along_axis(logits, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     if targets is not None:
         z_t = jnp.take_along_axis(logits, targets[:, None].astype(jnp.int32), axis=-1)[:, 0]
@@ -339,9 +344,13 @@ def _use_canonical(canonicalize: bool | None) -> bool:
 # PGD core
 
 
-def _project(xa: Array, x: Array, eps) -> Array:
-    """Onto the eps-ball around x, then onto [0, 1] (ASCL pgd.py order)."""
-    return jnp.clip(jnp.clip(xa, x - eps, x + eps), 0.0, 1.0)
+def project_linf(x_adv: Array, x: Array, eps) -> Array:
+    """clip(clip(x_adv, x - eps, x + eps), 0, 1): onto the L-inf eps-ball around x, then onto
+    [0, 1] (ASCL pgd.py order). x_adv, x [B, ...]; eps a scalar or an array broadcasting to x."""
+    return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
+
+
+_project = project_linf  # the name pgd_linf and fgsm use
 
 
 def _loop(step: Callable[[Array], Array], state: Array, num_steps: int, unroll: int) -> Array:
@@ -557,7 +566,7 @@ def multi_targeted_pgd(logits_fn: LogitsFn, x: Array, labels: Array, key: Array 
                        clip_start=True, x_init=None, n_unroll=n_unroll,
                        canonicalize=_use_canonical(canonicalize))
         # robustness margin of the final iterate: < 0 means misclassified
-        return xa, -_margin(logits_fn(xa).astype(jnp.float32), labels)
+        return xa, -logit_margin(logits_fn(xa).astype(jnp.float32), labels)
 
     def merge(best, xs, ms):
         """Keeps per example the lowest margin; xs [g, B, ...], ms [g, B] (first wins ties)."""
@@ -588,4 +597,5 @@ __all__ = [
     "pgd_linf", "fgsm", "multi_targeted_pgd", "mpgd_targets", "ce_objective", "kl_objective",
     "targeted_ce_objective", "margin_objective", "nt_xent_objective", "model_forward",
     "resolve_unroll", "canonicalize_convs", "MAX_UNROLL", "DEFAULT_CHUNK", "BN_MODES",
+    "project_linf", "logit_margin",
 ]

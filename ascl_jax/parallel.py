@@ -70,3 +70,28 @@ def to_host(tree):
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def put_global(arr: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array that every process holds in full -> global jax.Array with `sharding`.
+
+    (`to_global` instead takes each process's own slice.)
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(arr, sharding)
+    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
+
+
+def padded_index_batches(rows: np.ndarray, batch_size: int):
+    """Yields (batch_rows [batch_size], valid bool [batch_size], n) over `rows` in order.
+
+    The last batch is padded with copies of its first row (a real example, so every padded row is
+    a valid input); `valid` marks the n real rows, which come first.
+    """
+    b = batch_size
+    for s in range(0, len(rows), b):
+        r = rows[s:s + b]
+        n = len(r)
+        if n < b:
+            r = np.concatenate([r, np.full(b - n, r[0], r.dtype)])
+        yield r, np.arange(b) < n, n

@@ -361,7 +361,7 @@ def test_mpgd_is_at_least_as_strong_as_every_targeted_run(tiny):
     _, _, x, y = tiny
     logits_fn = _logits_fn(tiny)
     kw = dict(eps=EPS, step_size=STEP, num_steps=3)
-    robust_margin = lambda v: -attacks._margin(logits_fn(v), y)
+    robust_margin = lambda v: -attacks.logit_margin(logits_fn(v), y)
 
     @jax.jit
     def run(x, key):

@@ -131,6 +131,26 @@ def test_dlr_losses_against_numpy():
     np.testing.assert_allclose(aa.dlr_loss(jnp.asarray(3 * z + 7), jnp.asarray(y)), dlr, rtol=1e-4)
 
 
+def test_shared_row_helpers():
+    """The evaluation's margin, CE and projection are the attacks' / losses' (one of each)."""
+    from ascl_jax import attacks, losses, parallel
+    rng = np.random.default_rng(1)
+    z = jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))
+    y = jnp.asarray([0, 1, 2, 3, 0])
+    other = np.where(np.eye(4, dtype=bool)[np.asarray(y)], -np.inf, np.asarray(z)).max(1)
+    np.testing.assert_array_equal(aa.robust_margin(z, y), np.asarray(z)[np.arange(5), y] - other)
+    np.testing.assert_array_equal(aa.robust_margin(z, y), -attacks.logit_margin(z, y))
+    np.testing.assert_array_equal(aa.cross_entropy(z, y), losses.cross_entropy(z, y, reduction='none'))
+    xa = jnp.asarray(rng.uniform(-0.5, 1.5, (5, 2, 2, 1)).astype(np.float32))
+    x = jnp.asarray(rng.uniform(0, 1, (5, 2, 2, 1)).astype(np.float32))
+    proj = np.asarray(attacks.project_linf(xa, x, 0.1))
+    assert np.all(np.abs(proj - np.asarray(x)) <= 0.1 + 1e-7) and proj.min() >= 0 and proj.max() <= 1
+    batches = list(parallel.padded_index_batches(np.arange(10, 15), 4))
+    assert [n for _, _, n in batches] == [4, 1]
+    np.testing.assert_array_equal(batches[1][0], [14, 14, 14, 14])
+    np.testing.assert_array_equal(batches[1][1], [True, False, False, False])
+
+
 def test_linf_hyperplane_projection_matches_linprog():
     from scipy.optimize import linprog
     rng = np.random.default_rng(1)

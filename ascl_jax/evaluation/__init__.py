@@ -10,18 +10,23 @@ Entry points::
 
     out = evaluation.run_autoattack(logits_fn, x, y, jax.random.key(0), eps=8/255, version='standard')
 
-Modules: ``autoattack`` (per-batch APGD / FAB-T / Square and the AutoAttack driver), ``pgd`` (evaluation
-PGD and mPGD stages), ``engine`` (batching, sharding, survivor compaction), ``sanity`` (gradient-masking
-checks), ``runner`` (``evaluate``), ``report`` (eval.json, per_example.npz, report.json).
+Modules, each importing only those before it: ``programs`` (the ``Program`` contract of an iterative
+attack, per-row helpers), ``apgd`` / ``fab`` / ``square`` (the AutoAttack components as Programs),
+``autoattack`` (per-batch APGD / FAB-T / Square, the standard sequence), ``engine`` (batching,
+sharding, compiled stages), ``autoattack_driver`` (AutoAttack over host arrays), ``pgd`` (evaluation
+PGD and mPGD stages), ``sanity`` (gradient-masking checks), ``runner`` (``evaluate``), ``report``
+(eval.json, per_example.npz, report.json).
 """
-from ascl_jax.evaluation import autoattack, engine, pgd, report, runner, sanity
+from ascl_jax.evaluation import (apgd, autoattack, autoattack_driver, engine, fab, pgd, programs,
+                                 report, runner, sanity, square)
 from ascl_jax.evaluation.autoattack import (COMPONENTS, VERSIONS, apgd_linf, dlr_loss,
-                                            fab_targeted_linf, run_autoattack, square_linf,
-                                            targeted_dlr_loss)
-from ascl_jax.evaluation.engine import Engine, default_mesh
+                                            fab_targeted_linf, square_linf, targeted_dlr_loss)
+from ascl_jax.evaluation.autoattack_driver import run_autoattack
+from ascl_jax.evaluation.engine import Engine
 from ascl_jax.evaluation.report import (compare_per_example, load_per_example, summary,
                                         write_eval_json)
 from ascl_jax.evaluation.runner import ATTACK_HELP, DEFAULT_ATTACKS, evaluate, parse_attack
+from ascl_jax.parallel import make_mesh as default_mesh
 
 __all__ = [
     'COMPONENTS', 'VERSIONS', 'ATTACK_HELP', 'DEFAULT_ATTACKS', 'Engine', 'apgd_linf',

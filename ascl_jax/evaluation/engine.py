@@ -21,17 +21,10 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
 
+from ascl_jax import parallel
 from ascl_jax.evaluation import autoattack as aa
-
-DATA_AXIS = 'data'
-
-
-def default_mesh() -> jax.sharding.Mesh:
-    """A ('data',) mesh over every global device (Auto axis type), as in training."""
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+from ascl_jax.parallel import DATA_AXIS
 
 
 def check_eps(eps, name: str = 'eps') -> float:
@@ -65,19 +58,9 @@ def check_inputs(x, y) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int32)
 
 
-def _put(arr: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    if jax.process_count() == 1:
-        return jax.device_put(arr, sharding)
-    return jax.make_array_from_callback(arr.shape, sharding, lambda idx: arr[idx])
-
-
 def _get(a: jax.Array) -> np.ndarray:
-    if getattr(a, 'is_fully_addressable', True):
-        return np.asarray(jax.device_get(a))
-    if a.is_fully_replicated:
-        return np.asarray(a.addressable_data(0))
-    from jax.experimental import multihost_utils
-    return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    """A global array's value as numpy on every process (``parallel.to_host``)."""
+    return np.asarray(parallel.to_host(a))
 
 
 def grow(bar, n: int) -> None:
@@ -136,7 +119,7 @@ def get_engine(logits_fn: Callable, *, params=None, batch_size: int = 128, mesh=
     arguments of the compiled functions), so a periodic evaluation compiles once per run.
     At most ``_MAX_ENGINES`` engines are kept (least recently used dropped).
     """
-    mesh = default_mesh() if mesh is None else mesh
+    mesh = parallel.make_mesh() if mesh is None else mesh
     key = (_fn_key(logits_fn), params is None, mesh, int(batch_size), loop, unroll)
     try:
         hash(key)
@@ -182,13 +165,13 @@ class Engine:
             raise ValueError("logits_fn must be callable: x -> logits (or (params, x) -> logits)")
         if int(batch_size) <= 0:
             raise ValueError(f"batch_size={batch_size!r} must be > 0")
-        self.mesh = default_mesh() if mesh is None else mesh
+        self.mesh = parallel.make_mesh() if mesh is None else mesh
         if DATA_AXIS not in self.mesh.axis_names:
             raise ValueError(f"the mesh needs a {DATA_AXIS!r} axis, got {self.mesh.axis_names}")
         n_dev = self.mesh.shape[DATA_AXIS]
         self.batch_size = -(-int(batch_size) // n_dev) * n_dev
-        self.repl = NamedSharding(self.mesh, P())
-        self.data = NamedSharding(self.mesh, P(DATA_AXIS))
+        self.repl = parallel.replicated(self.mesh)
+        self.data = parallel.data_sharded(self.mesh)
         self._has_params = params is not None
         self._fn = logits_fn if self._has_params else (lambda p, x: logits_fn(x))
         self.set_params(params)
@@ -284,17 +267,17 @@ class Engine:
         self._cache[full_key] = fn
         return fn
 
-    # -- host loops ------------------------------------------------------------------------------
+    def compile_stage(self, cache_key, fn):
+        """``fn`` with a stage's calling convention (``f(params, x, y, index, active, key, rank,
+        eps) -> (x_out, flags)``, rows sharded over 'data', the rest replicated), jitted once per
+        ``cache_key``; runs with ``run_stage``."""
+        if cache_key not in self._cache:
+            self._cache[cache_key] = jax.jit(
+                fn, in_shardings=(self.repl,) + (self.data,) * 4 + (self.repl,) * 3,
+                out_shardings=(self.data, self.data))
+        return self._cache[cache_key]
 
-    def _batches(self, rows: np.ndarray):
-        b = self.batch_size
-        for s in range(0, len(rows), b):
-            r = rows[s:s + b]
-            n = len(r)
-            if n < b:
-                r = np.concatenate([r, np.full(b - n, r[0], r.dtype)])
-            valid = np.arange(b) < n
-            yield r, valid, n
+    # -- host loops ------------------------------------------------------------------------------
 
     def predict(self, x: np.ndarray, *, desc: str = 'clean', y: np.ndarray | None = None,
                 progress: bool | None = None) -> tuple[np.ndarray, int]:
@@ -304,8 +287,8 @@ class Engine:
         n_cls = None
         bar = _progress(x.shape[0], desc, self.progress if progress is None else progress)
         n_ok = done = 0
-        for r, valid, n in self._batches(np.arange(x.shape[0])):
-            pred, k = fn(self.params, _put(x[r], self.data))
+        for r, valid, n in parallel.padded_index_batches(np.arange(x.shape[0]), self.batch_size):
+            pred, k = fn(self.params, parallel.put_global(x[r], self.data))
             pred = _get(pred)[:n]
             out[r[:n]] = pred
             n_cls = int(_get(k))
@@ -340,11 +323,11 @@ class Engine:
         elif desc:
             bar.set_description(desc)
         done = 0
-        for r, valid, n in self._batches(rows):
+        put = lambda a: parallel.put_global(a, self.data)  # noqa: E731
+        for r, valid, n in parallel.padded_index_batches(rows, self.batch_size):
             # Padding rows repeat a real row; `valid` masks them out of the results.
-            out_x, out_f = fn(self.params, _put(x[r], self.data), _put(y[r], self.data),
-                              _put(index[r].astype(np.int32), self.data), _put(valid, self.data),
-                              key_r, rank_r, eps_r)
+            out_x, out_f = fn(self.params, put(x[r]), put(y[r]), put(index[r].astype(np.int32)),
+                              put(valid), key_r, rank_r, eps_r)
             f = _get(out_f)[:n]
             fooled[done:done + n] = f
             if keep_adv:
@@ -362,61 +345,3 @@ class Engine:
     def progress_bar(self, desc: str):
         """A progress bar (or None) shared by the stages of one attack; grow it with ``grow``."""
         return _progress(0, desc, self.progress)
-
-    # -- AutoAttack --------------------------------------------------------------------------------
-
-    def autoattack(self, x, y, key, *, eps: float, version: str | None = 'standard',
-                   components=None, n_iter: int = 100, n_queries: int = 5000, n_targets: int = 9,
-                   apgd_ce_restarts: int = 1, target_restarts: int = 1, square_restarts: int = 1,
-                   unroll: int | None = None, early_stop: bool = True,
-                   robust: np.ndarray | None = None, index: np.ndarray | None = None,
-                   keep_adv: bool = True, clean: np.ndarray | None = None,
-                   num_classes: int | None = None) -> dict:
-        """AutoAttack on host arrays (see ``autoattack.run_autoattack`` for the result dict)."""
-        eps = check_eps(eps)
-        x, y = check_inputs(x, y)
-        n = x.shape[0]
-        if components is None:
-            if version not in aa.VERSIONS:
-                raise ValueError(f"unknown AutoAttack version {version!r}; choose one of "
-                                 f"{list(aa.VERSIONS)}")
-            components = aa.VERSIONS[version]
-        components = tuple(components)
-        index = np.arange(n) if index is None else np.asarray(index)
-        if clean is None or num_classes is None:
-            pred, num_classes = self.predict(x, y=y, desc='clean')
-            clean = pred == y
-        aa.check_num_classes(components, num_classes)
-        stages = aa.plan(components=components, num_classes=num_classes,
-                         apgd_ce_restarts=apgd_ce_restarts, n_targets=n_targets,
-                         target_restarts=target_restarts, square_restarts=square_restarts)
-        rob = clean.copy() if robust is None else (np.asarray(robust, bool) & clean)
-        x_adv = x.copy() if keep_adv else None
-        broken_by = np.full(n, -1, np.int32)
-        acc = {'clean': float(clean.mean())}
-        for ci, comp in enumerate(components):
-            fn = self.stage(('aa', comp, n_iter, n_queries),
-                            aa.component_program(comp, n_iter=n_iter, n_queries=n_queries),
-                            unroll=unroll, early_stop=early_stop)
-            bar = self.progress_bar(comp)
-            for name, rank, restart in (s for s in stages if s[0] == comp):
-                rows = np.flatnonzero(rob)
-                if len(rows) == 0:
-                    break
-                grow(bar, len(rows))
-                k = jax.random.fold_in(key, aa.stage_seed(name, rank, restart))
-                desc = name + (f' target {rank - 1}/{min(n_targets, num_classes - 1)}' if rank else '')
-                desc += f' restart {restart + 1}' if restart else ''
-                fooled, xa = self.run_stage(fn, x, y, index, rows, k, eps=eps, rank=rank,
-                                            desc=desc, robust_count=int(rob.sum()), total=n,
-                                            keep_adv=keep_adv, bar=bar)
-                hit = rows[fooled]
-                rob[hit] = False
-                broken_by[hit] = ci
-                if keep_adv:
-                    x_adv[hit] = xa[fooled]
-            if bar is not None:
-                bar.close()
-            acc[comp] = float(rob.mean())
-        return dict(clean=clean, robust=rob, x_adv=x_adv, broken_by=broken_by,
-                    components=components, accuracy=acc, num_classes=num_classes)

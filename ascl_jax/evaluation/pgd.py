@@ -8,14 +8,16 @@ example is robust only if every restart fails (worst case per example).
 
 Multi-targeted PGD (Gowal et al. 2019): one targeted PGD per target class maximising the margin
 ``z_t - z_y``, targets = the wrong classes ranked by the clean logits (``attacks.mpgd_targets``;
-all K - 1 by default); robust only if every target fails. Unlike ``attacks.multi_targeted_pgd``
-(all targets in one call), the targets run here one after the other on the rows still robust.
+all K - 1 by default); robust only if every target fails. ``attacks.multi_targeted_pgd`` is the
+same attack on one batch in one call (every target on every row, the per-example worst case by
+final margin, a random start per batch key); here the targets run one after the other, each on the
+rows every earlier target left robust, as the engine's survivor rounds.
 
-The objectives, target ranking and the PGD step are ``ascl_jax.attacks``'s (``ce_objective``,
-``margin_objective``, ``mpgd_targets``, ``pgd_linf``); this module adds what evaluation needs on top:
-a random start drawn per example from its global index (passed as ``x_init``, so results do not
-depend on batching or devices) and the state-machine form (``autoattack.Program``) that lets the engine
-drive the loop from the host on CPU.
+The objectives, target ranking, the PGD step and the projection are ``ascl_jax.attacks``'s
+(``ce_objective``, ``margin_objective``, ``mpgd_targets``, ``pgd_linf``, ``project_linf``); this
+module adds what evaluation needs on top: a random start drawn per example from its global index
+(passed as ``x_init``, so results do not depend on batching or devices) and the state-machine form
+(``programs.Program``) that the engine runs as a stage.
 """
 from __future__ import annotations
 
@@ -26,17 +28,18 @@ import numpy as np
 from ascl_jax import attacks
 from ascl_jax.evaluation import autoattack as aa
 from ascl_jax.evaluation import engine as engine_lib
+from ascl_jax.evaluation.programs import Program, example_keys
 
 
 def uniform_start(x, key, index, eps):
     """x + eps * U(-1, 1), clipped to [0, 1]; row i draws from ``fold_in(key, index[i])``."""
-    keys = aa.example_keys(key, index)
+    keys = example_keys(key, index)
     u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], jnp.float32, -1.0, 1.0))(keys)
     return jnp.clip(x + eps * u, 0.0, 1.0)
 
 
 def pgd_program(*, num_steps: int, step_ratio: float, objective: str = 'ce',
-                y_target=None) -> aa.Program:
+                y_target=None) -> Program:
     """PGD-k as a Program; step = step_ratio * eps (so one compiled program serves every eps).
 
     objective 'ce': maximise the cross-entropy (untargeted). 'margin-targeted': maximise
@@ -69,10 +72,10 @@ def pgd_program(*, num_steps: int, step_ratio: float, objective: str = 'ce',
         return dict(s, x_adv=xa)
 
     def finish(lf, x, y, eps, s):
-        x_adv = aa._project(s['x_adv'], x, eps)
+        x_adv = attacks.project_linf(s['x_adv'], x, eps)
         return x_adv, jnp.argmax(lf(x_adv), -1) != y
 
-    return aa.Program(num_steps, init, step, finish, running=None)
+    return Program(num_steps, init, step, finish, running=None)
 
 
 def pgd_linf_eval(logits_fn, x, y, key, *, eps, step_size, num_steps: int, objective: str = 'ce',

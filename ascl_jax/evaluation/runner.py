@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from ascl_jax.evaluation import autoattack as aa
+from ascl_jax.evaluation import autoattack_driver
 from ascl_jax.evaluation import engine as engine_lib
 from ascl_jax.evaluation import pgd as pgd_lib
 from ascl_jax.evaluation import sanity as sanity_lib
@@ -177,9 +178,10 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
         else:
             m = n_aa
             comps = None if kind == 'autoattack' else (opts['component'],)
-            res = eng.autoattack(x[:m], y[:m], k, eps=eps, version=opts.get('version'),
-                                 components=comps, clean=clean[:m], num_classes=num_classes,
-                                 index=index[:m], keep_adv=keep_adv, **aa_opts)
+            res = autoattack_driver.run_on_engine(
+                eng, x[:m], y[:m], k, eps=eps, version=opts.get('version'), components=comps,
+                clean=clean[:m], num_classes=num_classes, index=index[:m], keep_adv=keep_adv,
+                **aa_opts)
             rob, xa = res['robust'], res['x_adv']
             if kind == 'autoattack':
                 aa_details[key_name] = dict(

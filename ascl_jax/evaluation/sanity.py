@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascl_jax.evaluation import autoattack as aa
+from ascl_jax.evaluation import autoattack_driver
 from ascl_jax.evaluation import pgd as pgd_lib
+from ascl_jax.evaluation.programs import robust_margin
 
 
 def _check(passed: bool, message: str, **values) -> dict:
@@ -38,18 +39,14 @@ def zero_gradient_fraction(eng, x: np.ndarray, y: np.ndarray, rows: np.ndarray) 
     """Fraction of ``rows`` whose margin-loss input gradient is exactly zero."""
     if len(rows) == 0:
         return 0.0
-    if 'zero_grad' not in eng._cache:
-        def run(params, x, y, index, active, key, rank, eps):
-            # Same calling convention as a stage; the second output is the all-zero-gradient flag.
-            lf = eng.logits_fn(params)
-            g = jax.grad(lambda z: jnp.sum(aa.margin(lf(z), y)))(x)
-            zero = jnp.all(g.reshape(g.shape[0], -1) == 0, axis=-1)
-            return x, zero & active
+    def run(params, x, y, index, active, key, rank, eps):
+        # Same calling convention as a stage; the second output is the all-zero-gradient flag.
+        lf = eng.logits_fn(params)
+        g = jax.grad(lambda z: jnp.sum(robust_margin(lf(z), y)))(x)
+        zero = jnp.all(g.reshape(g.shape[0], -1) == 0, axis=-1)
+        return x, zero & active
 
-        eng._cache['zero_grad'] = jax.jit(
-            run, in_shardings=(eng.repl,) + (eng.data,) * 4 + (eng.repl,) * 3,
-            out_shardings=(eng.data, eng.data))
-    fn = eng._cache['zero_grad']
+    fn = eng.compile_stage('zero_grad', run)
     flags, _ = eng.run_stage(fn, x, y, np.arange(len(x)), rows, jax.random.key(0), eps=0.0,
                              desc='sanity: gradients', keep_adv=False)
     return float(flags.mean())
@@ -139,9 +136,10 @@ def run_checks(eng, x: np.ndarray, y: np.ndarray, clean: np.ndarray, key, *, eps
         white_rob = rob_at_eps & rob_4k
         white = float(white_rob.mean())
         num_classes = (results or {}).get('num_classes') or _num_classes(eng, xs)
-        res = eng.autoattack(xs, ys, jax.random.fold_in(key, 7), eps=eps, components=('square',),
-                             n_queries=square_queries, clean=cs, num_classes=num_classes,
-                             robust=white_rob, index=idx, keep_adv=False)
+        res = autoattack_driver.run_on_engine(
+            eng, xs, ys, jax.random.fold_in(key, 7), eps=eps, components=('square',),
+            n_queries=square_queries, clean=cs, num_classes=num_classes, robust=white_rob,
+            index=idx, keep_adv=False)
         sq = res['accuracy']['square']
         ok = sq >= white - tol
         checks['square_not_stronger'] = _check(
