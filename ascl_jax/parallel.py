@@ -70,3 +70,25 @@ def to_host(tree):
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def map_batches(fn, arrays, batch_size: int, sharding: NamedSharding):
+    """`fn` over consecutive batches of host arrays, results gathered on the host.
+
+    arrays: a tuple of numpy arrays with the same leading size n. Each batch of `batch_size` rows
+    (the last one padded with zero rows to full size, so `fn` compiles once) is put on `sharding`
+    and passed as `fn(start, *batch)`, start = the index of its first row. `fn` returns an array
+    or a tuple of arrays with a leading batch axis. Returns the same structure of numpy arrays
+    with the padding rows dropped, concatenated over batches: leading size n.
+    """
+    n = len(arrays[0])
+    outs = []
+    for start in range(0, n, batch_size):
+        part = [a[start:start + batch_size] for a in arrays]
+        rows = len(part[0])
+        pad = batch_size - rows
+        if pad:
+            part = [np.concatenate([a, np.zeros((pad, *a.shape[1:]), a.dtype)]) for a in part]
+        out = fn(start, *(jax.device_put(a, sharding) for a in part))
+        outs.append(jax.tree.map(lambda o: np.asarray(o)[:rows], out))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
