@@ -41,18 +41,18 @@ def main(argv):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ascl_jax: %(message)s"))
     ours.addHandler(handler)
-    from ascl_jax import checkpointing, train
+    from ascl_jax import train, workdir
     from ascl_jax import config as config_lib
     try:
         if _MODE.value == "train":
             if _CONFIG.value is None:
                 raise config_lib.ConfigError("--config is required for --mode=train")
-            report = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+            report = train.run(_CONFIG.value, _WORKDIR.value)
         elif _MODE.value == "evaluate":
             report = train.evaluate_workdir(_WORKDIR.value, _CONFIG.value)
         else:
             report = train.analyze_workdir(_WORKDIR.value)
-    except (config_lib.ConfigError, checkpointing.WorkdirError, train.NonFiniteLossError,
+    except (config_lib.ConfigError, workdir.WorkdirError, train.NonFiniteLossError,
             FileNotFoundError, ValueError) as e:
         print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
         sys.exit(2)

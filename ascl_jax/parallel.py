@@ -95,3 +95,20 @@ def padded_index_batches(rows: np.ndarray, batch_size: int):
         if n < b:
             r = np.concatenate([r, np.full(b - n, r[0], r.dtype)])
         yield r, np.arange(b) < n, n
+
+
+def map_batches(fn, arrays, batch_size: int, sharding: NamedSharding):
+    """`fn` over consecutive batches of host arrays, results gathered on the host.
+
+    arrays: a tuple of numpy arrays with the same leading size n, held in full by every process.
+    Each batch of `batch_size` rows (the last one padded as `padded_index_batches` does, so `fn`
+    compiles once) is put on `sharding` and passed as `fn(start, *batch)`, start = the index of its
+    first row. `fn` returns an array or a tuple of arrays with a leading batch axis, computed per
+    row (padding rows must not change the real rows' results). Returns the same structure of numpy
+    arrays with the padding rows dropped, concatenated over batches: leading size n.
+    """
+    outs = []
+    for rows, _, n_real in padded_index_batches(np.arange(len(arrays[0])), batch_size):
+        out = fn(int(rows[0]), *(put_global(a[rows], sharding) for a in arrays))
+        outs.append(jax.tree.map(lambda o, k=n_real: np.asarray(o)[:k], to_host(out)))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *outs)

@@ -3,10 +3,11 @@ beside the same step in PyTorch (bench/torch_ascl_step.py, channels-last) when a
 interpreter is available (--torch-python, default .venv-torch/bin/python), in one run.
 
   .venv/bin/python bench/train_step.py [--batch 128] [--iters 5] [--devices 1]
-Prints a table and one JSON line. The step is the real `train_steps.ascl_step` under jax.jit
-(PGD-10 in the library's default loop form, two train-mode forwards, masks + loss, SGD update),
-state donated. Each side also times its PGD-10 attack alone (train-mode BN, as in the step), so
-"rest" = step - attack is the two train-mode forwards, the loss, the backward and the update.
+Prints a table and one JSON line. The step is the real `ascl_jax.train.steps.ascl_step` under
+jax.jit (PGD-10 in the library's default loop form, two train-mode forwards, masks + loss, SGD
+update), state donated. Each side also times its PGD-10 attack alone (JAX: `steps.ce_attack`,
+train-mode BN, as in the step), so "rest" = step - attack is the two train-mode forwards, the
+loss, the backward and the update.
 """
 import argparse
 import json
@@ -31,12 +32,11 @@ if not args.default_xla_flags:
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from ascl_jax import attacks, models, parallel  # noqa: E402
+from ascl_jax import models, parallel  # noqa: E402
 from ascl_jax import config as config_lib  # noqa: E402
 from ascl_jax.train import steps as train_steps  # noqa: E402
-from ascl_jax.optim import make_optimizer  # noqa: E402
-from ascl_jax.state import create_train_state  # noqa: E402
+from ascl_jax.train.optim import make_optimizer  # noqa: E402
+from ascl_jax.train.state import create_train_state  # noqa: E402
 from timing import median_ms  # noqa: E402  (bench/timing.py, beside this script)
 
 
@@ -55,9 +55,8 @@ def jax_step_figures():
              "label": rng.integers(0, 10, args.batch).astype(np.int32)}
     batch = parallel.to_global(batch, dsh)
     step = train_steps.make_train_step(c, model, state_sharding=repl, data_sharding=dsh)
-    attack = jax.jit(lambda st, b: train_steps._pgd(
-        c.attack, attacks.ce_objective(train_steps._attack_logits_fn(model, st, c.attack), b["label"]),
-        b["image"], st.step_key()))
+    attack = jax.jit(lambda st, b: train_steps.ce_attack(model, st, c.attack, b["image"], b["label"],
+                                                         st.step_key()))
     out, last = {}, {"state": state}
 
     def run_step():

@@ -85,8 +85,7 @@ def run_all():
             reports[label] = json.load(open(prev))
             print(f"{label}: reused {wd}", flush=True)
             continue
-        r = train.train_and_evaluate(c, wd)
-        reports[label] = {k: v for k, v in r.items() if k != "state"}
+        reports[label] = train.run(c, wd)
         print(f"{label}: {time.time() - t:.0f} s", flush=True)
     return reports
 

@@ -48,14 +48,14 @@ def test_semi_supervised_routine_runs_and_resumes(tmp_path):
     for s in ("teacher", "student"):
         c.stages[s].eval.sanity = False
         c.stages[s].eval.attacks = ("clean",)
-    report = train.train_and_evaluate(c, str(tmp_path))
+    report = train.run(c, str(tmp_path))
     for d in ("1_pretrain", "2_teacher", "3_student"):
         assert os.path.exists(tmp_path / d / "checkpoints")
     z = np.load(tmp_path / "pseudo_labels.npz")
     assert z["logits"].shape == (1437, 10)
     assert report["method"] == "semi_supervised" and "teacher_clean_accuracy" in report
     mtime = os.path.getmtime(tmp_path / "pseudo_labels.npz")
-    again = train.train_and_evaluate(c, str(tmp_path))  # every stage done: nothing retrains
+    again = train.run(c, str(tmp_path))  # every stage done: nothing retrains
     assert os.path.getmtime(tmp_path / "pseudo_labels.npz") == mtime
     assert again["clean_accuracy"] == report["clean_accuracy"]
     with open(tmp_path / "3_student" / "metrics.jsonl") as f:

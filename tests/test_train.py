@@ -9,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ascl_jax import checkpointing, parallel, train
+from ascl_jax import checkpointing, parallel, train, workdir
 from ascl_jax import config as config_lib
 from ascl_jax.train import steps as train_steps
-from ascl_jax.optim import make_optimizer
-from ascl_jax.state import create_train_state
+from ascl_jax.train.optim import make_optimizer
+from ascl_jax.train.state import create_train_state
 
 import pathlib
 
@@ -42,8 +42,8 @@ def small(method="ascl", **loss):
     return c
 
 
-def params_of(report):
-    return jax.device_get(report["state"].params)
+def params_of(result):
+    return jax.device_get(result.state.params)
 
 
 def _step_once(config, mesh, steps=3):
@@ -151,11 +151,11 @@ def test_train_resume_is_bit_identical(tmp_path):
     c.checkpoint_every_steps = 100
     full = train.train_and_evaluate(c, str(tmp_path / "full"), evaluate=False)
     part = train.train_and_evaluate(c, str(tmp_path / "part"), stop_after_steps=3, evaluate=False)
-    assert part["stopped_at_step"] == 3
+    assert part.report["stopped_at_step"] == 3
     resumed = train.train_and_evaluate(c, str(tmp_path / "part"), evaluate=False)
     chex.assert_trees_all_equal(params_of(full), params_of(resumed))
-    chex.assert_trees_all_equal(jax.device_get(full["state"].opt_state),
-                                jax.device_get(resumed["state"].opt_state))
+    chex.assert_trees_all_equal(jax.device_get(full.state.opt_state),
+                                jax.device_get(resumed.state.opt_state))
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
@@ -163,7 +163,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     train.train_and_evaluate(c, str(tmp_path), evaluate=False)
     before = sorted(os.listdir(tmp_path / "checkpoints"))
     c2 = small("ascl", strategy="global")
-    with pytest.raises(checkpointing.WorkdirError, match="loss.strategy"):
+    with pytest.raises(workdir.WorkdirError, match="loss.strategy"):
         train.train_and_evaluate(c2, str(tmp_path), evaluate=False)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
 
@@ -250,9 +250,9 @@ def test_acl_pretrain_then_finetune_and_linear_eval(tmp_path):
     from ascl_jax import models
     pre = small("acl_pretrain", acl_variant="ds")
     pre.data.batch_size = 16
-    pre_report = train.train_and_evaluate(pre, str(tmp_path / "pre"))
-    pre_vars = {"params": jax.device_get(pre_report["state"].params),
-                "batch_stats": jax.device_get(pre_report["state"].batch_stats)}
+    pre_state = train.train_and_evaluate(pre, str(tmp_path / "pre")).state
+    pre_vars = {"params": jax.device_get(pre_state.params),
+                "batch_stats": jax.device_get(pre_state.batch_stats)}
     for branch in ("adv", "clean"):
         ft = small("trades_finetune")
         ft.model.update(dict(bn="single", head="identity"))
@@ -265,7 +265,7 @@ def test_acl_pretrain_then_finetune_and_linear_eval(tmp_path):
         chex.assert_trees_all_equal(v["batch_stats"], want["batch_stats"])
         assert not np.any(v["params"]["classifier"]["kernel"])
     ft.num_train_steps = 2
-    report = train.train_and_evaluate(ft, str(tmp_path / "ft"))
+    report = train.train_and_evaluate(ft, str(tmp_path / "ft")).report
     assert 0.0 <= report["clean_accuracy"] <= 1.0
     lin = small("linear_eval")
     lin.model.update(dict(bn="single", head="identity"))
@@ -275,7 +275,22 @@ def test_acl_pretrain_then_finetune_and_linear_eval(tmp_path):
     model, info = train.build_model(lin)
     start = train.pretrained_variables(lin, model, info["image_shape"])
     rep = train.train_and_evaluate(lin, str(tmp_path / "lin"), evaluate=False)
-    end = jax.device_get(rep["state"].params)
+    end = jax.device_get(rep.state.params)
     chex.assert_trees_all_equal(end["encoder"], start["params"]["encoder"])
-    chex.assert_trees_all_equal(jax.device_get(rep["state"].batch_stats), start["batch_stats"])
+    chex.assert_trees_all_equal(jax.device_get(rep.state.batch_stats), start["batch_stats"])
     assert np.any(end["classifier"]["kernel"] != 0)
+
+
+def test_report_json_has_one_writer_and_a_schema(tmp_path):
+    """write_report archives the previous report.json, update_report merges, and a key outside
+    the schema (workdir.Report) is refused before anything is written."""
+    wd = str(tmp_path)
+    assert workdir.write_report(wd, {"config": "a", "steps": 3}) is None
+    backup = workdir.write_report(wd, {"config": "b"})
+    assert os.path.basename(backup).startswith("report.") and json.load(open(backup)) == {
+        "config": "a", "steps": 3}
+    merged = workdir.update_report(wd, {"clean_accuracy": 0.5})
+    assert merged == workdir.read_report(wd) == {"config": "b", "clean_accuracy": 0.5}
+    with pytest.raises(KeyError, match="schema"):
+        workdir.update_report(wd, {"clean_acc": 0.5})
+    assert workdir.read_report(wd) == merged

@@ -21,8 +21,10 @@ import os
 import jax
 import numpy as np
 
-from ascl_jax import checkpointing, data, parallel
+from ascl_jax import checkpointing, data, parallel, workdir as workdir_lib
 from ascl_jax import config as config_lib
+from ascl_jax.train.loop import train_and_evaluate
+from ascl_jax.train.setup import restore_run, total_steps
 
 STAGES = ("pretrain", "teacher", "student")
 
@@ -43,27 +45,20 @@ def stage_configs(config, workdir: str) -> dict:
 
 def pseudo_labels(config, workdir: str, path: str) -> str:
     """The teacher's logits on every training image (no augmentation, eval mode) -> .npz with
-    'index' and 'logits'. Written once (atomically); an existing file is reused."""
+    'index', 'logits' [n, C] and 'labels'. Written once (atomically); an existing file is reused."""
     if os.path.exists(path):
         return path
-    from ascl_jax.train import loop as train
     mesh = parallel.make_mesh()
-    tcfg, model, state = train.restore_run(workdir, mesh)
+    tcfg, model, state = restore_run(workdir, mesh)
     cfg = copy.deepcopy(tcfg.data)
     cfg.unlock()
     cfg.augment = "none"
     images, labels = data.load_eval_arrays(cfg, cfg.train_split, None)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     fn = jax.jit(lambda x: model.apply(variables, x, train=False, bn="clean")["logits"])
-    b = tcfg.data.eval_batch_size
-    logits = []
     with jax.set_mesh(mesh):
-        for i in range(0, len(labels), b):
-            x = images[i:i + b]
-            pad = b - len(x)
-            x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]) if pad else x
-            logits.append(np.asarray(fn(jax.device_put(x, parallel.data_sharded(mesh))))[:b - pad])
-    logits = np.concatenate(logits)
+        logits = parallel.map_batches(lambda _, x: fn(x), (images,), tcfg.data.eval_batch_size,
+                                      parallel.data_sharded(mesh))
     if jax.process_index() == 0:
         tmp = path + ".tmp.npz"
         np.savez(tmp, index=np.arange(len(labels), dtype=np.int32), logits=logits,
@@ -73,30 +68,29 @@ def pseudo_labels(config, workdir: str, path: str) -> str:
 
 
 def run(config, workdir: str) -> dict:
-    """Runs (or resumes) the three stages; returns the student's report with the teacher's."""
-    from ascl_jax.train import loop as train
+    """Runs (or resumes) the three stages; returns the student's report with the teacher's
+    clean accuracy and the stages' sub-workdirs (also written to workdir/report.json)."""
     config_lib.validate(config)
-    checkpointing.check_or_write_config(config, workdir)
+    workdir_lib.check_or_write_config(config, workdir)
     stages = stage_configs(config, workdir)
     reports = {}
     for name in STAGES:
         c, wd = stages[name]
         if name == "student":
             pseudo_labels(config, stages["teacher"][1], c.semi.pseudo_labels)
-        previous = os.path.join(wd, "report.json")
+        previous = os.path.join(wd, workdir_lib.REPORT_JSON)
         if os.path.exists(previous) and _finished(c, wd):
-            reports[name] = train._previous_report(wd)  # done: not trained again
+            reports[name] = workdir_lib.read_report(wd)  # done: not trained again
             continue
-        reports[name] = {k: v for k, v in train.train_and_evaluate(c, wd).items() if k != "state"}
+        reports[name] = train_and_evaluate(c, wd).report
     report = dict(reports["student"])
     report.update(config=config.name, method="semi_supervised",
                   teacher_clean_accuracy=reports["teacher"].get("clean_accuracy"),
                   stages={n: stages[n][1] for n in STAGES})
-    checkpointing.write_json_keeping_old(os.path.join(workdir, "report.json"), report)
+    workdir_lib.write_report(workdir, report)
     return report
 
 
 def _finished(config, workdir) -> bool:
-    from ascl_jax.train import loop as train
     mngr = checkpointing.make_manager(workdir, save_every=1, max_to_keep=config.max_checkpoints)
-    return mngr.latest_step() == train.total_steps(config)[1]
+    return mngr.latest_step() == total_steps(config)[1]

@@ -57,6 +57,12 @@ def _attack_logits_fn(model, state, cfg_attack, bn="clean"):
                                  bn_mode=cfg_attack.bn_mode, output="logits")
 
 
+def ce_attack(model, state, cfg_attack, x, y, key):
+    """The CE training attack of adv, ascl and semi_student: PGD (`config.attack`: eps, step size,
+    steps, start, BN mode) maximising CE(logits(x_adv), y) at the current parameters."""
+    return _pgd(cfg_attack, attacks.ce_objective(_attack_logits_fn(model, state, cfg_attack), y), x, key)
+
+
 def _split_views(image):
     """[b, 2, H, W, C] -> two [b, H, W, C] views."""
     return image[:, 0], image[:, 1]
@@ -92,8 +98,7 @@ def nat_step(state, batch, *, model, config):
 def adv_step(state, batch, *, model, config):
     x, y = batch["image"], batch["label"]
     lw = config.loss
-    x_adv = _pgd(config.attack, attacks.ce_objective(_attack_logits_fn(model, state, config.attack), y),
-                 x, state.step_key())
+    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key())
 
     def loss_fn(params):
         bs, loss, m = state.batch_stats, 0.0, {}
@@ -142,8 +147,7 @@ def ascl_step(state, batch, *, model, config):
         instance_ids = jnp.tile(jnp.arange(b), 4)
     else:
         x, instance_ids = batch["image"], None
-    x_adv = _pgd(config.attack, attacks.ce_objective(_attack_logits_fn(model, state, config.attack), y),
-                 x, state.step_key())
+    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key())
 
     def loss_fn(params):
         out, bs = forward(model, params, state.batch_stats, x)
@@ -293,8 +297,7 @@ def semi_student_step(state, batch, *, model, config):
     The attack is CE-PGD against 'label' (SPEC 3.7)."""
     x, y = batch["image"], batch["label"]
     s = config.semi
-    x_adv = _pgd(config.attack, attacks.ce_objective(_attack_logits_fn(model, state, config.attack), y),
-                 x, state.step_key())
+    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key())
 
     def loss_fn(params):
         out, bs = forward(model, params, state.batch_stats, x)

@@ -1,0 +1,145 @@
+"""What a run needs before its loop: the model, the step count, the optimizer, the initial (or
+restored, or pre-trained) state, and the train batches of `config.method`."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+
+from ascl_jax import checkpointing, data, models, parallel, workdir as workdir_lib
+from ascl_jax.train import steps as train_steps
+from ascl_jax.train.optim import make_optimizer
+from ascl_jax.train.state import create_train_state, init_variables
+
+
+def build_model(config):
+    """(model, dataset info) for `config.model` on `config.data`'s classes and image shape."""
+    info = data.dataset_info(config.data)
+    model = models.build_model(config.model, num_classes=info["num_classes"],
+                               image_shape=info["image_shape"])
+    return model, info
+
+
+def total_steps(config) -> tuple[int, int]:
+    """(steps per epoch, total train steps): `config.num_train_steps` when > 0, else
+    `config.optim.num_epochs` epochs. For semi_student an epoch is one pass over the unlabelled pool."""
+    if config.method == "semi_student":
+        spe = data.steps_per_epoch(config.data, subset="unlabelled",
+                                   batch_size=config.data.batch_size - config.semi.labelled_batch)
+    else:
+        spe = data.steps_per_epoch(config.data, subset=config.train_subset or None)
+    n = config.num_train_steps if config.num_train_steps > 0 else config.optim.num_epochs * spe
+    return spe, int(n)
+
+
+def make_tx(config, spe, n_steps, params=None):
+    """(optax transformation, lr schedule) of `config.optim`. linear_eval: the parameters outside
+    the classifier (`steps.trainable_mask` of `params`, a tree or its shapes) get zero updates."""
+    tx, schedule = make_optimizer(config.optim, spe, n_steps)
+    if config.method == "linear_eval":
+        labels = jax.tree.map(lambda keep: "train" if keep else "freeze",
+                              train_steps.trainable_mask(params))
+        tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    return tx, schedule
+
+
+def initial_state_fn(config, model, image_shape, variables=None):
+    """(state_fn, lr schedule): `state_fn()` builds the TrainState of `config` from key
+    `config.seed` (or from `variables`, e.g. `pretrained_variables`); jit it to create the state,
+    `jax.eval_shape` it for the structure."""
+    spe, n_steps = total_steps(config)
+    key = jax.random.key(config.seed)
+    params_shape = jax.eval_shape(lambda: init_variables(model, key, image_shape))["params"]
+    tx, schedule = make_tx(config, spe, n_steps, params_shape)
+    return (lambda: create_train_state(model, tx, key, image_shape, variables)), schedule
+
+
+def abstract_state(config):
+    """The state's structure (shapes only) for `config`, used to restore a checkpoint."""
+    model, info = build_model(config)
+    state_fn, _ = initial_state_fn(config, model, info["image_shape"])
+    return jax.eval_shape(state_fn)
+
+
+def restore_run(workdir: str, mesh=None):
+    """(config, model, state) of the latest checkpoint of a workdir, replicated over `mesh`."""
+    config = workdir_lib.load_config(workdir)
+    model, _ = build_model(config)
+    mesh = mesh or parallel.make_mesh()
+    abstract = abstract_state(config)
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
+                                                           sharding=parallel.replicated(mesh)),
+                            abstract)
+    mngr = checkpointing.make_manager(workdir, save_every=1, max_to_keep=config.max_checkpoints)
+    if mngr.latest_step() is None:
+        raise workdir_lib.WorkdirError(f"{workdir} holds no checkpoint (checkpoints/ is empty)")
+    state = checkpointing.restore(mngr, abstract)
+    return config, model, state
+
+
+def pretrained_variables(config, model, image_shape):
+    """Variables for fine-tuning / linear evaluation from `config.init.workdir` (ACL Tables 4, 5):
+    the chosen BN set of a dual-BN encoder, projection head dropped, classifier re-initialised
+    to zero (ACL's cvt_state_dict) when `init.reset_classifier`."""
+    _, _, pre = restore_run(config.init.workdir)
+    variables = {"params": jax.device_get(pre.params), "batch_stats": jax.device_get(pre.batch_stats)}
+    if models.has_dual_bn(variables) and config.model.bn == "single":
+        variables = models.select_bn_branch(variables, config.init.bn_branch)
+    variables = models.strip_head(variables)
+    fresh = jax.eval_shape(lambda: init_variables(model, jax.random.key(0), image_shape))
+    fresh = {"params": fresh["params"], "batch_stats": fresh.get("batch_stats", {})}
+    if config.init.reset_classifier:
+        variables = models.reset_classifier(
+            variables, num_classes=fresh["params"]["classifier"]["bias"].shape[0])
+    shapes = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)
+    if shapes(variables) != shapes(fresh):
+        raise workdir_lib.WorkdirError(
+            f"the encoder in init.workdir={config.init.workdir!r} does not fit this model "
+            f"(model.arch={config.model.arch!r}, model.bn={config.model.bn!r}): use the same "
+            "architecture as the pre-training run")
+    return variables
+
+
+def train_batches(config, start_step: int):
+    """This process's batches from `start_step` on. With `config.input_processes` = k > 1 in a
+    single process, the k per-process streams of a k-process run are read and concatenated, so a
+    one-process run sees exactly the global batches of a k-process run."""
+    k = config.input_processes or jax.process_count()
+    if jax.process_count() > 1 or k == 1:
+        yield from _process_batches(config, start_step, jax.process_index(), jax.process_count())
+        return
+    its = [_process_batches(config, start_step, p, k) for p in range(k)]
+    while True:
+        parts = [next(it) for it in its]
+        yield {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def _process_batches(config, start_step, process_index, process_count):
+    kw = dict(seed=config.seed, start_step=start_step, process_index=process_index,
+              process_count=process_count)
+    if config.method != "semi_student":
+        yield from data.make_train_iterator(config.data, subset=config.train_subset or None, **kw)
+        return
+    yield from semi_student_batches(config, **kw)
+
+
+def semi_student_batches(config, **kw):
+    """ACL semi-supervised step iii (SPEC 3.7): per step `config.semi.labelled_batch` labelled rows
+    then `data.batch_size - labelled_batch` unlabelled rows, with the teacher's soft pseudo-labels
+    (`config.semi.pseudo_labels`: .npz of 'index', 'logits') looked up by example index.
+
+    Yields {'image', 'label' (true labels, then argmax pseudo-labels), 'teacher_logits' [b, C],
+    'labelled' bool [b]}. kw: `data.make_train_iterator`'s seed, start_step, process_index/count."""
+    with np.load(config.semi.pseudo_labels) as f:
+        table = np.zeros((int(f["index"].max()) + 1, f["logits"].shape[1]), np.float32)
+        table[f["index"]] = f["logits"]
+    n_l = config.semi.labelled_batch
+    lab = data.make_train_iterator(config.data, subset="labelled", batch_size=n_l, **kw)
+    unl = data.make_train_iterator(config.data, subset="unlabelled",
+                                   batch_size=config.data.batch_size - n_l, **kw)
+    for bl, bu in zip(lab, unl):
+        t_l, t_u = table[bl["index"]], table[bu["index"]]
+        yield {"image": np.concatenate([bl["image"], bu["image"]]),
+               "label": np.concatenate([bl["label"], t_u.argmax(-1).astype(np.int32)]),
+               "teacher_logits": np.concatenate([t_l, t_u]),
+               "labelled": np.concatenate([np.ones(len(t_l), bool), np.zeros(len(t_u), bool)])}
