@@ -49,6 +49,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascl_jax.xla_cpu import loops as cpu_loops
+
 LogitsFn = Callable[[jax.Array], jax.Array]
 
 # AutoAttack 'standard' budgets for L-inf (fra31/auto-attack, autoattack.py::set_version).
@@ -149,10 +151,12 @@ def _chunked_loop(n: int, unroll: int, step, state, active_fn=None):
     """Runs ``state = step(i, state)`` for i in [0, n) inside a while loop of unrolled chunks.
 
     ``active_fn(state) -> bool[]``: when given, the loop stops early once it returns False (checked
-    between chunks). ``step`` receives a traced int32 ``i``.
+    between chunks). ``step`` receives a traced int32 ``i``. Where the CPU speed layer is on, the
+    step goes through ``xla_cpu.loops.loop_body`` (convolutions canonicalised for the loop body).
     """
     if n <= 0:
         return state
+    step = cpu_loops.loop_body(step)
     u = _chunk(n, unroll)
     n_chunks = n // u
 
