@@ -1,5 +1,5 @@
-"""Loop form of the evaluation attacks on XLA:CPU: one compiled while loop per batch, or chunks
-driven from the host.
+"""Loop form of the evaluation attacks on XLA:CPU: the engine's one compiled while loop per batch
+against chunks of unrolled iterations driven from the host.
 
 A randomly initialised ResNet-20 (CIFAR-10 shapes, BN with running statistics), one batch of B
 random images, eps 8/255, no early exit (every iteration runs). Attacks: APGD-CE (``--apgd-iters``,
@@ -10,9 +10,9 @@ default 100) and PGD (``--pgd-steps``, default 50; step eps/4), as the evaluatio
               iterations (``autoattack.run_program``; with the CPU speed layer on, each loop body
               goes through ``xla_cpu.loops.canonicalize_convs``), then the verification, all one
               compiled call per batch.
-  host<k>     the host dispatches compiled chunks of k unrolled iterations (straight-line code, no
-              while loop), the state staying on the device, then the same verification; implemented
-              here from the Program's pieces.
+  host<k>     the alternative the engine does not use: the host dispatches compiled chunks of k
+              unrolled iterations (straight-line code, no while loop), the state staying on the
+              device, then the same verification; built here from the Program's pieces.
 
 Forms are interleaved within each repeat (A B A B ...) in one process; the figures are medians over
 ``--repeats``, after one untimed call per form (compilation). The machine may be shared: compare the
@@ -113,11 +113,6 @@ def main(argv=None):
             run = host_stage(logits_fn, prog, int(form[4:]))
             xd, yd, idx = jnp.asarray(x), jnp.asarray(y), jnp.asarray(rows, jnp.int32)
             return lambda: jax.block_until_ready(run(variables, xd, yd, idx, key, jnp.float32(EPS)))
-        if form.startswith("enginehost"):   # TEMPORARY: the engine's own host driver
-            e2 = engine_lib.Engine(logits_fn, params=variables, batch_size=b, progress=False,
-                                   loop="host", unroll=int(form[10:]))
-            fn2 = e2.stage(("bench", attack), prog, early_stop=False)
-            return lambda: e2.run_stage(fn2, x, y, rows, rows, key, eps=EPS)
         if form != "device":
             raise SystemExit(f"unknown form {form!r}")
         fn = eng.stage(("bench", attack), prog, early_stop=False)

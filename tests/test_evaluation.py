@@ -2,8 +2,7 @@
 
 Small budgets (APGD 10 iterations, Square 50-200 queries) on a linear model trained on sklearn digits
 (8x8x1 in [0, 1]) and a tiny random conv net; the defaults stay at AutoAttack's standard values.
-Most runs use ``loop='device'`` (one compiled function per stage, fewer compilations); one test covers
-the host-driven loop. 8 simulated CPU devices come from tests/conftest.py.
+8 simulated CPU devices come from tests/conftest.py.
 """
 import json
 import os
@@ -335,12 +334,11 @@ def test_deterministic_and_sharding_invariant(linear, digits):
             np.testing.assert_array_equal(other['per_example'][k], v, err_msg=k)
 
 
-def test_host_loop_and_batch_size_give_the_same_flags(linear, digits):
+def test_unroll_and_batch_size_give_the_same_flags(linear, digits):
     x, y = digits[0][:80], digits[1][:80]
     a = _small_eval(linear, x, y, attacks=('pgd5', 'apgd-ce'))
-    b = _small_eval(linear, x, y, attacks=('pgd5', 'apgd-ce'), loop='host', unroll=2,
-                    batch_size=24)
-    assert b['settings']['loop'] == 'host' and b['settings']['batch_size'] == 24
+    b = _small_eval(linear, x, y, attacks=('pgd5', 'apgd-ce'), unroll=2, batch_size=24)
+    assert b['settings']['unroll'] == 2 and b['settings']['batch_size'] == 24
     for k in ('robust_pgd5', 'robust_apgd-ce'):
         np.testing.assert_array_equal(a['per_example'][k], b['per_example'][k], err_msg=k)
 

@@ -265,3 +265,33 @@ def test_switch_off_traces_plain_jax(resnet20, cpu_fast):
     assert attack["oi_kernels"] == (not on)   # canonicalize_convs
     kernels_on = on and kernels.available()
     assert step["custom_call"] == kernels_on and attack["custom_call"] == kernels_on
+
+
+def test_evaluation_loop_body_canonicalised(cpu_fast):
+    """The evaluation attacks' while loop (``autoattack._chunked_loop``, run by ``run_program``): with
+    the switch on (CPU) the body's input-gradient convolutions take HWIO kernels
+    (``xla_cpu.loops.loop_body``); off, JAX's own layout. Same values either way."""
+    import re
+    from ascl_jax.evaluation import autoattack as aa
+    rng = np.random.default_rng(4)
+    w = jnp.asarray(rng.standard_normal((3, 3, 8, 8), np.float32) * 0.3)
+
+    def loss(x):
+        h = jnp.tile(x, (1, 1, 1, 8))
+        for _ in range(2):
+            h = jnp.tanh(jax.lax.conv_general_dilated(h, w, (1, 1), 'SAME',
+                                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+        return jnp.sum(h ** 2)
+
+    def step(i, x):
+        return jnp.clip(x + 0.01 * jnp.sign(jax.grad(loss)(x)), 0.0, 1.0)
+
+    x = jnp.asarray(rng.uniform(0, 1, (4, 8, 8, 1)), jnp.float32)
+    f = jax.jit(lambda x: aa._chunked_loop(3, 1, step, x))
+    specs = set(re.findall(r"x\[([0-9a-z, ]+)\]->", f.lower(x).as_text()))
+    on = cpu_fast and jax.default_backend() == "cpu"
+    assert ("0, 1, o, i" in specs) == (not on), specs
+    ref = x
+    for i in range(3):
+        ref = step(i, ref)
+    np.testing.assert_allclose(f(x), ref, atol=1e-6)

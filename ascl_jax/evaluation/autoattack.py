@@ -4,9 +4,8 @@ Per-batch attacks are pure functions of a generic ``logits_fn: x [B, H, W, C] in
 [B, K]`` (any model; normalisation is the model's job). Each iterative attack is a ``Program``
 (init / step / finish on a state pytree). ``run_program`` runs one in compiled code: a
 ``lax.while_loop`` over chunks of ``unroll`` unrolled iterations, with an optional early exit once
-every row of the batch is fooled (this never changes which rows are fooled). The ``engine`` can
-instead drive compiled chunks from the host (its default on CPU, where XLA runs backward
-convolutions 5-8x slower inside a while body; see ``engine.Engine``).
+every row of the batch is fooled (this never changes which rows are fooled); with the CPU speed
+layer on, the loop body's convolutions are canonicalised (``xla_cpu.loops.loop_body``).
 
 Components (semantics of the reference implementation ``fra31/auto-attack``, written anew here):
 
@@ -178,13 +177,14 @@ def _chunked_loop(n: int, unroll: int, step, state, active_fn=None):
 
 
 def default_unroll() -> int:
-    """Iterations per compiled loop body (1: a plain loop; on CPU the engine drives chunks itself)."""
+    """Iterations per compiled loop body when the caller gives none (1: a loop over single
+    iterations)."""
     return 1
 
 
 # ----------------------------------------------------------------------------------------------
-# Programs: an iterative attack split into pure pieces, so that its loop can run on the device
-# (``run_program``: one compiled while loop) or be driven chunk by chunk from the host (``engine``).
+# Programs: an iterative attack split into pure pieces (init / step / finish), run by ``run_program``
+# as one compiled while loop.
 
 @dataclasses.dataclass(frozen=True)
 class Program:
