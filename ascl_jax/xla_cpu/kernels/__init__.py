@@ -181,8 +181,9 @@ def _require_loaded(name: str) -> None:
 def channel_sums(a: jax.Array, b: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(sum a, sum a * (b - shift))`` over all axes but the last, in float32.
 
-    a, b: [..., C] float32, same shape; shift: [C]. Returns two [C] arrays. Summation: float within blocks of 256 rows,
-    double across blocks and threads; deterministic for a given shape and thread count.
+    a, b: [..., C] float32, same shape; shift: [C]. Returns two [C] arrays. Summation: float within
+    blocks of 256 rows, double across blocks and threads; deterministic for a given shape and thread
+    count.
     """
     if a.shape != b.shape or shift.shape != a.shape[-1:]:
         raise ValueError(f"channel_sums: a, b must be [..., C] of one shape and shift [C]; got "
