@@ -6,8 +6,8 @@ setuptools.setup(
     version="0.1.0",
     description="JAX/Flax reimplementation of ASCL and ACL (adversarial contrastive learning).",
     packages=setuptools.find_packages(include=["ascl_jax", "ascl_jax.*"]),
-    # C++ sources of ascl_jax.cpu_kernels, compiled on first use (no build step at install)
-    package_data={"ascl_jax.cpu_kernels": ["*.cc", "*.h"]},
+    # C++ sources of ascl_jax.xla_cpu.kernels, compiled on first use (no build step at install)
+    package_data={"ascl_jax.xla_cpu.kernels": ["*.cc", "*.h"]},
     python_requires=">=3.11",
     install_requires=[
         "jax>=0.10.2,<0.13",

@@ -16,32 +16,13 @@ References: PGD (Madry et al. 2018; ASCL ``pgd.py::pgd_attack``, SPEC 1.6), ACL'
 FGSM (Goodfellow et al. 2015), multi-targeted PGD (Gowal et al. 2019, "An alternative surrogate loss
 for PGD-based adversarial testing").
 
-Loop form (XLA:CPU). A step is one forward+backward pass. A ``lax.fori_loop``/``scan`` around it
-runs several times slower on XLA:CPU than a Python-unrolled loop (jax-ml/jax#12868; ResNet-20 PGD-10
-at batch 128 on the 2-core dev machine: 13.6 s against 2.2 s). Cause, found with
-``--xla_dump_hlo_pass_re`` and confirmed in openxla/xla
-``xla/service/cpu/conv_canonicalization.cc``: JAX lowers the input-gradient of a convolution with
-the kernel spec ``01oi`` (O and I swapped); XLA:CPU's ``convolution-canonicalization`` pass, which
-rewrites such convolutions into the HWIO form its fast kernels accept, visits only the entry
-computation, so inside a while body they fall back to XLA's generic loop emitter. Fix
-(``canonicalize_convs``, on by default on the CPU backend): the gradient function is re-traced to a
-jaxpr and every convolution whose kernel is not HWIO gets an explicit kernel transpose and HWIO
-dimension numbers (the same convolution; results agree up to float rounding). With it a
-``fori_loop`` over single steps runs at least as fast as the unrolled loop and compiles in half
-the time (bench/step.py: PGD-10 0-7% faster in 4 paired runs; the ASCL train step 2.8 against
-3.1 s, compile 6.5 against 14 s). Loop policy when neither ``unroll`` nor ``max_unroll`` is given:
-with the rewrite (CPU) a ``lax.fori_loop`` over single steps; otherwise attacks of at most
-``MAX_UNROLL`` steps are unrolled and longer ones (PGD-250) run a ``lax.fori_loop`` over chunks of
-``DEFAULT_CHUNK`` unrolled steps, with the remainder unrolled after the loop. Passing ``unroll``
-(steps per loop iteration) or ``max_unroll`` selects that form on any backend.
-
-CPU speed (bench/step.py): XLA:CPU sends most convolutions to YNNPACK fusions by default; for
-ResNet-20 Eigen's convolutions are faster, and ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=``
-(set before JAX starts) speeds the PGD attack by about 1.25x (PGD-10: 57 -> 71 img/s, PyTorch
-oneDNN 79 img/s) and the weight gradients by about 2x. The models' own CPU fast paths
-(``models/conv_ops.py`` input gradients, ``models/norm.py`` BN) add 2-3% (running-stats BN) to
-~25% (train-mode BN); PGD-10 then runs at 1.00-1.06x PyTorch's speed in one sitting with the
-default CPU loop form (0.95-1.02x fully unrolled; README).
+Loop form. A step is one forward+backward pass. ``unroll`` (steps per loop iteration) or
+``max_unroll`` choose the form on any backend (:func:`resolve_unroll`): attacks of at most
+``max_unroll`` (default ``MAX_UNROLL``) steps are unrolled, longer ones run a ``lax.fori_loop``
+over chunks of ``DEFAULT_CHUNK`` unrolled steps with the remainder unrolled after the loop. When
+neither is given and the CPU speed layer is on (:func:`ascl_jax.xla_cpu.enabled`), the gradient
+goes through ``canonicalize_convs`` and the steps run as a ``lax.fori_loop`` over single steps
+(:mod:`ascl_jax.xla_cpu.loops`); ``canonicalize`` forces the rewrite on or off.
 """
 from __future__ import annotations
 
@@ -52,16 +33,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascl_jax import losses
+from ascl_jax.config import ATTACK_INITS as INITS
+from ascl_jax.config import BN_BRANCHES, BN_MODES
+from ascl_jax.xla_cpu import loops as cpu_loops
+from ascl_jax.xla_cpu.loops import canonicalize_convs
+
 Array = jax.Array
 Objective = Callable[[Array], Array]  # x [B, H, W, C] -> per-example value [B] (maximised)
 LogitsFn = Callable[[Array], Array]   # x [B, H, W, C] -> logits [B, C]
 
-MAX_UNROLL = 20          # off CPU, attacks with at most this many steps are fully unrolled
+MAX_UNROLL = 20          # attacks with at most this many steps are fully unrolled (resolve_unroll)
 DEFAULT_CHUNK = 10       # steps unrolled inside one iteration of the loop for longer attacks
-BN_MODES = ("eval", "train")
-BN_BRANCHES = ("clean", "adv")
 OUTPUTS = ("logits", "proj", "z", None)
-INITS = ("uniform", "normal")
 NORMAL_INIT_STD = 0.001  # TRADES start: x + 0.001 * N(0, 1) (trades.py, SPEC 3.6)
 
 
@@ -119,9 +103,8 @@ def ce_objective(logits_fn: LogitsFn, labels: Array) -> Objective:
     labels: int [B]. The sum is the reference's ``CE(..., reduction='sum')``.
     """
     def objective(x):
-        logits = logits_fn(x).astype(jnp.float32)
-        logp = jax.nn.log_softmax(logits, axis=-1)
-        return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+        return losses.cross_entropy(logits_fn(x).astype(jnp.float32), labels.astype(jnp.int32),
+                                    reduction="none")
     return objective
 
 
@@ -173,26 +156,6 @@ def logit_margin(logits: Array, labels: Array, targets: Array | None = None) -> 
     return z_t - z_y
 
 
-def _nt_xent_rows(p1: Array, p2: Array, temperature: float) -> Array:
-    """Per-anchor NT-Xent terms [2N] for views p1, p2 [N, d] (ACL ``utils.py::nt_xent``, SPEC 3.1).
-
-    Cosine similarity with ``||a||·||b||`` clamped at 1e-8; anchor i of ``[p1; p2]`` has its other
-    view as positive and the remaining 2N - 2 rows as negatives. ACL subtracts the constant e^{1/t}
-    for the self term instead of masking it; the two agree because the cosine self-similarity is 1.
-    The mean of the terms is ``nt_xent_loss(p1, p2, temperature=t)``. Row order (stacked here,
-    interleaved in ACL) does not change the value.
-    """
-    p = jnp.concatenate([p1, p2], axis=0).astype(jnp.float32)
-    n2 = p.shape[0]
-    n = n2 // 2
-    norm = jnp.linalg.norm(p, axis=-1)
-    sim = (p @ p.T) / jnp.maximum(norm[:, None] * norm[None, :], 1e-8) / temperature
-    sim = jnp.where(jnp.eye(n2, dtype=bool), -jnp.inf, sim)
-    partner = (jnp.arange(n2) + n) % n2
-    pos = jnp.take_along_axis(sim, partner[:, None], axis=-1)[:, 0]
-    return jax.nn.logsumexp(sim, axis=-1) - pos
-
-
 def nt_xent_objective(proj_fn: Callable[[Array], Array], x_other_view: Array | None = None, *,
                       temperature: float = 0.5, other_proj: Array | None = None) -> Objective:
     """ACL's contrastive attack objective (SPEC 3.3): the NT-Xent loss between two views.
@@ -223,11 +186,11 @@ def nt_xent_objective(proj_fn: Callable[[Array], Array], x_other_view: Array | N
                 raise ValueError(f"nt_xent_objective expects stacked views [2N, ...], got an odd "
                                  f"batch of {p.shape[0]}")
             n = p.shape[0] // 2
-            return _nt_xent_rows(p[:n], p[n:], temperature) / p.shape[0]
+            return losses.nt_xent_rows(p[:n], p[n:], temperature=temperature) / p.shape[0]
         fixed = other_proj if other_proj is not None else proj_fn(x_other_view)
         fixed = jax.lax.stop_gradient(fixed)
         n = p.shape[0]
-        rows = _nt_xent_rows(p, fixed, temperature) / (2 * n)
+        rows = losses.nt_xent_rows(p, fixed, temperature=temperature) / (2 * n)
         return rows[:n] + rows[n:]  # attribute each pair's two anchors to the attacked row
     return objective
 
@@ -265,82 +228,6 @@ def model_forward(model, variables, *, bn: str = "clean", bn_mode: str = "eval",
 
 
 # ----------------------------------------------------------------------------------------------
-# Convolution kernel layout (XLA:CPU loop bodies)
-
-
-def _hwio_conv(lhs, rhs, params):
-    """conv_general_dilated with the kernel transposed to HWIO (spatial..., I, O) explicitly."""
-    dn = params["dimension_numbers"]
-    n = rhs.ndim
-    hwio = (n - 1, n - 2) + tuple(range(n - 2))  # rhs_spec = (O, I, spatial...)
-    if not isinstance(dn, jax.lax.ConvDimensionNumbers) or tuple(dn.rhs_spec) == hwio:
-        return jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
-    perm = tuple(dn.rhs_spec[2:]) + (dn.rhs_spec[1], dn.rhs_spec[0])
-    new = dict(params, dimension_numbers=jax.lax.ConvDimensionNumbers(
-        tuple(dn.lhs_spec), hwio, tuple(dn.out_spec)))
-    return jax.lax.conv_general_dilated_p.bind(lhs, jax.lax.transpose(rhs, perm), **new)
-
-
-_CALL_PARAMS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
-                "core_call": "call_jaxpr"}
-
-
-def _eval_canonical(jaxpr, consts, *args):
-    """Evaluates a jaxpr like ``jax.core.eval_jaxpr``, inlining jit/call sub-jaxprs and binding
-    every convolution through ``_hwio_conv``. Other higher-order primitives are bound unchanged."""
-    from jax.extend.core import Literal
-
-    env = {}
-    read = lambda v: v.val if isinstance(v, Literal) else env[v]
-    for v, val in zip(jaxpr.constvars, consts):
-        env[v] = val
-    for v, val in zip(jaxpr.invars, args):
-        env[v] = val
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
-        name = eqn.primitive.name
-        if name == "conv_general_dilated":
-            outvals = [_hwio_conv(*invals, eqn.params)]
-        elif name in _CALL_PARAMS and _CALL_PARAMS[name] in eqn.params:
-            sub = eqn.params[_CALL_PARAMS[name]]
-            sub_jaxpr, sub_consts = (sub.jaxpr, sub.consts) if hasattr(sub, "consts") else (sub, ())
-            outvals = _eval_canonical(sub_jaxpr, sub_consts, *invals)
-        else:
-            params = eqn.primitive.get_bind_params(eqn.params)
-            ctx = getattr(getattr(eqn, "ctx", None), "manager", None)
-            if ctx is not None:
-                with ctx:
-                    outvals = eqn.primitive.bind(*invals, **params)
-            else:
-                outvals = eqn.primitive.bind(*invals, **params)
-            if not eqn.primitive.multiple_results:
-                outvals = [outvals]
-        for v, val in zip(eqn.outvars, outvals):
-            env[v] = val
-    return [read(v) for v in jaxpr.outvars]
-
-
-def canonicalize_convs(fun: Callable[..., Any]) -> Callable[..., Any]:
-    """``fun`` with every convolution's kernel given to XLA in HWIO layout (module docstring).
-
-    ``fun`` takes and returns pytrees of arrays. The result is the same up to float rounding; the
-    point is speed on XLA:CPU when ``fun`` (e.g. a gradient) runs inside a while loop. jit/call
-    sub-jaxprs are inlined; convolutions inside other higher-order primitives (cond, scan, remat,
-    custom_vjp) are left as they are. Meant for input gradients; a weight-gradient convolution
-    gets its activation-sized right operand transposed (as XLA:CPU itself does at top level).
-    """
-    def wrapped(*args):
-        closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
-        out = _eval_canonical(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
-        return jax.tree.unflatten(jax.tree.structure(out_shape), out)
-    return wrapped
-
-
-def _use_canonical(canonicalize: bool | None) -> bool:
-    return jax.default_backend() == "cpu" if canonicalize is None else bool(canonicalize)
-
-
-# ----------------------------------------------------------------------------------------------
 # PGD core
 
 
@@ -350,7 +237,6 @@ def project_linf(x_adv: Array, x: Array, eps) -> Array:
     return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
 
 
-_project = project_linf  # the name pgd_linf and fgsm use
 
 
 def _loop(step: Callable[[Array], Array], state: Array, num_steps: int, unroll: int) -> Array:
@@ -389,10 +275,12 @@ def resolve_unroll(num_steps: int, unroll: int | None = None, max_unroll: int = 
 
 
 def _policy_unroll(num_steps: int, unroll: int | None, max_unroll: int | None, canon: bool) -> int:
-    """The loop form when the caller leaves it open (module docstring): with the conv rewrite (CPU)
-    a ``fori_loop`` over single steps; otherwise :func:`resolve_unroll` with ``MAX_UNROLL``."""
-    if unroll is None and max_unroll is None and canon:
-        return 1
+    """Steps per loop iteration (module docstring): the CPU speed layer's form when the gradient is
+    canonicalised and the caller leaves the form open (``xla_cpu.loops.attack_unroll``), otherwise
+    :func:`resolve_unroll` with ``MAX_UNROLL``."""
+    fast = cpu_loops.attack_unroll(unroll, max_unroll, canon)
+    if fast is not None:
+        return fast
     return resolve_unroll(num_steps, unroll, MAX_UNROLL if max_unroll is None else max_unroll)
 
 
@@ -412,9 +300,9 @@ def pgd_linf(objective: Objective, x: Array, key: Array | None, *, eps, step_siz
     start is returned. ``eps == 0`` returns x unchanged.
 
     All steps are one traced computation (no host round trip); ``unroll``/``max_unroll`` choose the
-    loop form (module docstring; ``resolve_unroll``); ``canonicalize`` (default: on for the CPU
-    backend) passes the gradient through ``canonicalize_convs``. ``eps`` and ``step_size`` may be
-    traced; ``num_steps``, ``init``, ``random_start``, ``unroll`` are static.
+    loop form (module docstring; ``resolve_unroll``); ``canonicalize`` (default:
+    ``xla_cpu.enabled()``) passes the gradient through ``canonicalize_convs``. ``eps`` and
+    ``step_size`` may be traced; ``num_steps``, ``init``, ``random_start``, ``unroll`` are static.
 
     Returns ``stop_gradient(x_adv)`` [B, H, W, C].
     """
@@ -427,7 +315,7 @@ def pgd_linf(objective: Objective, x: Array, key: Array | None, *, eps, step_siz
     if x_init is not None and np.shape(x_init) != np.shape(x):
         raise ValueError(f"x_init must have the shape of x {tuple(np.shape(x))}, got "
                          f"{tuple(np.shape(x_init))}")
-    canon = _use_canonical(canonicalize)
+    canon = cpu_loops.use_canonical(canonicalize)
     n_unroll = _policy_unroll(num_steps, unroll, max_unroll, canon)
     if random_start and x_init is None and key is None and not _is_zero(eps):
         raise ValueError("random_start=True needs a PRNG key (or pass x_init)")
@@ -456,14 +344,14 @@ def _pgd_linf(objective, x, key, *, eps, step_size, num_steps, random_start, ini
     if clip_start:
         start = jnp.clip(start, 0.0, 1.0)
     if num_steps == 0:
-        return jax.lax.stop_gradient(_project(start, x, eps))
+        return jax.lax.stop_gradient(project_linf(start, x, eps))
 
     grad_fn = jax.grad(lambda z: jnp.sum(objective(z)))
     if canonicalize:
         grad_fn = canonicalize_convs(grad_fn)
 
     def step(xa):
-        return _project(xa + step_size * jnp.sign(grad_fn(xa)), x, eps)
+        return project_linf(xa + step_size * jnp.sign(grad_fn(xa)), x, eps)
 
     return jax.lax.stop_gradient(_loop(step, start, num_steps, n_unroll))
 
@@ -480,10 +368,10 @@ def fgsm(objective: Objective, x: Array, *, eps, canonicalize: bool | None = Non
     if _is_zero(eps):
         return jax.lax.stop_gradient(x)
     grad_fn = jax.grad(lambda z: jnp.sum(objective(z)))
-    if _use_canonical(canonicalize):
+    if cpu_loops.use_canonical(canonicalize):
         grad_fn = canonicalize_convs(grad_fn)
     g = grad_fn(x)
-    return jax.lax.stop_gradient(_project(x + eps * jnp.sign(g), x, eps))
+    return jax.lax.stop_gradient(project_linf(x + eps * jnp.sign(g), x, eps))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -540,7 +428,7 @@ def multi_targeted_pgd(logits_fn: LogitsFn, x: Array, labels: Array, key: Array 
     _check_nonneg(eps, "eps")
     _check_nonneg(step_size, "step_size")
     num_steps = _check_steps(num_steps)
-    n_unroll = _policy_unroll(num_steps, unroll, max_unroll, _use_canonical(canonicalize))
+    n_unroll = _policy_unroll(num_steps, unroll, max_unroll, cpu_loops.use_canonical(canonicalize))
     x = jnp.asarray(x)
     if _is_zero(eps):
         return jax.lax.stop_gradient(x)
@@ -564,7 +452,7 @@ def multi_targeted_pgd(logits_fn: LogitsFn, x: Array, labels: Array, key: Array 
         xa = _pgd_linf(obj, x, k if random_start else None, eps=eps, step_size=step_size,
                        num_steps=num_steps, random_start=random_start, init="uniform",
                        clip_start=True, x_init=None, n_unroll=n_unroll,
-                       canonicalize=_use_canonical(canonicalize))
+                       canonicalize=cpu_loops.use_canonical(canonicalize))
         # robustness margin of the final iterate: < 0 means misclassified
         return xa, -logit_margin(logits_fn(xa).astype(jnp.float32), labels)
 

@@ -14,9 +14,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-from ascl_jax import xla_setup  # noqa: E402  (before anything imports jax)
+from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402  (before anything imports jax)
 
-xla_setup.tune_cpu_flags()
+xla_flags.tune_cpu_flags()
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
                                           lock_config=True)

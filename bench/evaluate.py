@@ -16,9 +16,8 @@ Figures (all after compilation, which is timed separately):
   (1 + 9 targets) x (100 + 1) iterations.
 
 Run: ``python bench/evaluate.py`` (defaults: batch 128, 256 examples), ``--examples 128`` for a
-quicker run, ``--loop device`` to compare the compiled while loop with the host-driven chunks
-(``engine.Engine``'s ``loop``), ``--skip-aa`` for PGD only. Prints one line per figure and a JSON
-summary at the end.
+quicker run, ``--unroll k`` for k iterations per compiled loop body, ``--skip-aa`` for PGD only.
+Prints one line per figure and a JSON summary at the end.
 """
 from __future__ import annotations
 
@@ -46,7 +45,6 @@ def main() -> None:
     ap.add_argument('--arch', default='resnet20')
     ap.add_argument('--batch', type=int, default=128)
     ap.add_argument('--examples', type=int, default=256)
-    ap.add_argument('--loop', default='auto', choices=('auto', 'host', 'device'))
     ap.add_argument('--unroll', type=int, default=None)
     ap.add_argument('--skip-aa', action='store_true')
     ap.add_argument('--no-early-stop', action='store_true')
@@ -62,15 +60,14 @@ def main() -> None:
     y = np.concatenate([np.asarray(jnp.argmax(fn(variables, jnp.asarray(x[i:i + 256])), -1))
                         for i in range(0, len(x), 256)]).astype(np.int32)
     common = dict(params=variables, eps=8 / 255, step_size=2 / 255, batch_size=args.batch,
-                  seed=args.seed, sanity=False, progress=False, loop=args.loop,
-                  unroll=args.unroll)
-    eng = engine_lib.get_engine(fn, params=variables, batch_size=args.batch, loop=args.loop,
-                                unroll=args.unroll, progress=False)
+                  seed=args.seed, sanity=False, progress=False, unroll=args.unroll)
+    eng = engine_lib.get_engine(fn, params=variables, batch_size=args.batch, unroll=args.unroll,
+                                progress=False)
     print(f"{args.arch}: {jax.device_count()} {jax.default_backend()} device(s), batch "
-          f"{eng.batch_size}, {args.examples} examples, loop={eng.loop} unroll={eng.unroll}",
+          f"{eng.batch_size}, {args.examples} examples, unroll={eng.unroll}",
           flush=True)
-    out = dict(arch=args.arch, batch=eng.batch_size, examples=args.examples, loop=eng.loop,
-               unroll=eng.unroll, backend=jax.default_backend(), devices=jax.device_count())
+    out = dict(arch=args.arch, batch=eng.batch_size, examples=args.examples, unroll=eng.unroll,
+               backend=jax.default_backend(), devices=jax.device_count())
 
     def timed(attacks, **kw):
         t0 = time.perf_counter()

@@ -4,16 +4,17 @@ Rows (batch B = 128, 32x32x3, 10 classes, SPEC 1.6 / peer-bench):
   plain     forward + backward + SGD (momentum 0.9, Nesterov) update, train-mode BN
   pgd/<f>   PGD-10 attack only (Linf, eps 8/255, step 2/255, uniform start, CE, BN running
             statistics = torch ``model.eval()``), in loop form <f>:
-              unroll  all steps unrolled in the traced function (ascl_jax.attacks default off CPU
-                      for attacks of <= MAX_UNROLL steps)
-              fori    lax.fori_loop over single steps (unroll=1; ascl_jax.attacks default on CPU)
+              unroll  all steps unrolled in the traced function (ascl_jax.attacks default without
+                      the CPU speed layer for attacks of <= MAX_UNROLL steps)
+              fori    lax.fori_loop over single steps (unroll=1; ascl_jax.attacks default with the
+                      CPU speed layer, ascl_jax.xla_cpu.loops)
               chunk5  lax.fori_loop over 2 chunks of 5 unrolled steps (unroll=5; the form the
                       library uses for long attacks such as PGD-250)
             with suffix _raw: without ``canonicalize_convs`` (the HWIO kernel rewrite that removes
-            XLA:CPU's slow path for convolutions inside loop bodies, see ascl_jax/attacks.py)
+            XLA:CPU's slow path for convolutions inside loop bodies, see ascl_jax/xla_cpu/loops.py)
   at        PGD-10 (library default form) + one update on [clean; adv] (2B rows, train-mode BN)
   trainbn_pgd  PGD-10 (library default form) with *batch-statistics* BN, the attack of the authors' ASCL code
-            and of train_steps.ascl_step (no PyTorch column; opt in: --rows trainbn)
+            and of train.steps.ascl_step (no PyTorch column; opt in: --rows trainbn)
 
 PyTorch column: /work/shared/peer-bench/torch_resnet20_at.py run with another interpreter
 (--torch-python, default .venv-torch/bin/python; skipped if it is missing) with
@@ -30,43 +31,8 @@ process, since XLA reads its flags once per process.
 The machine is shared: the load average is printed beside the figures; compare ratios taken in
 one run, and re-run when the machine is quiet.
 
-Recorded (2-core Xeon with AVX-512, jax/jaxlib 0.10.2, torch 2.13.0 oneDNN channels-last, img/s).
-Morning sitting, before the models' CPU fast paths (models/conv_ops.py, models/norm.py); PyTorch:
-plain 576, PGD-10 78.8, AT 69.5:
-
-  XLA_FLAGS      plain  pgd_unroll  pgd_fori  pgd_chunk5  pgd_fori_raw    at
-  (none)         196.1        57.3      58.4        59.2           9.4  34.2
-  FAST_FLAGS     258.2        70.4      72.5        71.2           9.5  44.6
-
-Afternoon sittings with the fast paths (the machine ran slower: PyTorch plain 344-476, PGD-10
-63-70, AT 57); JAX/PyTorch in the same sitting:
-
-  FAST_FLAGS     plain 250-262 (0.55-0.73)   pgd_unroll 63-67 (0.95-1.02, 5 runs)
-                 pgd_fori 65-68 (1.02-1.06)  at 39-41 (0.68-0.71)   (bench/results/step_cpu2.json)
-
-Last sitting (library default loop form on CPU now fori; PyTorch plain 564, PGD-10 72.9, AT 65.7):
-
-  FAST_FLAGS     plain 255.8 (0.45)   pgd_unroll 69.7 (0.96)   pgd_fori 74.8 (1.03)   at 48.3 (0.74)
-                 trainbn_pgd 63.3 (no PyTorch row)
-
-Session 3, with conv inputs materialised for weight gradients (conv_ops.materialize); two sittings
-(PyTorch plain 616 / 594, PGD-10 83.3 / 80.7, AT 72.8 / 73.8):
-
-  FAST_FLAGS     plain 378.6 / 377.6 (0.61 / 0.64)   pgd_unroll 76.9 / 73.4 (0.92 / 0.91)
-                 pgd_fori 76.1 / 79.5 (0.91 / 0.99)  at 54.8 / 56.2 (0.75 / 0.76)
-                 trainbn_pgd 64.2 / 64.0
-
-Session 4, with the C++ kernels (ascl_jax/cpu_kernels: 3x3 conv forward / input / weight gradient,
-BN sums; PyTorch plain 560, PGD-10 78.9, AT 68.0; bench/results/step_cpu2.json):
-
-  FAST_FLAGS     plain 563.5 (1.01)   pgd_fori 106.8 (1.35)   pgd_unroll 97.7 (1.24)
-                 at 74.0 (1.09)       trainbn_pgd 103.7
-
-PGD-50 with FAST_FLAGS (loaded machine): default policy (chunks of 10), fori and chunk5 within 4%
-of each other, fori_raw 6x slower. Before session 4 the gap to PyTorch was Eigen's convolutions:
-forward with 16-64 channels ~1.4x oneDNN's time, weight gradients ~4x (docs/design.md);
---xla_cpu_use_onednn=true only rewrites dots in this jaxlib, and bf16 convolutions are slower than
-f32 here.
+Recorded results: bench/results/step_cpu2.json (2-core Xeon with AVX-512, jax/jaxlib 0.10.2,
+torch 2.13.0 oneDNN channels-last).
 """
 from __future__ import annotations
 
@@ -81,8 +47,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEER = "/work/shared/peer-bench/torch_resnet20_at.py"
-# XLA:CPU runs convolutions through YNNPACK fusions by default; on this CPU Eigen's convolutions
-# are faster for ResNet-20 (measured: see the closing notes / ascl_jax/attacks.py docstring).
+# XLA:CPU runs convolutions through YNNPACK fusions by default; ascl_jax.xla_cpu.flags turns them off.
 FAST_FLAGS = "--xla_cpu_experimental_ynn_fusion_type="
 
 

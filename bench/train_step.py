@@ -22,13 +22,13 @@ ap.add_argument("--iters", type=int, default=5)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--torch-python", default=os.path.join(os.path.dirname(__file__), "..", ".venv-torch", "bin", "python"))
 ap.add_argument("--skip-torch", action="store_true")
-ap.add_argument("--default-xla-flags", action="store_true", help="skip ascl_jax.xla_setup")
+ap.add_argument("--default-xla-flags", action="store_true", help="skip ascl_jax.xla_cpu.flags")
 args = ap.parse_args()
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 if not args.default_xla_flags:
-    from ascl_jax import xla_setup  # noqa: E402
-    xla_setup.tune_cpu_flags()
+    from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402
+    xla_flags.tune_cpu_flags()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 

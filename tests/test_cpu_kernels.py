@@ -1,5 +1,7 @@
-"""The C++ XLA:CPU kernels (ascl_jax/cpu_kernels): values against float64 numpy, the BN paths with
-and without them, the build cache and the fallbacks."""
+"""The C++ XLA:CPU kernels (ascl_jax/xla_cpu/kernels): values against float64 numpy, the BN paths with
+and without them, the build cache, the fallbacks and the speed layer's switch. The kernels are called
+explicitly (or with ``kernel=`` / ``direct_kernels=``), so these tests check the same things whatever
+``ASCL_JAX_CPU_FAST`` says; the defaults' tests set it themselves."""
 import os
 
 import jax
@@ -8,8 +10,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from ascl_jax import cpu_kernels
-from ascl_jax.models import norm
+from ascl_jax import xla_cpu
+from ascl_jax.xla_cpu import batch_norm as cpu_bn
+from ascl_jax.xla_cpu import conv as cpu_conv
+from ascl_jax.xla_cpu import kernels as cpu_kernels
 
 # Only a machine without any C++ compiler skips the kernel tests; where one exists, a failed build
 # makes them fail (test_kernels_build_where_a_compiler_exists says why), not skip.
@@ -20,7 +24,7 @@ needs_kernels = pytest.mark.skipif(cpu_kernels._compiler() is None,
 @needs_kernels
 def test_kernels_build_where_a_compiler_exists():
     assert cpu_kernels.build()
-    assert cpu_kernels.load() and cpu_kernels.enabled()
+    assert cpu_kernels.load() and cpu_kernels.available()
 
 
 def _ref_sums(a, b, shift):
@@ -87,7 +91,7 @@ def test_bn_train_with_and_without_kernel_agree():
     bias = jax.random.normal(jax.random.key(2), (32,))
 
     def loss(x, scale, bias, kernel):
-        y, mean, var = norm.bn_train(x, scale, bias, 1e-5, kernel=kernel)
+        y, mean, var = cpu_bn.train(x, scale, bias, 1e-5, kernel=kernel)
         return jnp.sum(jnp.sin(y)) + jnp.sum(mean ** 2) + jnp.sum(jnp.cos(var))
 
     f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
@@ -100,12 +104,23 @@ def test_bn_train_with_and_without_kernel_agree():
     assert cpu_kernels.TARGET not in hlo
 
 
-def test_switch_turns_kernels_off(monkeypatch):
-    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
-    assert not cpu_kernels.enabled()
+@pytest.mark.parametrize("fast", [True, False])
+def test_switch_turns_kernels_off(monkeypatch, fast):
+    """The kernels' defaults follow ASCL_JAX_CPU_FAST; the models call no kernel with it off."""
+    from ascl_jax.models.norm import BatchNorm
+    monkeypatch.setenv(xla_cpu.ENV_SWITCH, "1" if fast else "0")
+    assert xla_cpu.enabled() == fast
+    on = fast and cpu_kernels.available()
     x = jnp.ones((2, 4, 4, 16))
-    hlo = jax.jit(lambda x: norm.bn_train(x, jnp.ones(16), jnp.zeros(16), 1e-5)[0]).lower(x).as_text()
-    assert cpu_kernels.TARGET not in hlo
+    hlo = jax.jit(lambda x: cpu_bn.train(x, jnp.ones(16), jnp.zeros(16), 1e-5)[0]).lower(x).as_text()
+    assert (cpu_kernels.TARGET in hlo) == on
+    w = jnp.ones((3, 3, 16, 16))
+    hlo = jax.jit(lambda x: cpu_conv.conv2d(x, w, 1, ((1, 1), (1, 1)))).lower(x).as_text()
+    assert (cpu_kernels.CONV_TARGET in hlo) == (fast and cpu_kernels.conv3x3_available())
+    bn = BatchNorm()
+    v = bn.init(jax.random.key(0), x)
+    hlo = jax.jit(lambda x: bn.apply(v, x, mutable=["batch_stats"])[0]).lower(x).as_text()
+    assert (cpu_kernels.TARGET in hlo) == on
 
 
 def _fake_compiler(tmp_path, exit_code: int) -> str:
@@ -170,14 +185,13 @@ def test_conv3x3_matches_float64(shape):
 @needs_kernels
 @pytest.mark.parametrize("ci,co", [(3, 16), (16, 16), (32, 64), (16, 8)])
 def test_conv2d_direct_kernels_values_and_grads_equal_xla(ci, co):
-    from ascl_jax.models import conv_ops
     kx, kw, kg = jax.random.split(jax.random.key(ci + co), 3)
     x = jax.random.normal(kx, (4, 8, 8, ci))
     w = jax.random.normal(kw, (3, 3, ci, co)) / np.sqrt(9 * ci)
     g = jax.random.normal(kg, (4, 8, 8, co))
 
     def loss(x, w, direct):
-        y = conv_ops.conv2d(x, w, 1, ((1, 1), (1, 1)), fast_grads=True, direct_kernels=direct)
+        y = cpu_conv.conv2d(x, w, 1, ((1, 1), (1, 1)), direct_kernels=direct)
         return jnp.sum(jnp.tanh(y) * g)
 
     for argnums in (0, 1, (0, 1)):
@@ -190,8 +204,9 @@ def test_conv2d_direct_kernels_values_and_grads_equal_xla(ci, co):
     # forward by the kernel when co = 16k; the input gradient too when also ci = 16k
     assert n_calls == (0 if co % 16 else 1 + (ci % 16 == 0))
     hlo = jax.jit(jax.grad(loss), static_argnums=2).lower(x, w, None).as_text()
-    # default: the kernel where conv3x3_enabled (AVX-512 builds), XLA elsewhere
-    assert hlo.count(cpu_kernels.CONV_TARGET) == (n_calls if cpu_kernels.conv3x3_enabled() else 0)
+    # default: the kernel where the speed layer is on and conv3x3_available (AVX-512 builds)
+    default_on = xla_cpu.enabled() and cpu_kernels.conv3x3_available()
+    assert hlo.count(cpu_kernels.CONV_TARGET) == (n_calls if default_on else 0)
 
 
 def test_conv3x3_rejects_unsupported_shapes():
@@ -235,13 +250,12 @@ def test_no_compiler_means_clear_error(monkeypatch):
 
 def test_failed_load_falls_back_to_xla(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "load", lambda: False)
-    assert not cpu_kernels.enabled() and not cpu_kernels.conv3x3_enabled()
-    from ascl_jax.models import conv_ops
+    assert not cpu_kernels.available() and not cpu_kernels.conv3x3_available()
     x = jnp.ones((2, 8, 8, 16))
 
     def f(x):
-        y = conv_ops.conv2d(x, jnp.ones((3, 3, 16, 16)), 1, ((1, 1), (1, 1)))
-        return norm.bn_train(y, jnp.ones(16), jnp.zeros(16), 1e-5)[0].sum()
+        y = cpu_conv.conv2d(x, jnp.ones((3, 3, 16, 16)), 1, ((1, 1), (1, 1)))
+        return cpu_bn.train(y, jnp.ones(16), jnp.zeros(16), 1e-5)[0].sum()
 
     hlo = jax.jit(jax.grad(f)).lower(x).as_text()
     assert "ascl_" not in hlo

@@ -2,8 +2,7 @@
 
 Small budgets (APGD 10 iterations, Square 50-200 queries) on a linear model trained on sklearn digits
 (8x8x1 in [0, 1]) and a tiny random conv net; the defaults stay at AutoAttack's standard values.
-Most runs use ``loop='device'`` (one compiled function per stage, fewer compilations); one test covers
-the host-driven loop. 8 simulated CPU devices come from tests/conftest.py.
+8 simulated CPU devices come from tests/conftest.py.
 """
 import json
 import os
@@ -97,7 +96,7 @@ def conv_eval(conv):
         conv_logits, x, y, params=params, eps=EPS, step_size=EPS / 4,
         attacks=('clean', 'pgd5', 'mpgd', 'apgd-ce', 'apgd-t', 'fab-t', 'square', 'autoattack'),
         mpgd_steps=5, mpgd_targets=3, aa_options=dict(n_iter=10, n_queries=50, n_targets=3),
-        batch_size=16, seed=0, sanity=False, progress=False, keep_adv=True, loop='device')
+        batch_size=16, seed=0, sanity=False, progress=False, keep_adv=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -229,7 +228,7 @@ def test_autoattack_matches_analytic_robustness_multiclass(linear, digits):
     x, y = x[:128], y[:128]
     res = evaluation.run_autoattack(linear_logits, x, y, jax.random.key(0), params=linear,
                                     eps=EPS, version='fast', n_iter=10, batch_size=64,
-                                    progress=False, loop='device')
+                                    progress=False)
     w, b = np.asarray(linear['w']), np.asarray(linear['b'])
     m_star = np.stack([_worst_margin((w[:, y] - w[:, [k]]).T, b[y] - b[k], x)
                        for k in range(10)], 1)
@@ -305,7 +304,7 @@ def _evaluate_with_sanity(logits_fn, params, digits):
     return evaluation.evaluate(logits_fn, x[:96], y[:96], params=params, eps=EPS,
                                step_size=EPS / 4, attacks=('pgd5',), batch_size=32, seed=0,
                                progress=False, sanity=True, sanity_examples=96, sanity_steps=3,
-                               sanity_square_queries=200, loop='device')
+                               sanity_square_queries=200)
 
 
 def test_masked_gradients_are_caught(linear, digits):
@@ -335,7 +334,7 @@ def test_sanity_passes_on_a_plain_model(linear, digits):
 def _small_eval(linear, x, y, **kw):
     args = dict(params=linear, eps=EPS, step_size=EPS / 4, attacks=('pgd5', 'autoattack'),
                 version='fast', aa_options=SMALL_AA, batch_size=32, seed=0, sanity=False,
-                progress=False, loop='device')
+                progress=False)
     args.update(kw)
     return evaluation.evaluate(linear_logits, x, y, **args)
 
@@ -355,12 +354,11 @@ def test_deterministic_and_sharding_invariant(linear, digits):
             np.testing.assert_array_equal(other['per_example'][k], v, err_msg=k)
 
 
-def test_host_loop_and_batch_size_give_the_same_flags(linear, digits):
+def test_unroll_and_batch_size_give_the_same_flags(linear, digits):
     x, y = digits[0][:80], digits[1][:80]
     a = _small_eval(linear, x, y, attacks=('pgd5', 'apgd-ce'))
-    b = _small_eval(linear, x, y, attacks=('pgd5', 'apgd-ce'), loop='host', unroll=2,
-                    batch_size=24)
-    assert b['settings']['loop'] == 'host' and b['settings']['batch_size'] == 24
+    b = _small_eval(linear, x, y, attacks=('pgd5', 'apgd-ce'), unroll=2, batch_size=24)
+    assert b['settings']['unroll'] == 2 and b['settings']['batch_size'] == 24
     for k in ('robust_pgd5', 'robust_apgd-ce'):
         np.testing.assert_array_equal(a['per_example'][k], b['per_example'][k], err_msg=k)
 

@@ -1,10 +1,16 @@
-"""The CPU fast paths equal the plain ops they replace.
+"""The CPU speed layer (ascl_jax/xla_cpu) equals the plain ops it replaces, and its switch works.
 
-- ``models.conv_ops.conv2d``: custom input gradients (stem / stride-2 / 1x1-shortcut shapes) against
-  XLA's own gradient of ``lax.conv_general_dilated`` (``fast_grads=False``), values and both gradients.
-- ``models.norm.BatchNorm``: two-stage per-channel sums and the hand-written train-mode backward
-  against Flax's ``nn.BatchNorm`` (outputs, running statistics, gradients, including gradients that
-  flow through the returned batch statistics), and against a float64 numpy BN.
+- ``xla_cpu.conv.conv2d``: custom input gradients (stem / stride-2 / 1x1-shortcut shapes) against
+  XLA's own gradient of ``lax.conv_general_dilated``, values and both gradients.
+- ``models.norm.BatchNorm`` with the layer on (``xla_cpu.batch_norm``: two-stage per-channel sums,
+  hand-written train-mode backward) and off (plain arithmetic), each against Flax's ``nn.BatchNorm``
+  (outputs, running statistics, gradients, including gradients that flow through the returned batch
+  statistics), and against a float64 numpy BN.
+- ``ASCL_JAX_CPU_FAST``: with it off, the traced ResNet-20 train step and PGD attack hold no part of
+  the layer (no custom_vjp, C++ custom call, loop barrier or canonicalised kernel); with it on they do.
+
+Tests that depend on the switch set ``ASCL_JAX_CPU_FAST`` themselves (monkeypatch), so they check the
+same things under either setting of the environment; the others call the fast paths explicitly.
 """
 import flax.linen as nn
 import hypothesis.strategies as st
@@ -14,12 +20,22 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from ascl_jax.models import conv_ops
-from ascl_jax.models.norm import BatchNorm, channel_broadcast, channel_sum
+from ascl_jax import xla_cpu
+from ascl_jax.models.norm import BatchNorm
+from ascl_jax.xla_cpu import conv as cpu_conv
+from ascl_jax.xla_cpu.batch_norm import channel_broadcast, channel_sum
+
+
+def _conv(x, w, stride, padding, fast):
+    """The speed layer's conv2d (fast) or plain ``lax.conv_general_dilated``."""
+    if fast:
+        return cpu_conv.conv2d(x, w, stride, padding)
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
 def _conv_grads(x, w, stride, padding, fast):
-    f = lambda x, w: conv_ops.conv2d(x, w, stride, padding, fast_grads=fast)  # noqa: E731
+    f = lambda x, w: _conv(x, w, stride, padding, fast)  # noqa: E731
     y, vjp = jax.vjp(f, x, w)
     dy = jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape)
     return (y,) + vjp(dy)
@@ -43,7 +59,7 @@ def test_conv2d_custom_gradients_equal_xla(x_shape, w_shape, stride, padding, ki
     w = jnp.asarray(rng.standard_normal(w_shape, np.float32))
     pads = padding if not isinstance(padding, str) else tuple(
         jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], (stride, stride), padding))
-    assert conv_ops.fast_grad_kind(x_shape, w_shape, stride, pads) == kind
+    assert cpu_conv.fast_grad_kind(x_shape, w_shape, stride, pads) == kind
     fast = jax.jit(lambda x, w: _conv_grads(x, w, stride, padding, True))(x, w)
     ref = jax.jit(lambda x, w: _conv_grads(x, w, stride, padding, False))(x, w)
     for a, b, name in zip(fast, ref, ("y", "dx", "dw")):
@@ -72,7 +88,7 @@ def test_conv2d_second_order_gradient():
     w = jnp.asarray(rng.standard_normal((3, 3, 3, 4), np.float32))
 
     def gnorm(w, fast):
-        g = jax.grad(lambda x: jnp.sum(jnp.tanh(conv_ops.conv2d(x, w, 1, 'SAME', fast_grads=fast))))(x)
+        g = jax.grad(lambda x: jnp.sum(jnp.tanh(_conv(x, w, 1, 'SAME', fast))))(x)
         return jnp.sum(g ** 2)
 
     np.testing.assert_allclose(jax.grad(gnorm)(w, True), jax.grad(gnorm)(w, False), rtol=1e-4, atol=1e-4)
@@ -81,7 +97,7 @@ def test_conv2d_second_order_gradient():
 @pytest.mark.parametrize("wrt", ["x", "w", "both"])
 def test_conv2d_gradients_by_argument_and_materialized_input(wrt):
     """Gradients for x only, w only and both equal XLA's; the input of a convolution whose kernel
-    gradient is taken goes through :func:`conv_ops.materialize` (a while loop in the compiled
+    gradient is taken goes through :func:`cpu_conv.materialize` (a while loop in the compiled
     program, so XLA cannot fuse the input's producer into the weight gradient's transpose), and an
     attack-style gradient (x only) has no such loop."""
     rng = np.random.default_rng(2)
@@ -91,7 +107,7 @@ def test_conv2d_gradients_by_argument_and_materialized_input(wrt):
 
     def loss(x, w, fast):
         h = jax.nn.relu(x * 1.5 + 0.25)           # an elementwise producer, as BN + ReLU
-        return jnp.sum(jnp.tanh(conv_ops.conv2d(h, w, 1, 'SAME', fast_grads=fast)))
+        return jnp.sum(jnp.tanh(_conv(h, w, 1, 'SAME', fast)))
 
     fast = jax.jit(jax.grad(lambda x, w: loss(x, w, True), argnums))
     ref = jax.jit(jax.grad(lambda x, w: loss(x, w, False), argnums))
@@ -109,7 +125,7 @@ def test_materialize_is_exact_identity():
              np.array([[-0.0, 0.0, np.inf, -np.inf, 1e-45]], np.float32),
              np.array([np.nan, 1.0, -2.0], np.float32),
              np.array([np.inf, np.nan, 3.0], np.float32)]
-    f = jax.jit(conv_ops.materialize)
+    f = jax.jit(cpu_conv.materialize)
     for c in cases:
         out = np.asarray(f(jnp.asarray(c)))
         assert out.shape == c.shape
@@ -134,9 +150,17 @@ def _bn_pair(train):
             BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5))
 
 
+@pytest.fixture(params=[True, False], ids=["cpu_fast", "plain"])
+def cpu_fast(request, monkeypatch):
+    """Runs the test with the speed layer on and off (``ASCL_JAX_CPU_FAST``, read at trace time)."""
+    monkeypatch.setenv(xla_cpu.ENV_SWITCH, "1" if request.param else "0")
+    assert xla_cpu.enabled() == (request.param and jax.default_backend() == "cpu")
+    return request.param
+
+
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("shape", [(8, 6, 5, 4), (16, 3)])
-def test_batchnorm_matches_flax(train, shape):
+def test_batchnorm_matches_flax(train, shape, cpu_fast):
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.standard_normal(shape, np.float32) * 3 + 1)
     flax_bn, ours = _bn_pair(train)
@@ -163,7 +187,7 @@ def test_batchnorm_matches_flax(train, shape):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=2e-4), g1, g2)
 
 
-def test_batchnorm_train_against_numpy_float64():
+def test_batchnorm_train_against_numpy_float64(cpu_fast):
     """Train-mode output and input gradient against BN written out in float64 numpy."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((6, 4, 4, 5)) * 2 + 0.5
@@ -183,3 +207,91 @@ def test_batchnorm_train_against_numpy_float64():
     dx_ref = (g - g.reshape(-1, 5).mean(0) - xhat * (g * xhat).reshape(-1, 5).sum(0) / n)
     dx_ref = dx_ref / np.sqrt(var + 1e-5)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# The switch
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    from ascl_jax import models
+    model = models.build_model(dict(arch="resnet20", normalization="cifar10"), num_classes=10,
+                               image_shape=(32, 32, 3))
+    x = jnp.full((2, 32, 32, 3), 0.5, jnp.float32)
+    variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0), x)
+    return model, variables, x
+
+
+def _speed_layer_parts(jaxpr_text: str, hlo: str) -> dict:
+    """Which parts of the speed layer a traced program holds."""
+    import re
+    kernel_specs = set(re.findall(r"x\[([0-9a-z, ]+)\]->", hlo))
+    return {"custom_vjp": "custom_vjp_call" in jaxpr_text, "custom_call": "custom_call" in hlo,
+            "while": "stablehlo.while" in hlo, "oi_kernels": "0, 1, o, i" in kernel_specs}
+
+
+def test_switch_off_traces_plain_jax(resnet20, cpu_fast):
+    """ASCL_JAX_CPU_FAST=0: a ResNet-20 train-mode forward+backward and a PGD attack are plain JAX
+    (no custom_vjp in the forward's jaxpr; no custom call -- the C++ kernels --, no while loop -- the weight
+    gradient's barrier, the attack's fori_loop -- in the lowered program, and the attack's
+    input-gradient convolutions keep JAX's own kernel layout). Switch on (CPU): they hold them."""
+    from ascl_jax import attacks
+    from ascl_jax.xla_cpu import kernels
+    model, variables, x = resnet20
+    y = jnp.array([1, 2])
+
+    def train_loss(params, x):
+        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                             train=True, mutable=["batch_stats"])
+        return jnp.sum(out["logits"] * jnp.arange(10.0))
+
+    def forward(params, x):
+        return train_loss(params, x)
+
+    def pgd(x, x_init):   # explicit start: the PRNG's own lowering holds a while loop
+        f = attacks.model_forward(model, variables)
+        return attacks.pgd_linf(attacks.ce_objective(f, y), x, None, eps=8 / 255, step_size=2 / 255,
+                                num_steps=3, x_init=x_init)
+
+    grad = jax.value_and_grad(train_loss)
+    step = _speed_layer_parts(str(jax.make_jaxpr(forward)(variables["params"], x)),
+                              jax.jit(grad).lower(variables["params"], x).as_text())
+    attack = _speed_layer_parts(str(jax.make_jaxpr(pgd)(x, x)), jax.jit(pgd).lower(x, x).as_text())
+    on = cpu_fast and jax.default_backend() == "cpu"
+    assert step["custom_vjp"] == on     # conv and BN rules (an attack's jaxpr holds them applied)
+    assert step["while"] == on          # materialize before XLA's weight gradients
+    assert attack["while"] == on        # fori_loop over single steps
+    assert attack["oi_kernels"] == (not on)   # canonicalize_convs
+    kernels_on = on and kernels.available()
+    assert step["custom_call"] == kernels_on and attack["custom_call"] == kernels_on
+
+
+def test_evaluation_loop_body_canonicalised(cpu_fast):
+    """The evaluation attacks' while loop (``programs.chunked_loop``, run by ``programs.run_program``): with
+    the switch on (CPU) the body's input-gradient convolutions take HWIO kernels
+    (``xla_cpu.loops.loop_body``); off, JAX's own layout. Same values either way."""
+    import re
+    from ascl_jax.evaluation import autoattack as aa
+    rng = np.random.default_rng(4)
+    w = jnp.asarray(rng.standard_normal((3, 3, 8, 8), np.float32) * 0.3)
+
+    def loss(x):
+        h = jnp.tile(x, (1, 1, 1, 8))
+        for _ in range(2):
+            h = jnp.tanh(jax.lax.conv_general_dilated(h, w, (1, 1), 'SAME',
+                                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
+        return jnp.sum(h ** 2)
+
+    def step(i, x):
+        return jnp.clip(x + 0.01 * jnp.sign(jax.grad(loss)(x)), 0.0, 1.0)
+
+    x = jnp.asarray(rng.uniform(0, 1, (4, 8, 8, 1)), jnp.float32)
+    f = jax.jit(lambda x: programs.chunked_loop(3, 1, step, x))
+    specs = set(re.findall(r"x\[([0-9a-z, ]+)\]->", f.lower(x).as_text()))
+    on = cpu_fast and jax.default_backend() == "cpu"
+    assert ("0, 1, o, i" in specs) == (not on), specs
+    ref = x
+    for i in range(3):
+        ref = step(i, ref)
+    np.testing.assert_allclose(f(x), ref, atol=1e-6)

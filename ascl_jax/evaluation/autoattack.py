@@ -3,10 +3,10 @@ and the composition of the standard sequence.
 
 Per-batch attacks are pure functions of a generic ``logits_fn: x [B, H, W, C] in [0, 1] -> logits
 [B, K]`` (any model; normalisation is the model's job). Each iterative attack is a
-``programs.Program``; ``run_program`` runs one in compiled code: a ``lax.while_loop`` over chunks of
+``programs.Program``; ``programs.run_program`` runs one in compiled code: a ``lax.while_loop`` over chunks of
 ``unroll`` unrolled iterations, with an optional early exit once every active row of the batch is
-fooled (this never changes which rows are fooled). ``engine.Engine.stage`` can instead drive
-compiled chunks from the host.
+fooled (this never changes which rows are fooled); with the CPU speed layer on, the loop body's
+convolutions are canonicalised (``xla_cpu.loops.loop_body``).
 
 Components (semantics of the reference implementation ``fra31/auto-attack``, written anew here):
 ``apgd_linf`` (APGD on the cross-entropy, the DLR or the targeted DLR loss; ``apgd``),
@@ -26,11 +26,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ascl_jax.attacks import project_linf as _project  # noqa: F401  (read by engine.Engine.stage)
 from ascl_jax.evaluation.apgd import (apgd_checkpoints, apgd_program, cross_entropy, dlr_loss,
                                       targeted_dlr_loss)
 from ascl_jax.evaluation.fab import fab_program, project_linf_hyperplane_box
-from ascl_jax.evaluation.programs import LogitsFn, Program, example_keys, ranked_target, robust_margin
+from ascl_jax.evaluation.programs import (LogitsFn, Program, example_keys, ranked_target, robust_margin,
+                                         run_program, run_program_state)
 from ascl_jax.evaluation.square import SQUARE_THRESHOLDS, square_p, square_program
 
 # AutoAttack 'standard' budgets for L-inf (fra31/auto-attack, autoattack.py::set_version).
@@ -41,72 +41,6 @@ VERSIONS = {
     'fast': ('apgd-ce', 'apgd-t'),
 }
 COMPONENTS = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fab-t', 'square')
-
-
-# ----------------------------------------------------------------------------------------------
-# Compiled loops.
-
-
-def _chunk(n: int, unroll: int) -> int:
-    """The largest divisor of n that is <= unroll (loop bodies hold a whole number of iterations)."""
-    unroll = max(1, min(int(unroll), n))
-    return max(d for d in range(1, unroll + 1) if n % d == 0)
-
-
-def _chunked_loop(n: int, unroll: int, step, state, active_fn=None):
-    """Runs ``state = step(i, state)`` for i in [0, n) inside a while loop of unrolled chunks.
-
-    ``active_fn(state) -> bool[]``: when given, the loop stops early once it returns False (checked
-    between chunks). ``step`` receives a traced int32 ``i``.
-    """
-    if n <= 0:
-        return state
-    u = _chunk(n, unroll)
-    n_chunks = n // u
-
-    def body(carry):
-        c, st = carry
-        for j in range(u):
-            st = step(c * u + j, st)
-        return c + 1, st
-
-    def cond(carry):
-        c, st = carry
-        ok = c < n_chunks
-        if active_fn is not None:
-            ok = jnp.logical_and(ok, active_fn(st))
-        return ok
-
-    _, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
-    return state
-
-
-def default_unroll() -> int:
-    """Iterations per compiled loop body (1: a plain loop; on CPU the engine drives chunks itself)."""
-    return 1
-
-
-def run_program_state(prog: Program, logits_fn: LogitsFn, x, y, *, index=None, active=None,
-                      key=None, rank=2, eps, unroll: int | None = None, early_stop: bool = True):
-    """Runs a Program's init and loop in one compiled while loop; returns the final state."""
-    b = x.shape[0]
-    index = jnp.arange(b, dtype=jnp.int32) if index is None else index
-    active = jnp.ones((b,), bool) if active is None else active
-    key = jax.random.key(0) if key is None else key
-    unroll = default_unroll() if unroll is None else unroll
-    state = prog.init(logits_fn, x, y, index, key, rank, eps)
-    active_fn = None
-    if early_stop and prog.running is not None:
-        active_fn = lambda s: jnp.any(prog.running(s) & active)
-    return _chunked_loop(prog.n_steps, unroll,
-                         lambda i, s: prog.step(logits_fn, x, y, eps, i, s), state, active_fn)
-
-
-def run_program(prog: Program, logits_fn: LogitsFn, x, y, *, eps, **kw):
-    """Runs a Program on the device (one compiled while loop); returns (x_adv, fooled)."""
-    x = x.astype(jnp.float32)
-    state = run_program_state(prog, logits_fn, x, y, eps=eps, **kw)
-    return prog.finish(logits_fn, x, y, eps, state)
 
 
 def apgd_linf(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, key: jax.Array, *, eps: float,

@@ -81,8 +81,7 @@ def run_autoattack(logits_fn, x, y, key: jax.Array, *, eps: float, version: str 
                    n_queries: int = aa.STANDARD['square_queries'],
                    n_targets: int = 9, apgd_ce_restarts: int = 1, target_restarts: int = 1,
                    unroll: int | None = None, early_stop: bool = True, progress: bool = True,
-                   robust: np.ndarray | None = None, index: np.ndarray | None = None,
-                   loop: str = 'auto') -> dict:
+                   robust: np.ndarray | None = None, index: np.ndarray | None = None) -> dict:
     """AutoAttack on host arrays, batched and sharded over ``mesh`` ('data' axis).
 
     Args:
@@ -100,7 +99,7 @@ def run_autoattack(logits_fn, x, y, key: jax.Array, *, eps: float, version: str 
       'accuracy' ({'clean': acc, component: robust accuracy after it (cumulative)}).
     """
     eng = engine_lib.get_engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh,
-                                progress=progress, loop=loop, unroll=unroll)
+                                progress=progress, unroll=unroll)
     return run_on_engine(eng, x, y, key, eps=eps, version=version, components=components,
                          n_iter=n_iter, n_queries=n_queries, n_targets=n_targets,
                          apgd_ce_restarts=apgd_ce_restarts, target_restarts=target_restarts,

@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascl_jax import parallel
-from ascl_jax.evaluation import autoattack as aa
+from ascl_jax import attacks, parallel
+from ascl_jax.evaluation import programs
 from ascl_jax.parallel import DATA_AXIS
 
 
@@ -111,24 +111,24 @@ def _fn_key(fn):
 
 
 def get_engine(logits_fn: Callable, *, params=None, batch_size: int = 128, mesh=None,
-               progress: bool = True, loop: str = 'auto', unroll: int | None = None) -> 'Engine':
+               progress: bool = True, unroll: int | None = None) -> 'Engine':
     """An Engine for ``logits_fn``, reused across calls so that its compiled stages are too.
 
     The cache key is the function (its code and the objects its closure holds, see ``_fn_key``), the
-    mesh, batch size and loop settings; the parameters are swapped in, not part of the key (they are
+    mesh, batch size and unroll; the parameters are swapped in, not part of the key (they are
     arguments of the compiled functions), so a periodic evaluation compiles once per run.
     At most ``_MAX_ENGINES`` engines are kept (least recently used dropped).
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
-    key = (_fn_key(logits_fn), params is None, mesh, int(batch_size), loop, unroll)
+    key = (_fn_key(logits_fn), params is None, mesh, int(batch_size), unroll)
     try:
         hash(key)
     except TypeError:  # something unhashable in the closure: a fresh, uncached engine
-        return Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh, loop=loop,
+        return Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh,
                       unroll=unroll, progress=progress)
     eng = _ENGINES.pop(key, None)
     if eng is None:
-        eng = Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh, loop=loop,
+        eng = Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh,
                      unroll=unroll, progress=progress)
     else:
         eng.set_params(params)
@@ -149,18 +149,14 @@ class Engine:
       batch_size: global batch; rounded up to a multiple of the mesh size.
       mesh: a 1-D mesh with axis 'data' (default: all devices).
       progress: tqdm bars (process 0 only).
-      loop: where attack loops run. 'device': one compiled while loop per batch (best on GPU/TPU);
-        'host': the host dispatches compiled chunks of ``unroll`` unrolled iterations, the state
-        staying on the devices (no transfer per iteration; a one-scalar check per chunk for the early
-        exit); 'auto' (default): 'host' on CPU, else 'device'. Why: XLA:CPU runs the backward
-        convolutions of a network 5-8x slower inside a while-loop body than in straight-line code
-        (measured on ResNet-20: 0.9 s vs 4.7-7 s per PGD step at batch 128; unrolling chunks *inside*
-        the loop does not help; jax-ml/jax#12868).
-      unroll: iterations per compiled chunk (default 5 for 'host', 1 for 'device').
+      unroll: iterations per loop body (default 1). A stage runs the attack's init, one compiled
+        ``lax.while_loop`` over its iterations (``programs.run_program``; with the CPU speed layer
+        on, its loop body's convolutions are canonicalised, ``xla_cpu.loops``) and the verification
+        as one compiled call per batch.
     """
 
     def __init__(self, logits_fn: Callable, *, params=None, batch_size: int = 128, mesh=None,
-                 progress: bool = True, loop: str = 'auto', unroll: int | None = None):
+                 progress: bool = True, unroll: int | None = None):
         if not callable(logits_fn):
             raise ValueError("logits_fn must be callable: x -> logits (or (params, x) -> logits)")
         if int(batch_size) <= 0:
@@ -176,12 +172,7 @@ class Engine:
         self._fn = logits_fn if self._has_params else (lambda p, x: logits_fn(x))
         self.set_params(params)
         self.progress = progress
-        if loop not in ('auto', 'device', 'host'):
-            raise ValueError(f"loop={loop!r}; choose one of ['auto', 'device', 'host']")
-        if loop == 'auto':
-            loop = 'host' if self.mesh.devices.flat[0].platform == 'cpu' else 'device'
-        self.loop = loop
-        self.unroll = (5 if loop == 'host' else 1) if unroll is None else max(1, int(unroll))
+        self.unroll = 1 if unroll is None else max(1, int(unroll))
         self._cache: dict = {}
 
     def set_params(self, params) -> None:
@@ -206,7 +197,7 @@ class Engine:
                 predict, in_shardings=(self.repl, self.data), out_shardings=(self.data, self.repl))
         return self._cache['predict']
 
-    def stage(self, cache_key, prog: aa.Program, *, unroll: int | None = None,
+    def stage(self, cache_key, prog: programs.Program, *, unroll: int | None = None,
               early_stop: bool = True):
         """A stage ``f(params, x, y, index, active, key, rank, eps) -> (x_adv, fooled)`` for a Program.
 
@@ -214,56 +205,21 @@ class Engine:
         ``active & (argmax logits(x_adv) != y)``. Compiled functions are cached under ``cache_key``.
         """
         unroll = self.unroll if unroll is None else max(1, int(unroll))
-        full_key = (cache_key, prog.n_steps, self.loop, unroll, early_stop)
+        full_key = (cache_key, prog.n_steps, unroll, early_stop)
         if full_key in self._cache:
             return self._cache[full_key]
 
         def verify(params, x, y, active, eps, x_adv):
             lf = self.logits_fn(params)
-            x_adv = aa._project(x_adv, x, eps)
+            x_adv = attacks.project_linf(x_adv, x, eps)
             return x_adv, active & (jnp.argmax(lf(x_adv), -1) != y)
 
-        if self.loop == 'device':
-            def run(params, x, y, index, active, key, rank, eps):
-                lf = self.logits_fn(params)
-                x_adv, _ = aa.run_program(prog, lf, x, y, index=index, active=active, key=key,
-                                          rank=rank, eps=eps, unroll=unroll,
-                                          early_stop=early_stop)
-                return verify(params, x, y, active, eps, x_adv)
-            fn = jax.jit(run)
-        else:
-            u = aa._chunk(prog.n_steps, unroll) if prog.n_steps > 0 else 1
-            n_chunks = prog.n_steps // u if prog.n_steps > 0 else 0
-            # The compiled pieces do not depend on the number of steps: PGD-10 and PGD-40 share them.
-            jkey = ('host-jits', cache_key, u)
-            if jkey not in self._cache:
-                def init(params, x, y, index, active, key, rank, eps):
-                    return prog.init(self.logits_fn(params), x, y, index, key, rank, eps)
-
-                def chunk(params, x, y, active, eps, state, i0):
-                    lf = self.logits_fn(params)
-                    for j in range(u):
-                        state = prog.step(lf, x, y, eps, i0 + j, state)
-                    alive = (jnp.any(prog.running(state) & active) if prog.running is not None
-                             else jnp.bool_(True))
-                    return state, alive
-
-                def finish(params, x, y, active, eps, state):
-                    x_adv, _ = prog.finish(self.logits_fn(params), x, y, eps, state)
-                    return verify(params, x, y, active, eps, x_adv)
-
-                self._cache[jkey] = (jax.jit(init), jax.jit(chunk), jax.jit(finish))
-            init_j, chunk_j, finish_j = self._cache[jkey]
-            check = early_stop and prog.running is not None
-
-            def fn(params, x, y, index, active, key, rank, eps):
-                state = init_j(params, x, y, index, active, key, rank, eps)
-                for c in range(n_chunks):
-                    state, alive = chunk_j(params, x, y, active, eps, state, jnp.int32(c * u))
-                    if check and not bool(_get(alive)):
-                        break
-                return finish_j(params, x, y, active, eps, state)
-
+        def run(params, x, y, index, active, key, rank, eps):
+            lf = self.logits_fn(params)
+            x_adv, _ = programs.run_program(prog, lf, x, y, index=index, active=active, key=key,
+                                            rank=rank, eps=eps, unroll=unroll, early_stop=early_stop)
+            return verify(params, x, y, active, eps, x_adv)
+        fn = jax.jit(run)
         self._cache[full_key] = fn
         return fn
 

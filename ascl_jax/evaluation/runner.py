@@ -84,7 +84,7 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
              progress: bool = True, sanity: bool = True, sanity_examples: int = 256,
              sanity_steps: int = 10, sanity_square_queries: int = 1000,
              sanity_tolerance: float = 0.01, eps_sweep=None, aa_options: dict | None = None,
-             keep_adv: bool = False, loop: str = 'auto', unroll: int | None = None) -> dict:
+             keep_adv: bool = False, unroll: int | None = None) -> dict:
     """Robust accuracy of a classifier under L-inf attacks; worst case per example.
 
     Args:
@@ -107,8 +107,8 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
       aa_options: overrides for AutoAttack budgets, e.g. ``dict(n_iter=10, n_queries=100)`` in tests
         (keys: n_iter, n_queries, n_targets, apgd_ce_restarts, target_restarts, unroll, early_stop).
       keep_adv: also return the adversarial images of each attack (memory!).
-      loop, unroll: how attack loops run (see ``engine.Engine``): 'auto' = host-driven chunks of
-        ``unroll`` (default 5) compiled iterations on CPU, one compiled while loop elsewhere.
+      unroll: iterations per body of the attacks' compiled while loops (default 1; see
+        ``engine.Engine``).
     Returns:
       dict: 'clean_accuracy', 'robust_accuracy' {attack: acc}, 'num_examples' {attack: n},
       'overall' {'robust_accuracy', 'num_examples', 'attacks'}, 'autoattack' details (accuracy after each
@@ -140,7 +140,7 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
         raise ValueError(f"unknown aa_options {sorted(unknown)}")
 
     eng = engine_lib.get_engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh,
-                                progress=progress, loop=loop, unroll=unroll)
+                                progress=progress, unroll=unroll)
     base_key = jax.random.key(seed)
     index = np.arange(n)
     timing = {}
@@ -211,7 +211,7 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
                      num_examples=int(n_common), attacks=sorted(covered)),
         settings=dict(pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, mpgd_steps=mpgd_steps,
                       mpgd_targets=mpgd_targets, version=version, batch_size=eng.batch_size,
-                      devices=int(eng.mesh.devices.size), aa_options=aa_opts, loop=eng.loop,
+                      devices=int(eng.mesh.devices.size), aa_options=aa_opts,
                       unroll=eng.unroll,
                       autoattack_examples=n_aa),
         timing_s=timing,

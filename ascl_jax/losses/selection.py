@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from ascl_jax.config import STRATEGIES
 from ascl_jax.losses.checks import Array, check_choice, check_ndim, check_same_shape
 
 # Table 1 of ASCL, plus the code-only 'merge' (hard OR soft negatives,
 # `soft_lcscl(neg_type='merge')`).
-STRATEGIES = ("global", "hard", "soft", "leaked", "merge")
 
 
 def selection_masks(

@@ -11,10 +11,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from ascl_jax import xla_cpu
+from ascl_jax.config import SIMILARITIES
 from ascl_jax.losses.checks import PRECISION, Array, check_choice, check_ndim, float_dtype
 
 # sim = -distance / tau (SPEC §1.3); 'cosine' = cos / tau, 'dot' = z_i . z_j / tau ('matmul').
-SIMILARITIES = ("cosine", "dot", "neg_l1", "neg_l2", "neg_linf")
 # Pairwise L1 / L2 / Linf distances materialise z_k - z_j in blocks of rows; one block holds at most
 # this many elements ([rows, n, d]), so memory stays bounded for large n (all of n = 4096, d = 512
 # would be 8.6e9 elements). None = the per-backend default of `_default_block_elements`.
@@ -47,11 +48,11 @@ def _map_rows(row_fn, xs: tuple[Array, ...], rows_per_block: int) -> Array:
 def _default_block_elements() -> int:
     """Default ``max_block_elements``: the size of one block of ``z_k - z_j`` differences.
 
-    2^18 elements (1 MiB in float32, a block that stays in cache) on the CPU backend; 2^26 elements
-    (256 MiB in float32, fewer sequential ``lax.map`` blocks) on accelerators. Only memory per block
-    depends on it, never the result.
+    2^18 elements (1 MiB in float32, a block that stays in cache) where the CPU speed layer is on
+    (:func:`ascl_jax.xla_cpu.enabled`); 2^26 elements (256 MiB in float32, fewer sequential
+    ``lax.map`` blocks) elsewhere. Only memory per block depends on it, never the result.
     """
-    return 1 << 18 if jax.default_backend() == "cpu" else 1 << 26
+    return 1 << 18 if xla_cpu.enabled() else 1 << 26
 
 
 def _rows_per_block(x: Array, max_block_elements: int) -> int:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
+from ascl_jax.config import CNN_PADDINGS
 from ascl_jax.models import layers
 from ascl_jax.models.norm import Norm
 
-CNN_PADDINGS = ('auto', 'VALID', 'SAME')
 
 
 class SmallCNN(nn.Module):

@@ -28,9 +28,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ascl_jax.models import conv_ops
+from ascl_jax import xla_cpu
+from ascl_jax.config import CONV_INITS
+from ascl_jax.xla_cpu import conv as cpu_conv
 
-CONV_INITS = ('kaiming_fan_out', 'kaiming_fan_in', 'torch')
 
 Initializer = Callable[..., jax.Array]
 
@@ -57,13 +58,14 @@ def conv_kernel_init(conv_init: str) -> Initializer:
 
 
 class Conv(nn.Module):
-    """``nn.Conv`` (same variables ``kernel`` [k,k,C,O] and ``bias`` [O], same initialisers) computed by
-    :func:`ascl_jax.models.conv_ops.conv2d` (XLA's convolution; on CPU with faster input gradients for
-    the stem, stride-2 and 1x1-shortcut shapes). ``padding``: (low, high) pairs or 'SAME' / 'VALID'."""
+    """``nn.Conv`` (same variables ``kernel`` [k,k,C,O] and ``bias`` [O], same initialisers): NHWC x HWIO
+    ``lax.conv_general_dilated``, or, when the CPU speed layer is on (:func:`ascl_jax.xla_cpu.enabled`),
+    the same convolution by :func:`ascl_jax.xla_cpu.conv.conv2d` (equal up to float rounding).
+    ``padding``: (low, high) pairs or 'SAME' / 'VALID'."""
     features: int
     kernel_size: int
     stride: int = 1
-    padding: conv_ops.PadPairs | str = ((0, 0), (0, 0))
+    padding: tuple[tuple[int, int], tuple[int, int]] | str = ((0, 0), (0, 0))
     use_bias: bool = False
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros
@@ -72,7 +74,11 @@ class Conv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
         kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        y = conv_ops.conv2d(x, kernel, self.stride, self.padding)
+        if xla_cpu.enabled():
+            y = cpu_conv.conv2d(x, kernel, self.stride, self.padding)
+        else:
+            y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), self.padding,
+                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
         if self.use_bias:
             y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32)
         return y

@@ -20,135 +20,43 @@ One difference remains: PyTorch updates ``running_var`` with the *unbiased* batc
 the biased one (factor n/(n-1), n = B*H*W; negligible for conv layers).
 
 :class:`BatchNorm` is Flax's ``nn.BatchNorm`` (same variables, same arithmetic: ``E[x^2] - E[x]^2``
-variance, ``(x - mean) * scale * rsqrt(var + eps) + bias``) changed for XLA:CPU only: per-channel
-sums of an NHWC activation are taken in two stages, ``[B*H, W*C] -> [W*C] -> [C]``, and per-channel
-vectors are broadcast the same way, so that autodiff's transposes are also two-stage. XLA:CPU runs a
-one-shot reduction over (B, H, W) that keeps a 16-wide minor dimension about 5x slower than the
-two-stage form (1.14 ms against 0.24 ms on a [128, 32, 32, 16] activation, docs/design.md "CPU fast
-paths"), and a train-mode BN layer needs four such sums per forward + backward. Train mode on CPU
-also has a hand-written backward (``jax.custom_vjp``: one elementwise pass after two sums, so
-forward-mode ``jax.jvp`` through it is not available). Where :func:`ascl_jax.cpu_kernels.enabled`,
-the train-mode sums come from the C++ kernel :func:`ascl_jax.cpu_kernels.channel_sums` (one pass
-over the operands) and the normalisation is written in PyTorch's folded form ``x * mul + (bias -
-mean * mul)`` (its backward likewise), so that XLA keeps no ``x - mean``. On other backends the
-plain one-shot form and autodiff are used.
+variance, ``(x - mean) * scale * rsqrt(var + eps) + bias``). For NHWC input, when the CPU speed
+layer is on (:func:`ascl_jax.xla_cpu.enabled`), the same arithmetic is computed by
+:mod:`ascl_jax.xla_cpu.batch_norm` (equal up to float rounding); otherwise it is plain JAX.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ascl_jax import cpu_kernels
+from ascl_jax import xla_cpu
+from ascl_jax.config import BN_BRANCHES, BN_TYPES
+from ascl_jax.xla_cpu import batch_norm as cpu_batch_norm
 
-BN_TYPES = ('single', 'dual')
-BN_BRANCHES = ('clean', 'adv')
-
-
-def _two_stage() -> bool:
-    """Whether per-channel sums use the two-stage form (XLA:CPU only; decided at trace time)."""
-    return jax.default_backend() == "cpu"
-
-
-def channel_sum(x: jax.Array) -> jax.Array:
-    """Sum over all axes but the last: [..., C] -> [C] (two-stage for [B, H, W, C] on CPU)."""
-    if x.ndim == 4 and _two_stage():
-        b, h, w, c = x.shape
-        return x.reshape(b * h, w * c).sum(0).reshape(w, c).sum(0)
-    return x.reshape(-1, x.shape[-1]).sum(0)
-
-
-def channel_broadcast(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """Per-channel vector [C] -> ``shape`` [..., C] (its transpose is :func:`channel_sum`'s form)."""
-    if len(shape) == 4 and _two_stage():
-        b, h, w, c = shape
-        return jnp.broadcast_to(jnp.tile(v, w), (b * h, w * c)).reshape(shape)
-    return jnp.broadcast_to(v, shape)
 
 
 def _normalize(x, mean, var, scale, bias, eps):
     """``(x - mean) * scale * rsqrt(var + eps) + bias``, per channel. x [..., C]; the rest [C]."""
     mul = scale * jax.lax.rsqrt(var + eps)
-    return ((x - channel_broadcast(mean, x.shape)) * channel_broadcast(mul, x.shape)
-            + channel_broadcast(bias, x.shape))
+    return (x - mean) * mul + bias
 
 
-def _bn_train_plain(x, scale, bias, eps, kernel: bool = False):
+def _bn_train(x, scale, bias, eps):
     """Train-mode BN: -> (y, batch mean, biased batch var ``E[x^2] - E[x]^2``), as Flax."""
-    n = x.size // x.shape[-1]
-    if kernel:
-        s1, s2 = cpu_kernels.channel_sums(x, x, jnp.zeros(x.shape[-1:], jnp.float32))
-    else:
-        s1, s2 = channel_sum(x), channel_sum(x * x)
+    c = x.shape[-1]
+    n = x.size // c
+    s1, s2 = x.reshape(-1, c).sum(0), (x * x).reshape(-1, c).sum(0)
     mean = s1 / n
     var = jnp.maximum(0.0, s2 / n - mean * mean)
-    if kernel:
-        # Folded form x * mul + (bias - mean * mul) (PyTorch's CPU batch norm computes this): no
-        # x - mean for XLA to write to memory and keep for the backward.
-        mul = scale * jax.lax.rsqrt(var + eps)
-        y = (x * channel_broadcast(mul, x.shape)
-             + channel_broadcast(bias - mean * mul, x.shape))
-        return y, mean, var
     return _normalize(x, mean, var, scale, bias, eps), mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _bn_train_cpu(x, scale, bias, eps, kernel):
-    """:func:`_bn_train_plain` with a hand-written backward (:func:`_bn_train_bwd`)."""
-    return _bn_train_plain(x, scale, bias, eps, kernel)
-
-
-def _bn_train_fwd(x, scale, bias, eps, kernel):
-    y, mean, var = _bn_train_plain(x, scale, bias, eps, kernel)
-    return (y, mean, var), (x, scale, mean, var)
-
-
-def _bn_train_bwd(eps, kernel, res, cts):
-    """Standard BN backward, written as one elementwise pass ``dx = a*gy + b*(x - mean) + c`` with
-    per-channel a, b, c (b and c also carry the cotangents of the returned mean and variance) after
-    two per-channel sums, ``sum(gy)`` and ``sum(gy * (x - mean))``."""
-    x, scale, mean, var = res
-    gy, gmean, gvar = cts
-    n = x.size // x.shape[-1]
-    rstd = jax.lax.rsqrt(var + eps)
-    if kernel:
-        s1, s_gy_xc = cpu_kernels.channel_sums(gy, x, mean)
-    else:
-        xc = x - channel_broadcast(mean, x.shape)
-        s1, s_gy_xc = channel_sum(gy), channel_sum(gy * xc)
-    dscale = s_gy_xc * rstd                          # sum(gy * xhat)
-    a = scale * rstd
-    b = -a * rstd * dscale / n + 2.0 * gvar / n
-    c = -a * s1 / n + gmean / n
-    if kernel:   # folded as in the forward: a*gy + b*x + (c - b*mean)
-        dx = (gy * channel_broadcast(a, x.shape) + x * channel_broadcast(b, x.shape)
-              + channel_broadcast(c - b * mean, x.shape))
-    else:
-        dx = (gy * channel_broadcast(a, x.shape) + xc * channel_broadcast(b, x.shape)
-              + channel_broadcast(c, x.shape))
-    return dx, dscale, s1
-
-
-_bn_train_cpu.defvjp(_bn_train_fwd, _bn_train_bwd)
-
-
-def bn_train(x, scale, bias, eps, kernel: bool | None = None):
-    """Train-mode BN -> (y, batch mean, batch var): the hand-written backward for NHWC input on CPU,
-    autodiff elsewhere. ``eps``: a Python float. ``kernel``: whether the per-channel sums use the
-    C++ kernel (:mod:`ascl_jax.cpu_kernels`); None = :func:`cpu_kernels.enabled`."""
-    if x.ndim == 4 and _two_stage():
-        if kernel is None:
-            kernel = cpu_kernels.enabled()
-        return _bn_train_cpu(x, scale, bias, eps, bool(kernel))
-    return _bn_train_plain(x, scale, bias, eps)
-
-
 class BatchNorm(nn.Module):
-    """``nn.BatchNorm`` over all axes but the last, with CPU-friendly per-channel sums (module doc).
+    """``nn.BatchNorm`` over all axes but the last (module doc).
 
     Variables as Flax's: ``params/{scale, bias}`` (ones, zeros) and ``batch_stats/{mean, var}``
     (zeros, ones). Train mode normalises with the batch's biased statistics and, outside ``init``,
@@ -165,8 +73,11 @@ class BatchNorm(nn.Module):
         bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
         ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
         ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+        fast = x.ndim == 4 and xla_cpu.enabled()
         if self.use_running_average:
-            return _normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+            normalize = cpu_batch_norm.normalize if fast else _normalize
+            return normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+        bn_train = cpu_batch_norm.train if fast else _bn_train
         y, mean, var = bn_train(x, scale, bias, self.epsilon)
         if not self.is_initializing():
             m = self.momentum

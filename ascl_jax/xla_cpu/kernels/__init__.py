@@ -1,38 +1,36 @@
 """C++ kernels for XLA:CPU, called as XLA FFI custom calls; built from source on first use.
 
-Two kernels (docs/design.md "CPU fast paths"; tests/test_cpu_kernels.py checks both against
-float64 numpy and against XLA):
+Part of the CPU speed layer (:mod:`ascl_jax.xla_cpu`): the library calls them only through
+:mod:`ascl_jax.xla_cpu.conv` and :mod:`ascl_jax.xla_cpu.batch_norm`, and only when the layer is on
+(``ASCL_JAX_CPU_FAST``) and :func:`available`. tests/test_cpu_kernels.py checks them against float64
+numpy and against XLA.
 
 - :func:`channel_sums` (``channel_sums.cc``): the per-channel sums of train-mode batch norm,
-  ``sum a`` and ``sum a * (b - shift)`` over all axes but the last, in one pass. XLA:CPU writes
-  ``x*x``, ``x - mean`` and ``dy * (x - mean)`` to memory before reducing them, because the
-  reduce-window ops of its tree-reduction rewrite do not fuse their producers. Used by
-  :mod:`ascl_jax.models.norm`.
+  ``sum a`` and ``sum a * (b - shift)`` over all axes but the last, in one pass (where XLA:CPU
+  writes ``x*x``, ``x - mean`` and ``dy * (x - mean)`` to memory before reducing them).
 - :func:`conv3x3` (``conv3x3.cc``): a direct 3x3 stride-1 padding-1 NHWC convolution with AVX-512
-  register blocking, used only on CPUs with AVX-512 (:func:`conv3x3_enabled`): 1.2-4.8x faster
-  than XLA:CPU's Eigen convolution for ResNet-20's shapes (the 3-channel stem most); and
-  :func:`conv3x3_weight_grad`, its kernel gradient, summed over each image in registers. Used
-  by :mod:`ascl_jax.models.conv_ops` for those convolutions' forward, input gradient and kernel
-  gradient.
+  register blocking, used only where the build has its AVX-512 code (:func:`conv3x3_available`);
+  :func:`conv3x3_input_grad` (the same kernel on the flipped kernel) and
+  :func:`conv3x3_weight_grad`, its kernel gradient, summed over each image in registers.
 
-Callers check :func:`enabled` at trace time and fall back to XLA otherwise; results equal XLA's up
-to float rounding. Calling a kernel function directly builds and loads the library first and
-raises ``RuntimeError`` if that is not possible.
+Results equal XLA's up to float rounding; each kernel sums in a fixed order (the docstrings say
+which), so the same shape gives the same bits whatever the thread timing. Calling a kernel function
+directly builds and loads the library first and raises ``RuntimeError`` if that is not possible.
 
 Build: the first call compiles the ``.cc`` files with the system C++ compiler (``$CXX``, else
-``c++``/``g++``/``clang++``; ``-O3 -march=native``, about 2 s) against the XLA FFI headers that
-jaxlib ships (``jax.ffi.include_dir()``), into a cache directory (``$ASCL_JAX_KERNEL_CACHE``, else
+``c++``/``g++``/``clang++``; ``-O3 -march=native``) against the XLA FFI headers that jaxlib ships
+(``jax.ffi.include_dir()``), into a cache directory (``$ASCL_JAX_KERNEL_CACHE``, else
 ``$XDG_CACHE_HOME/ascl_jax/kernels``, else ``~/.cache/ascl_jax/kernels``). The library's file name
 carries a hash of the source, the compiler command, the compiler's version, jaxlib's version and
 this CPU's feature flags, so a changed source, toolchain or machine gets a new build and a cached
 library is never loaded on a CPU it was not built for. Builds are written to a temporary file and
 renamed into place, so concurrent processes (pytest-xdist workers) are safe.
 
-When the kernels are not used: ``ASCL_JAX_CPU_KERNELS=0`` in the environment; a backend other than
-CPU; more than one process (``jax.process_count() > 1``: the custom call has no partitioning rule,
-so XLA would gather the global batch onto every device; within one process, e.g. the tests' 8
-simulated CPU devices, it does that too: correct, but each device then computes the whole call); no compiler, or a failed build or load
-(one warning, naming the cause, then XLA's reductions).
+Not :func:`available`: a backend other than CPU; more than one process (``jax.process_count() >
+1``: the custom call has no partitioning rule, so XLA would gather the global batch onto every
+device; within one process, e.g. the tests' 8 simulated CPU devices, it does that too: correct, but
+each device then computes the whole call); no compiler, or a failed build or load (one warning,
+naming the cause; the callers then use XLA's ops).
 """
 from __future__ import annotations
 
@@ -49,7 +47,6 @@ import warnings
 import jax
 import jax.numpy as jnp
 
-ENV_SWITCH = "ASCL_JAX_CPU_KERNELS"
 ENV_CACHE = "ASCL_JAX_KERNEL_CACHE"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = (os.path.join(_HERE, "channel_sums.cc"), os.path.join(_HERE, "conv3x3.cc"))
@@ -161,16 +158,15 @@ def load() -> bool:
                                         platform="cpu")
         return True
     except Exception as e:  # noqa: BLE001 - any failure means: use XLA's ops instead
-        warnings.warn(f"ascl_jax.cpu_kernels: not using the C++ kernels ({e}); "
-                      f"falling back to XLA's ops (set {ENV_SWITCH}=0 to skip the build)",
+        warnings.warn(f"ascl_jax.xla_cpu.kernels: not using the C++ kernels ({e}); falling back "
+                      "to XLA's ops (ASCL_JAX_CPU_FAST=0 turns the CPU speed layer off)",
                       RuntimeWarning, stacklevel=2)
         return False
 
 
-def enabled() -> bool:
-    """Whether the kernels run here (decided at trace time; module doc)."""
-    if os.environ.get(ENV_SWITCH, "1").strip().lower() in ("0", "false", "no", "off"):
-        return False
+def available() -> bool:
+    """Whether the kernels can run here: CPU backend, one process, library built and loaded
+    (module doc; decided at trace time). The speed layer's switch is the callers' to check."""
     if jax.default_backend() != "cpu" or jax.process_count() > 1:
         return False
     return load()
@@ -178,15 +174,16 @@ def enabled() -> bool:
 
 def _require_loaded(name: str) -> None:
     if not load():
-        raise RuntimeError(f"cpu_kernels.{name}: the C++ kernels could not be built or loaded "
+        raise RuntimeError(f"xla_cpu.kernels.{name}: the C++ kernels could not be built or loaded "
                            "(see the warning above); use the XLA paths instead")
 
 
 def channel_sums(a: jax.Array, b: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(sum a, sum a * (b - shift))`` over all axes but the last, in float32.
 
-    a, b: [..., C] float32, same shape; shift: [C]. Returns two [C] arrays. Summation: float within blocks of 256 rows,
-    double across blocks and threads; deterministic for a given shape and thread count.
+    a, b: [..., C] float32, same shape; shift: [C]. Returns two [C] arrays. Summation: float within
+    blocks of 256 rows, double across blocks and threads; deterministic for a given shape and thread
+    count.
     """
     if a.shape != b.shape or shift.shape != a.shape[-1:]:
         raise ValueError(f"channel_sums: a, b must be [..., C] of one shape and shift [C]; got "
@@ -197,16 +194,16 @@ def channel_sums(a: jax.Array, b: jax.Array, shift: jax.Array) -> tuple[jax.Arra
         a.astype(jnp.float32), b.astype(jnp.float32), shift.astype(jnp.float32)))
 
 
-def conv3x3_enabled() -> bool:
-    """Whether :func:`conv3x3` is used here: :func:`enabled`, and the build has its AVX-512 code
-    (without it the kernel is plain loops, slower than XLA's convolution)."""
-    return enabled() and _VECTORIZED["conv3x3"]
+def conv3x3_available() -> bool:
+    """Whether :func:`conv3x3` is worth using here: :func:`available`, and the build has its AVX-512
+    code (without it the kernel is plain loops, slower than XLA's convolution)."""
+    return available() and _VECTORIZED["conv3x3"]
 
 
 def conv3x3_supported(x_shape, w_shape, stride: int, padding, dtype) -> bool:
     """Whether :func:`conv3x3` computes ``conv_general_dilated(x, w, stride, padding)`` (NHWC, HWIO):
     a 3x3 kernel, stride 1, one pixel of zero padding on each side, float32, 16k output channels.
-    Shape test only (callers also check :func:`enabled`)."""
+    Shape test only (callers also check :func:`conv3x3_available`)."""
     return (len(x_shape) == 4 and tuple(w_shape[:2]) == (3, 3) and stride == 1
             and tuple(map(tuple, padding)) == ((1, 1), (1, 1)) and w_shape[2] == x_shape[3]
             and w_shape[3] % 16 == 0 and w_shape[3] > 0 and jnp.dtype(dtype) == jnp.float32)
@@ -215,8 +212,8 @@ def conv3x3_supported(x_shape, w_shape, stride: int, padding, dtype) -> bool:
 def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
     """3x3 stride-1 padding-1 convolution: x [N, H, W, Ci] (NHWC), w [3, 3, Ci, Co] (HWIO, Co a
     multiple of 16) -> [N, H, W, Co], float32. Equals ``lax.conv_general_dilated(x, w, (1, 1),
-    ((1, 1), (1, 1)))`` up to float rounding. Not differentiable by itself (``conv_ops`` holds the
-    rules)."""
+    ((1, 1), (1, 1)))`` up to float rounding. Not differentiable by itself (:mod:`ascl_jax.xla_cpu.conv`
+    holds the rules)."""
     if not conv3x3_supported(x.shape, w.shape, 1, ((1, 1), (1, 1)), x.dtype) or w.dtype != x.dtype:
         raise ValueError(f"conv3x3: needs x [N, H, W, Ci] and w [3, 3, Ci, 16k], float32; got "
                          f"{x.shape} {x.dtype}, {w.shape} {w.dtype}")

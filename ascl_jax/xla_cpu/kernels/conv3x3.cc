@@ -6,7 +6,7 @@
 //
 // Used for the forward of ResNet's 3x3 stride-1 convolutions and, with the kernel flipped and its
 // channel axes swapped, for their input gradient; ascl_conv3x3_wgrad (below) is their kernel
-// gradient (ascl_jax/models/conv_ops.py). Direct convolution: each image is copied into a
+// gradient (ascl_jax/xla_cpu/conv.py). Direct convolution: each image is copied into a
 // zero-padded buffer once, then every output row is computed in blocks of WB pixels x 16V output
 // channels held in zmm registers (WB * V = 16 accumulators), the input channels in chunks whose
 // weights stay in L1 (BlockTaps, Group). Images are spread over XLA's intra-op thread pool

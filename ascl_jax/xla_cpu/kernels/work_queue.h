@@ -6,8 +6,8 @@
 // too and then waits only for items other threads have already claimed (they are running), so a
 // busy or single-thread pool cannot deadlock it. Pool tasks that start after all items are claimed
 // return at once; the shared_ptr keeps the job alive for them.
-#ifndef ASCL_JAX_CPU_KERNELS_WORK_QUEUE_H_
-#define ASCL_JAX_CPU_KERNELS_WORK_QUEUE_H_
+#ifndef ASCL_JAX_XLA_CPU_KERNELS_WORK_QUEUE_H_
+#define ASCL_JAX_XLA_CPU_KERNELS_WORK_QUEUE_H_
 
 #include <algorithm>
 #include <atomic>
@@ -50,4 +50,4 @@ void RunOnPool(xla::ffi::ThreadPool& pool, const std::shared_ptr<Job>& job, Drai
 
 }  // namespace ascl
 
-#endif  // ASCL_JAX_CPU_KERNELS_WORK_QUEUE_H_
+#endif  // ASCL_JAX_XLA_CPU_KERNELS_WORK_QUEUE_H_

@@ -1,42 +1,33 @@
-"""NHWC x HWIO 2-D convolution with gradients that run fast on XLA:CPU.
+"""NHWC x HWIO 2-D convolution with XLA:CPU-friendly gradients (part of :mod:`ascl_jax.xla_cpu`).
 
-:func:`conv2d` computes ``lax.conv_general_dilated(x, w, stride, padding)`` -- the same values up
-to float rounding, the same weight gradient -- and on the CPU backend replaces XLA's *input*
-gradient for the convolution shapes where Eigen's transposed convolution is slow, and the forward
-of 3x3 stride-1 convolutions by a C++ kernel (bench/step.py, ResNet-20 at batch
-128 on 2 AVX-512 cores). The input gradient is what every PGD step computes, so these shapes set
-the speed of the attack:
+:func:`conv2d` computes ``lax.conv_general_dilated(x, w, stride, padding)`` -- the same values and
+gradients up to float rounding (tests/test_fast_paths.py, tests/test_kernels.py) -- as one
+``jax.custom_vjp`` (:func:`_conv_cpu`, ``symbolic_zeros``: it knows which gradients are wanted).
+``models.layers.Conv`` calls it when :func:`ascl_jax.xla_cpu.enabled`; elsewhere the models call
+``lax.conv_general_dilated`` directly.
 
-- **few input channels, stride 1** (the RGB / grey stem, C <= 4): XLA runs the transposed conv with
-  3 output channels (6.3 ms for 3 -> 16 at 32x32). Here: one matmul ``dy [.., O] @ w^T [O, k*k*C]``
-  and a col2im, the k*k shifted windows added back (1.1 ms). An im2col *forward* was tried too and
-  rejected: XLA fuses the PGD update into each of the k*k window slices and recomputes it there.
-- **3x3, stride 2, padding 1** (the first conv of a downsampling block): XLA dilates dy with zeros
-  inside the conv (lhs dilation). Here: the four output phases of dx (even/odd row x column) are one
-  stride-1 2x2 conv of dy with a kernel assembled from w's taps, then depth-to-space (sub-pixel
-  convolution), with no multiplications by inserted zeros.
-- **1x1, stride s, no padding** (projection shortcut): dx is ``dy @ w^T`` placed on every s-th
-  pixel (an interior pad), not a dilated conv.
+Input gradient, by shape (:func:`fast_grad_kind`); other shapes use XLA's own input gradient:
 
-- **3x3, stride 1, padding 1, 16k output channels** (every other ResNet conv, the stem included):
-  forward by the C++ direct convolution :func:`ascl_jax.cpu_kernels.conv3x3` (AVX-512 register
-  blocks; 1.2x-1.5x Eigen's speed at 16-64 channels, 4.8x for the 3-channel stem), and the input
-  gradient too when the input has 16k channels (the same kernel on dy with w flipped and its
-  channel axes swapped). Only where :func:`ascl_jax.cpu_kernels.conv3x3_enabled`.
+- **few input channels, stride 1** (the RGB / grey stem, C <= ``STEM_MAX_CHANNELS``): one matmul
+  ``dy [.., O] @ w^T [O, k*k*C]`` and a col2im (the k*k shifted windows added back), instead of a
+  transposed convolution with C output channels.
+- **3x3, stride 2, padding 1, even H and W**: the four output phases of dx (even/odd row x column)
+  are one stride-1 2x2 conv of dy with a kernel assembled from w's taps, then depth-to-space
+  (sub-pixel convolution), instead of a convolution of dy dilated with zeros.
+- **1x1, stride s > 1, no padding** (projection shortcut): ``dy @ w^T`` placed on every s-th pixel
+  (an interior pad).
+- **3x3, stride 1, padding 1, float32, 16k output channels** with ``direct_kernels``: the forward is
+  the C++ direct convolution :func:`ascl_jax.xla_cpu.kernels.conv3x3`, the kernel gradient
+  :func:`ascl_jax.xla_cpu.kernels.conv3x3_weight_grad`, and, when the input also has 16k channels,
+  the input gradient the same kernel on dy with w flipped and its channel axes swapped.
 
-  Their kernel gradient is :func:`ascl_jax.cpu_kernels.conv3x3_weight_grad` (summed per image in
-  registers: 2-3x faster than Eigen's, which also transposes both operands).
+Kernel gradient: XLA's, except for the direct-kernel case above. When it is wanted and XLA computes
+it, the convolution's input first goes through :func:`materialize`, so that XLA:CPU writes the
+input's producer (e.g. BN + residual add + ReLU) to memory once instead of fusing it into the
+weight gradient's transposed read of the input. Input-gradient-only uses (attacks) do not take it.
 
-Other shapes use XLA's own input gradient and weight gradient. On CPU every convolution is one ``jax.custom_vjp``
-(:func:`_conv_cpu`) that also knows which gradients are wanted (``symbolic_zeros``): when the
-kernel's gradient is, the input goes through :func:`materialize` first. The weight gradient reads
-its input transposed (NHWC -> CHWN); without the barrier XLA:CPU fuses the input's producer (BN +
-residual add + ReLU, back through earlier blocks) into that transpose and recomputes it with
-strided reads. Materialising made a ResNet-20 train step 1.23x and the ASCL step 1.14x faster;
-attacks (input gradient only) do not take the barrier. GPU/TPU use plain XLA throughout. The
-results equal XLA's up to float rounding (tests/test_fast_paths.py checks values and gradients
-against ``lax.conv_general_dilated``). Forward-mode autodiff (``jax.jvp``) through a convolution is
-not available on CPU.
+Summation order is fixed for a given shape (XLA's convolutions and dots, the kernels' documented
+orders). Forward-mode autodiff (``jax.jvp``) through :func:`conv2d` is not available.
 """
 from __future__ import annotations
 
@@ -47,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.custom_derivatives import SymbolicZero
 
-from ascl_jax import cpu_kernels
+from ascl_jax import xla_cpu
+from ascl_jax.xla_cpu import kernels
 
 PadPairs = tuple[tuple[int, int], tuple[int, int]]
 DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
@@ -118,7 +110,7 @@ def pointwise_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int) -> j
 def _input_grad(kind, x, w, stride, padding, dy):
     """dx of :func:`_xla_conv`: the custom rule for ``kind`` (:func:`fast_grad_kind`), else XLA's."""
     if kind == 'direct':
-        return cpu_kernels.conv3x3_input_grad(dy, w)
+        return kernels.conv3x3_input_grad(dy, w)
     if kind == 'stem':
         return stem_input_grad(dy, w, x.shape, padding)
     if kind == 'stride2':
@@ -155,12 +147,12 @@ def materialize(x: jax.Array) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# custom_vjp wrapper (CPU)
+# custom_vjp wrapper
 
 
 def _forward(x, w, stride, padding, direct_fwd):
     if direct_fwd:
-        return cpu_kernels.conv3x3(x, w)
+        return kernels.conv3x3(x, w)
     return _xla_conv(x, w, stride, padding)
 
 
@@ -185,7 +177,7 @@ def _conv_cpu_bwd(stride, padding, kind, direct_fwd, res, dy):
     if not want_dw:
         dw = None
     elif direct_fwd:
-        dw = cpu_kernels.conv3x3_weight_grad(x, dy)
+        dw = kernels.conv3x3_weight_grad(x, dy)
     else:
         dw = _weight_grad(x, w, stride, padding, dy)
     return dx, dw
@@ -196,7 +188,7 @@ _conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd, symbolic_zeros=True)
 
 def fast_grad_kind(x_shape, w_shape, stride: int, padding: PadPairs) -> str | None:
     """Which custom input gradient applies to this conv (``'stem'``, ``'stride2'``, ``'pointwise'``) or
-    None. Backend-independent; :func:`conv2d` only uses it on CPU."""
+    None (module doc; ``'direct'`` is chosen by :func:`conv2d` itself)."""
     kh, kw, c, _ = w_shape
     _, h, wd, _ = x_shape
     if stride == 1 and c <= STEM_MAX_CHANNELS:
@@ -209,30 +201,29 @@ def fast_grad_kind(x_shape, w_shape, stride: int, padding: PadPairs) -> str | No
     return None
 
 
-def conv2d(x: jax.Array, w: jax.Array, stride: int = 1,
-           padding: PadPairs | str = ((0, 0), (0, 0)), *, fast_grads: bool | None = None,
-           direct_kernels: bool | None = None) -> jax.Array:
-    """``lax.conv_general_dilated`` in NHWC / HWIO: x [B,H,W,C], w [k,k,C,O] -> [B,H',W',O].
-
-    ``padding``: ((top, bottom), (left, right)) or ``'SAME'`` / ``'VALID'``. ``fast_grads`` (default:
-    on for the CPU backend) swaps in the input gradients of the module docstring where they apply and
-    materialises the input of a convolution whose kernel gradient is taken. ``direct_kernels``
-    (default: :func:`ascl_jax.cpu_kernels.conv3x3_enabled`; only with ``fast_grads``) computes 3x3 stride-1
-    padding-1 float32 convolutions with 16k output channels by the C++ kernel
-    (:func:`ascl_jax.cpu_kernels.conv3x3`), and their input gradient too when the input has 16k
-    channels.
-    """
+def pad_pairs(x_shape, w_shape, stride: int, padding: PadPairs | str) -> PadPairs:
+    """``padding`` as ((top, bottom), (left, right)) ints; ``'SAME'`` / ``'VALID'`` resolved as lax."""
     if isinstance(padding, str):
-        padding = tuple(jax.lax.padtype_to_pads(x.shape[1:3], w.shape[:2], (stride, stride), padding))
-    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
-    if fast_grads is None:
-        fast_grads = jax.default_backend() == 'cpu'
-    if not fast_grads:
-        return _xla_conv(x, w, stride, padding)
+        padding = tuple(jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], (stride, stride), padding))
+    return tuple(tuple(int(p) for p in pair) for pair in padding)
+
+
+def conv2d(x: jax.Array, w: jax.Array, stride: int = 1,
+           padding: PadPairs | str = ((0, 0), (0, 0)), *,
+           direct_kernels: bool | None = None) -> jax.Array:
+    """``lax.conv_general_dilated`` in NHWC / HWIO with the gradients of the module doc:
+    x [B,H,W,C], w [k,k,C,O] -> [B,H',W',O].
+
+    ``padding``: ((top, bottom), (left, right)) or ``'SAME'`` / ``'VALID'``. ``direct_kernels``
+    (default: :func:`ascl_jax.xla_cpu.enabled` and :func:`ascl_jax.xla_cpu.kernels.conv3x3_available`)
+    computes 3x3 stride-1 padding-1 float32 convolutions with 16k output channels by the C++ kernel,
+    and their input gradient too when the input has 16k channels.
+    """
+    padding = pad_pairs(x.shape, w.shape, stride, padding)
     kind = fast_grad_kind(x.shape, w.shape, stride, padding)
     if direct_kernels is None:
-        direct_kernels = cpu_kernels.conv3x3_enabled()
-    direct_fwd = bool(direct_kernels) and w.dtype == x.dtype and cpu_kernels.conv3x3_supported(
+        direct_kernels = xla_cpu.enabled() and kernels.conv3x3_available()
+    direct_fwd = bool(direct_kernels) and w.dtype == x.dtype and kernels.conv3x3_supported(
         x.shape, w.shape, stride, padding, x.dtype)
     if direct_fwd and kind is None and x.shape[-1] % 16 == 0:   # dx = conv3x3(dy, flipped w)
         kind = 'direct'
