@@ -8,8 +8,7 @@ Rows (batch B = 128, 32x32x3, 10 classes, SPEC 1.6 / peer-bench):
                       the CPU speed layer for attacks of <= MAX_UNROLL steps)
               fori    lax.fori_loop over single steps (unroll=1; ascl_jax.attacks default with the
                       CPU speed layer, ascl_jax.xla_cpu.loops)
-              chunk5  lax.fori_loop over 2 chunks of 5 unrolled steps (unroll=5; the form the
-                      library uses for long attacks such as PGD-250)
+              chunk5  lax.fori_loop over 2 chunks of 5 unrolled steps (unroll=5)
             with suffix _raw: without ``canonicalize_convs`` (the HWIO kernel rewrite that removes
             XLA:CPU's slow path for convolutions inside loop bodies, see ascl_jax/xla_cpu/loops.py)
   at        PGD-10 (library default form) + one update on [clean; adv] (2B rows, train-mode BN)

@@ -268,11 +268,12 @@ def test_switch_off_traces_plain_jax(resnet20, cpu_fast):
 
 
 def test_evaluation_loop_body_canonicalised(cpu_fast):
-    """The evaluation attacks' while loop (``programs.chunked_loop``, run by ``programs.run_program``): with
+    """The evaluation attacks' while loop (``programs.chunked_loop``, run by ``run_program``): with
     the switch on (CPU) the body's input-gradient convolutions take HWIO kernels
     (``xla_cpu.loops.loop_body``); off, JAX's own layout. Same values either way."""
     import re
-    from ascl_jax.evaluation import autoattack as aa
+
+    from ascl_jax.evaluation import programs
     rng = np.random.default_rng(4)
     w = jnp.asarray(rng.standard_normal((3, 3, 8, 8), np.float32) * 0.3)
 

@@ -151,3 +151,21 @@ def test_speed_layer_reached_only_at_its_named_points():
     backend = [n for n, p in mods.items() if not n.startswith("ascl_jax.xla_cpu")
                and "default_backend()" in p.read_text()]
     assert not backend, backend
+
+
+# The import order of the top-level modules (docs/design.md): each imports only modules to its left.
+# It is the data flow config -> data -> model -> loss -> attack -> step/loop -> evaluation ->
+# analysis, with the generic pieces (xla_cpu, parallel, workdir, checkpointing) where they are
+# first needed; train/ holds the loop and what runs after it (train/run_eval), so it comes last.
+LAYERS = ("xla_cpu", "config", "parallel", "data", "models", "losses", "attacks", "workdir",
+          "checkpointing", "evaluation", "analysis", "train", "main")
+
+
+def test_modules_import_only_earlier_layers():
+    mods, graph = _graph()
+    top = {n: n.split(".")[1] for n in mods if n != "ascl_jax"}
+    assert set(top.values()) == set(LAYERS), set(top.values()) ^ set(LAYERS)
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    back = [f"{n} imports {d}" for n, deps in graph.items() if n in top
+            for d in deps if d in top and rank[top[d]] > rank[top[n]]]
+    assert not back, "imports against the layer order:\n" + "\n".join(back)
