@@ -1,4 +1,5 @@
 """Installs ascl_jax: adversarially robust contrastive learning (ASCL, ACL) in JAX/Flax."""
+
 import setuptools
 
 setuptools.setup(

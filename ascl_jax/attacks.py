@@ -24,6 +24,7 @@ neither is given and the CPU speed layer is on (:func:`ascl_jax.xla_cpu.enabled`
 goes through ``canonicalize_convs`` and the steps run as a ``lax.fori_loop`` over single steps
 (:mod:`ascl_jax.xla_cpu.loops`); ``canonicalize`` forces the rewrite on or off.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -41,10 +42,10 @@ from ascl_jax.xla_cpu.loops import canonicalize_convs
 
 Array = jax.Array
 Objective = Callable[[Array], Array]  # x [B, H, W, C] -> per-example value [B] (maximised)
-LogitsFn = Callable[[Array], Array]   # x [B, H, W, C] -> logits [B, C]
+LogitsFn = Callable[[Array], Array]  # x [B, H, W, C] -> logits [B, C]
 
-MAX_UNROLL = 20          # attacks with at most this many steps are fully unrolled (resolve_unroll)
-DEFAULT_CHUNK = 10       # steps unrolled inside one iteration of the loop for longer attacks
+MAX_UNROLL = 20  # attacks with at most this many steps are fully unrolled (resolve_unroll)
+DEFAULT_CHUNK = 10  # steps unrolled inside one iteration of the loop for longer attacks
 OUTPUTS = ("logits", "proj", "z", None)
 NORMAL_INIT_STD = 0.001  # TRADES start: x + 0.001 * N(0, 1) (trades.py, SPEC 3.6)
 
@@ -60,14 +61,18 @@ def _is_concrete(x) -> bool:
 def _check_images(x, name: str = "x") -> None:
     """x must be NHWC (rank 4); a concrete x must lie in [0, 1]."""
     if np.ndim(x) != 4:
-        raise ValueError(f"{name} must be a batch of NHWC images of rank 4, got shape "
-                         f"{tuple(np.shape(x))} (rank {np.ndim(x)})")
+        raise ValueError(
+            f"{name} must be a batch of NHWC images of rank 4, got shape "
+            f"{tuple(np.shape(x))} (rank {np.ndim(x)})"
+        )
     if _is_concrete(x) and getattr(x, "is_fully_addressable", True):
         v = np.asarray(x)  # host-side check: no op is staged even under an outer trace
         lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
         if not (lo >= 0.0 and hi <= 1.0):  # also rejects NaN
-            raise ValueError(f"{name} must hold images in [0, 1] (normalisation is the model's "
-                             f"first operation); got values in [{lo:.4g}, {hi:.4g}]")
+            raise ValueError(
+                f"{name} must hold images in [0, 1] (normalisation is the model's "
+                f"first operation); got values in [{lo:.4g}, {hi:.4g}]"
+            )
 
 
 def _check_nonneg(value, field: str) -> None:
@@ -84,8 +89,7 @@ def _check_nonneg(value, field: str) -> None:
 
 def _check_steps(num_steps, field: str = "num_steps") -> int:
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral) or num_steps < 0:
-        raise ValueError(f"{field} must be a Python int >= 0 (it fixes the compiled loop), "
-                         f"got {num_steps!r}")
+        raise ValueError(f"{field} must be a Python int >= 0 (it fixes the compiled loop), got {num_steps!r}")
     return int(num_steps)
 
 
@@ -102,9 +106,12 @@ def ce_objective(logits_fn: LogitsFn, labels: Array) -> Objective:
 
     labels: int [B]. The sum is the reference's ``CE(..., reduction='sum')``.
     """
+
     def objective(x):
-        return losses.cross_entropy(logits_fn(x).astype(jnp.float32), labels.astype(jnp.int32),
-                                    reduction="none")
+        return losses.cross_entropy(
+            logits_fn(x).astype(jnp.float32), labels.astype(jnp.int32), reduction="none"
+        )
+
     return objective
 
 
@@ -120,6 +127,7 @@ def kl_objective(logits_fn: LogitsFn, clean_logits: Array) -> Objective:
     def objective(x):
         log_q = jax.nn.log_softmax(logits_fn(x).astype(jnp.float32), axis=-1)
         return jnp.sum(p * (log_p - log_q), axis=-1)
+
     return objective
 
 
@@ -135,9 +143,11 @@ def margin_objective(logits_fn: LogitsFn, labels: Array, targets: Array | None =
     Positive exactly when x is misclassified (as t, for the targeted form). Multi-targeted PGD uses
     the targeted form (Gowal et al. 2019).
     """
+
     def objective(x):
         logits = logits_fn(x).astype(jnp.float32)
         return logit_margin(logits, labels, targets)
+
     return objective
 
 
@@ -156,8 +166,13 @@ def logit_margin(logits: Array, labels: Array, targets: Array | None = None) -> 
     return z_t - z_y
 
 
-def nt_xent_objective(proj_fn: Callable[[Array], Array], x_other_view: Array | None = None, *,
-                      temperature: float = 0.5, other_proj: Array | None = None) -> Objective:
+def nt_xent_objective(
+    proj_fn: Callable[[Array], Array],
+    x_other_view: Array | None = None,
+    *,
+    temperature: float = 0.5,
+    other_proj: Array | None = None,
+) -> Objective:
     """ACL's contrastive attack objective (SPEC 3.3): the NT-Xent loss between two views.
 
     Joint form (``x_other_view is None and other_proj is None``, ACL A2A/DS): the attacked x is the
@@ -183,8 +198,9 @@ def nt_xent_objective(proj_fn: Callable[[Array], Array], x_other_view: Array | N
         p = proj_fn(x)
         if x_other_view is None and other_proj is None:
             if p.shape[0] % 2:
-                raise ValueError(f"nt_xent_objective expects stacked views [2N, ...], got an odd "
-                                 f"batch of {p.shape[0]}")
+                raise ValueError(
+                    f"nt_xent_objective expects stacked views [2N, ...], got an odd batch of {p.shape[0]}"
+                )
             n = p.shape[0] // 2
             return losses.nt_xent_rows(p[:n], p[n:], temperature=temperature) / p.shape[0]
         fixed = other_proj if other_proj is not None else proj_fn(x_other_view)
@@ -192,6 +208,7 @@ def nt_xent_objective(proj_fn: Callable[[Array], Array], x_other_view: Array | N
         n = p.shape[0]
         rows = losses.nt_xent_rows(p, fixed, temperature=temperature) / (2 * n)
         return rows[:n] + rows[n:]  # attribute each pair's two anchors to the attacked row
+
     return objective
 
 
@@ -199,8 +216,9 @@ def nt_xent_objective(proj_fn: Callable[[Array], Array], x_other_view: Array | N
 # Model adapter
 
 
-def model_forward(model, variables, *, bn: str = "clean", bn_mode: str = "eval",
-                  output: str | None = "logits") -> Callable[[Array], Any]:
+def model_forward(
+    model, variables, *, bn: str = "clean", bn_mode: str = "eval", output: str | None = "logits"
+) -> Callable[[Array], Any]:
     """f(x) -> model output for attacks: ``out[output]`` ('logits' [B, C], 'proj' [B, p],
     'z' [B, h]) or, with ``output=None``, the whole dict {'z', 'proj', 'logits'}.
 
@@ -224,6 +242,7 @@ def model_forward(model, variables, *, bn: str = "clean", bn_mode: str = "eval",
         else:
             out, _ = model.apply(variables, x, train=True, bn=bn, mutable=["batch_stats"])
         return out if output is None else out[output]
+
     return f
 
 
@@ -235,8 +254,6 @@ def project_linf(x_adv: Array, x: Array, eps) -> Array:
     """clip(clip(x_adv, x - eps, x + eps), 0, 1): onto the L-inf eps-ball around x, then onto
     [0, 1] (ASCL pgd.py order). x_adv, x [B, ...]; eps a scalar or an array broadcasting to x."""
     return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), 0.0, 1.0)
-
-
 
 
 def _loop(step: Callable[[Array], Array], state: Array, num_steps: int, unroll: int) -> Array:
@@ -268,8 +285,7 @@ def resolve_unroll(num_steps: int, unroll: int | None = None, max_unroll: int = 
         if isinstance(unroll, bool) or not isinstance(unroll, numbers.Integral) or unroll < 1:
             raise ValueError(f"unroll must be a Python int >= 1 or None, got {unroll!r}")
         return int(unroll)
-    if (isinstance(max_unroll, bool) or not isinstance(max_unroll, numbers.Integral)
-            or max_unroll < 0):
+    if isinstance(max_unroll, bool) or not isinstance(max_unroll, numbers.Integral) or max_unroll < 0:
         raise ValueError(f"max_unroll must be a Python int >= 0, got {max_unroll!r}")
     return max(num_steps, 1) if num_steps <= max_unroll else DEFAULT_CHUNK
 
@@ -284,10 +300,22 @@ def _policy_unroll(num_steps: int, unroll: int | None, max_unroll: int | None, c
     return resolve_unroll(num_steps, unroll, MAX_UNROLL if max_unroll is None else max_unroll)
 
 
-def pgd_linf(objective: Objective, x: Array, key: Array | None, *, eps, step_size,
-             num_steps: int, random_start: bool = True, init: str = "uniform",
-             clip_start: bool = True, x_init: Array | None = None, unroll: int | None = None,
-             max_unroll: int | None = None, canonicalize: bool | None = None) -> Array:
+def pgd_linf(
+    objective: Objective,
+    x: Array,
+    key: Array | None,
+    *,
+    eps,
+    step_size,
+    num_steps: int,
+    random_start: bool = True,
+    init: str = "uniform",
+    clip_start: bool = True,
+    x_init: Array | None = None,
+    unroll: int | None = None,
+    max_unroll: int | None = None,
+    canonicalize: bool | None = None,
+) -> Array:
     """L-inf PGD ascending ``sum(objective(x_adv))`` (Madry et al. 2018; SPEC 1.6, 3.3, 3.6).
 
     x: [B, H, W, C] in [0, 1]; key: PRNG key for the random start (may be None without one).
@@ -313,20 +341,44 @@ def pgd_linf(objective: Objective, x: Array, key: Array | None, *, eps, step_siz
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got {init!r}")
     if x_init is not None and np.shape(x_init) != np.shape(x):
-        raise ValueError(f"x_init must have the shape of x {tuple(np.shape(x))}, got "
-                         f"{tuple(np.shape(x_init))}")
+        raise ValueError(
+            f"x_init must have the shape of x {tuple(np.shape(x))}, got {tuple(np.shape(x_init))}"
+        )
     canon = cpu_loops.use_canonical(canonicalize)
     n_unroll = _policy_unroll(num_steps, unroll, max_unroll, canon)
     if random_start and x_init is None and key is None and not _is_zero(eps):
         raise ValueError("random_start=True needs a PRNG key (or pass x_init)")
-    return _pgd_linf(objective, jnp.asarray(x), key, eps=eps, step_size=step_size,
-                     num_steps=num_steps, random_start=random_start, init=init,
-                     clip_start=clip_start, x_init=x_init, n_unroll=n_unroll,
-                     canonicalize=canon)
+    return _pgd_linf(
+        objective,
+        jnp.asarray(x),
+        key,
+        eps=eps,
+        step_size=step_size,
+        num_steps=num_steps,
+        random_start=random_start,
+        init=init,
+        clip_start=clip_start,
+        x_init=x_init,
+        n_unroll=n_unroll,
+        canonicalize=canon,
+    )
 
 
-def _pgd_linf(objective, x, key, *, eps, step_size, num_steps, random_start, init, clip_start,
-              x_init, n_unroll, canonicalize=False):
+def _pgd_linf(
+    objective,
+    x,
+    key,
+    *,
+    eps,
+    step_size,
+    num_steps,
+    random_start,
+    init,
+    clip_start,
+    x_init,
+    n_unroll,
+    canonicalize=False,
+):
     """pgd_linf without input validation (arguments already checked)."""
     if _is_zero(eps):
         return jax.lax.stop_gradient(x)
@@ -383,18 +435,29 @@ def mpgd_targets(clean_logits: Array, labels: Array, num_targets: int | None = N
     first (Gowal et al. 2019); T = num_targets (default and at most C - 1)."""
     c = clean_logits.shape[-1]
     t = c - 1 if num_targets is None else min(int(num_targets), c - 1)
-    masked = jnp.where(jax.nn.one_hot(labels, c, dtype=bool), -jnp.inf,
-                       clean_logits.astype(jnp.float32))
+    masked = jnp.where(jax.nn.one_hot(labels, c, dtype=bool), -jnp.inf, clean_logits.astype(jnp.float32))
     order = jnp.argsort(-masked, axis=-1, stable=True)  # true class last
     return order[:, :t].T.astype(jnp.int32)
 
 
-def multi_targeted_pgd(logits_fn: LogitsFn, x: Array, labels: Array, key: Array | None, *,
-                       num_classes: int, eps, step_size, num_steps: int,
-                       num_targets: int | None = None, loss: str = "margin",
-                       random_start: bool = True, target_batch_size: int | None = None,
-                       unroll: int | None = None, max_unroll: int | None = None,
-                       canonicalize: bool | None = None) -> Array:
+def multi_targeted_pgd(
+    logits_fn: LogitsFn,
+    x: Array,
+    labels: Array,
+    key: Array | None,
+    *,
+    num_classes: int,
+    eps,
+    step_size,
+    num_steps: int,
+    num_targets: int | None = None,
+    loss: str = "margin",
+    random_start: bool = True,
+    target_batch_size: int | None = None,
+    unroll: int | None = None,
+    max_unroll: int | None = None,
+    canonicalize: bool | None = None,
+) -> Array:
     """Multi-targeted PGD (mPGD; Gowal et al. 2019; ASCL evaluation, SPEC 1.6).
 
     For each target rank k < T (T = num_targets, default num_classes - 1), a targeted L-inf PGD run
@@ -411,20 +474,22 @@ def multi_targeted_pgd(logits_fn: LogitsFn, x: Array, labels: Array, key: Array 
     batch; with ``bn_mode='train'`` each run normalises with its own batch statistics.
     """
     _check_images(x)
-    if (isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral)
-            or num_classes < 2):
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise ValueError(f"num_classes must be a Python int >= 2, got {num_classes!r}")
-    if num_targets is not None and (isinstance(num_targets, bool)
-                                    or not isinstance(num_targets, numbers.Integral)
-                                    or not 1 <= num_targets <= num_classes - 1):
-        raise ValueError(f"num_targets must be None or an int in [1, {num_classes - 1}], "
-                         f"got {num_targets!r}")
+    if num_targets is not None and (
+        isinstance(num_targets, bool)
+        or not isinstance(num_targets, numbers.Integral)
+        or not 1 <= num_targets <= num_classes - 1
+    ):
+        raise ValueError(f"num_targets must be None or an int in [1, {num_classes - 1}], got {num_targets!r}")
     if loss not in ("margin", "ce"):
         raise ValueError(f"loss must be one of ('margin', 'ce'), got {loss!r}")
-    if target_batch_size is not None and (isinstance(target_batch_size, bool) or not isinstance(
-            target_batch_size, numbers.Integral) or target_batch_size < 1):
-        raise ValueError(f"target_batch_size must be None or an int >= 1, got "
-                         f"{target_batch_size!r}")
+    if target_batch_size is not None and (
+        isinstance(target_batch_size, bool)
+        or not isinstance(target_batch_size, numbers.Integral)
+        or target_batch_size < 1
+    ):
+        raise ValueError(f"target_batch_size must be None or an int >= 1, got {target_batch_size!r}")
     _check_nonneg(eps, "eps")
     _check_nonneg(step_size, "step_size")
     num_steps = _check_steps(num_steps)
@@ -437,11 +502,13 @@ def multi_targeted_pgd(logits_fn: LogitsFn, x: Array, labels: Array, key: Array 
 
     clean_logits = jax.lax.stop_gradient(logits_fn(x))
     if clean_logits.shape[-1] != num_classes:
-        raise ValueError(f"logits_fn gives {clean_logits.shape[-1]} classes, num_classes="
-                         f"{num_classes}")
+        raise ValueError(f"logits_fn gives {clean_logits.shape[-1]} classes, num_classes={num_classes}")
     targets = mpgd_targets(clean_logits, labels, num_targets)  # [T, B]
-    run_keys = (jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(targets.shape[0]))
-                if random_start else jnp.zeros((targets.shape[0],)))
+    run_keys = (
+        jax.vmap(lambda k: jax.random.fold_in(key, k))(jnp.arange(targets.shape[0]))
+        if random_start
+        else jnp.zeros((targets.shape[0],))
+    )
 
     def run(args):
         tgt, k = args
@@ -449,10 +516,20 @@ def multi_targeted_pgd(logits_fn: LogitsFn, x: Array, labels: Array, key: Array 
             obj = margin_objective(logits_fn, labels, tgt)
         else:
             obj = targeted_ce_objective(logits_fn, tgt)
-        xa = _pgd_linf(obj, x, k if random_start else None, eps=eps, step_size=step_size,
-                       num_steps=num_steps, random_start=random_start, init="uniform",
-                       clip_start=True, x_init=None, n_unroll=n_unroll,
-                       canonicalize=cpu_loops.use_canonical(canonicalize))
+        xa = _pgd_linf(
+            obj,
+            x,
+            k if random_start else None,
+            eps=eps,
+            step_size=step_size,
+            num_steps=num_steps,
+            random_start=random_start,
+            init="uniform",
+            clip_start=True,
+            x_init=None,
+            n_unroll=n_unroll,
+            canonicalize=cpu_loops.use_canonical(canonicalize),
+        )
         # robustness margin of the final iterate: < 0 means misclassified
         return xa, -logit_margin(logits_fn(xa).astype(jnp.float32), labels)
 
@@ -473,17 +550,31 @@ def multi_targeted_pgd(logits_fn: LogitsFn, x: Array, labels: Array, key: Array 
     def group(best, args):
         return merge(best, *jax.vmap(run)(args)), None
 
-    grouped = jax.tree.map(lambda a: a[:n_groups * g].reshape((n_groups, g) + a.shape[1:]),
-                           (targets, run_keys))
+    grouped = jax.tree.map(
+        lambda a: a[: n_groups * g].reshape((n_groups, g) + a.shape[1:]), (targets, run_keys)
+    )
     best, _ = jax.lax.scan(group, best, grouped)  # a running best: memory O(g·B), not O(T·B)
     if rest:
-        best, _ = group(best, jax.tree.map(lambda a: a[n_groups * g:], (targets, run_keys)))
+        best, _ = group(best, jax.tree.map(lambda a: a[n_groups * g :], (targets, run_keys)))
     return jax.lax.stop_gradient(best[0])
 
 
 __all__ = [
-    "pgd_linf", "fgsm", "multi_targeted_pgd", "mpgd_targets", "ce_objective", "kl_objective",
-    "targeted_ce_objective", "margin_objective", "nt_xent_objective", "model_forward",
-    "resolve_unroll", "canonicalize_convs", "MAX_UNROLL", "DEFAULT_CHUNK", "BN_MODES",
-    "project_linf", "logit_margin",
+    "pgd_linf",
+    "fgsm",
+    "multi_targeted_pgd",
+    "mpgd_targets",
+    "ce_objective",
+    "kl_objective",
+    "targeted_ce_objective",
+    "margin_objective",
+    "nt_xent_objective",
+    "model_forward",
+    "resolve_unroll",
+    "canonicalize_convs",
+    "MAX_UNROLL",
+    "DEFAULT_CHUNK",
+    "BN_MODES",
+    "project_linf",
+    "logit_margin",
 ]

@@ -3,6 +3,7 @@
 The workdir's other files (config.json and its guard, metrics.jsonl, report.json, eval.json) are
 written by `ascl_jax.workdir`.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,11 +17,10 @@ __all__ = ["WorkdirError", "make_manager", "restore", "save"]
 
 
 def make_manager(workdir: str, *, save_every: int, max_to_keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                           save_interval_steps=max(int(save_every), 1),
-                                           create=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                                 options=options)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, save_interval_steps=max(int(save_every), 1), create=True
+    )
+    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):

@@ -11,6 +11,7 @@ their defaults in `data_defaults(name)` / `model_defaults()` and are completed a
 `resolve_data(cfg)` / `resolve_model(cfg)`, so a partial section (a dict with a few keys, e.g.
 `dict(arch="resnet20")`) works from a notebook. This module imports nothing from the library.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -21,8 +22,18 @@ from typing import Any, Mapping
 import ml_collections
 import numpy as np
 
-METHODS = ("nat", "adv", "trades", "ascl", "acl_pretrain", "trades_finetune", "linear_eval",
-           "semi_student", "semi_supervised", "supcon")
+METHODS = (
+    "nat",
+    "adv",
+    "trades",
+    "ascl",
+    "acl_pretrain",
+    "trades_finetune",
+    "linear_eval",
+    "semi_student",
+    "semi_supervised",
+    "supcon",
+)
 TRAIN_SUBSETS = ("", "labelled", "unlabelled")
 # data
 DATASETS = ("digits", "cifar10", "cifar100")
@@ -88,17 +99,26 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
     """
     _choice(name, DATASETS, "data.name")
     digits = name == "digits"
-    return ml_collections.ConfigDict(dict(
-        name=name, data_dir="", batch_size=128, eval_batch_size=256 if digits else 500,
-        num_train=-1, num_test=-1,  # -1: the dataset's full split sizes
-        augment="crop_flip", num_views=1, crop_padding=1 if digits else 4, flip=not digits,
-        train_split="train", label_fraction=0.0,
-    ))
+    return ml_collections.ConfigDict(
+        dict(
+            name=name,
+            data_dir="",
+            batch_size=128,
+            eval_batch_size=256 if digits else 500,
+            num_train=-1,
+            num_test=-1,  # -1: the dataset's full split sizes
+            augment="crop_flip",
+            num_views=1,
+            crop_padding=1 if digits else 4,
+            flip=not digits,
+            train_split="train",
+            label_fraction=0.0,
+        )
+    )
 
 
 # Model fields that base_config() leaves out (a config may set them): absent means these.
-_MODEL_OPTIONAL = dict(proj_hidden=200, mlp_dim=None, mlp_layers=3, conv_init=None,
-                       cnn_padding="auto")
+_MODEL_OPTIONAL = dict(proj_hidden=200, mlp_dim=None, mlp_layers=3, conv_init=None, cnn_padding="auto")
 
 
 def model_defaults(*, optional: bool = True) -> ml_collections.ConfigDict:
@@ -111,8 +131,7 @@ def model_defaults(*, optional: bool = True) -> ml_collections.ConfigDict:
     width), mlp_layers (MLP_LAYERS, acl_mlp), conv_init (None = the architecture's reference
     init, else CONV_INITS), cnn_padding (CNN_PADDINGS, cnn only).
     """
-    m = dict(arch="cnn", head="identity", proj_dim=128, bn="single", bn_momentum=0.9,
-             normalization="none")
+    m = dict(arch="cnn", head="identity", proj_dim=128, bn="single", bn_momentum=0.9, normalization="none")
     if optional:
         m.update(_MODEL_OPTIONAL)
     return ml_collections.ConfigDict(m)
@@ -129,41 +148,84 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = model_defaults(optional=False)
     c.model.normalization = "digits"
     # The training attack (PGD Linf). ASCL/AT: CE, uniform start, model in train mode (SPEC 1.6).
-    c.attack = ml_collections.ConfigDict(dict(
-        eps=8 / 255, step_size=2 / 255, num_steps=10, random_start=True, init="uniform",
-        clip_start=True, bn_mode="train",
-    ))
-    c.loss = ml_collections.ConfigDict(dict(
-        # AT / ASCL: L = nat_ce_weight*CE(nat) + adv_ce_weight*CE(adv) + scl_weight*L_SCL + vat_weight*L_VAT
-        nat_ce_weight=1.0, adv_ce_weight=1.0, scl_weight=1.0, vat_weight=2.0,
-        vat_reduction="mean",  # authors' KLDivLoss(reduction='mean') = /(N*C); 'batchmean' = paper Eq. 5
-        strategy="leaked", similarity="cosine", temperature=0.07, normalize=False,
-        always_pull_own_view=False,
-        feature="z",  # 'z' (penultimate, paper) or 'proj' (through the projection head)
-        two_views=False,  # authors' ascl_pgd_2trans: two augmentations, 4b contrastive rows
-        trades_beta=6.0,
-        # ACL: DS loss = l_std + acl_alpha * l_adv (paper), divided by (1 + acl_alpha) when
-        # acl_average (the code averages the two terms, SPEC 3.4). a2s / ds route the adversarial
-        # view through the 'adv' BN set of model.bn='dual'; with bn='single' both views share one
-        # BN (ACL Table 4's SingleBN column).
-        acl_variant="ds", acl_temperature=0.5, acl_alpha=1.0, acl_average=True,
-    ))
-    c.optim = ml_collections.ConfigDict(dict(
-        name="adam", learning_rate=1e-3, momentum=0.9, nesterov=False, weight_decay=0.0,
-        schedule="piecewise", decay_epochs=(), decay_factors=(),
-        warmup_epochs=0, final_lr=1e-6, lars_eta=0.001, num_epochs=10,
-    ))
+    c.attack = ml_collections.ConfigDict(
+        dict(
+            eps=8 / 255,
+            step_size=2 / 255,
+            num_steps=10,
+            random_start=True,
+            init="uniform",
+            clip_start=True,
+            bn_mode="train",
+        )
+    )
+    c.loss = ml_collections.ConfigDict(
+        dict(
+            # AT / ASCL: L = nat_ce_weight*CE(nat) + adv_ce_weight*CE(adv) + scl_weight*L_SCL + vat_weight*L_VAT
+            nat_ce_weight=1.0,
+            adv_ce_weight=1.0,
+            scl_weight=1.0,
+            vat_weight=2.0,
+            vat_reduction="mean",  # authors' KLDivLoss(reduction='mean') = /(N*C); 'batchmean' = paper Eq. 5
+            strategy="leaked",
+            similarity="cosine",
+            temperature=0.07,
+            normalize=False,
+            always_pull_own_view=False,
+            feature="z",  # 'z' (penultimate, paper) or 'proj' (through the projection head)
+            two_views=False,  # authors' ascl_pgd_2trans: two augmentations, 4b contrastive rows
+            trades_beta=6.0,
+            # ACL: DS loss = l_std + acl_alpha * l_adv (paper), divided by (1 + acl_alpha) when
+            # acl_average (the code averages the two terms, SPEC 3.4). a2s / ds route the adversarial
+            # view through the 'adv' BN set of model.bn='dual'; with bn='single' both views share one
+            # BN (ACL Table 4's SingleBN column).
+            acl_variant="ds",
+            acl_temperature=0.5,
+            acl_alpha=1.0,
+            acl_average=True,
+        )
+    )
+    c.optim = ml_collections.ConfigDict(
+        dict(
+            name="adam",
+            learning_rate=1e-3,
+            momentum=0.9,
+            nesterov=False,
+            weight_decay=0.0,
+            schedule="piecewise",
+            decay_epochs=(),
+            decay_factors=(),
+            warmup_epochs=0,
+            final_lr=1e-6,
+            lars_eta=0.001,
+            num_epochs=10,
+        )
+    )
     # Fine-tuning / linear evaluation from a pre-trained workdir (ACL Tables 4, 5).
-    c.init = ml_collections.ConfigDict(dict(
-        workdir="", bn_branch="adv", reset_classifier=True, linear_mode="standard",
-    ))
-    c.eval = ml_collections.ConfigDict(dict(
-        attacks=("clean", "pgd"), eps=8 / 255, step_size=2 / 255, pgd_steps=20, pgd_restarts=1,
-        mpgd_steps=20, autoattack="none", autoattack_examples=1000, num_examples=-1,
-        eps_sweep=(),
-        bn_branch="clean",  # which BN set a dual-BN model is evaluated with
-        sanity=True,  # gradient-masking checks (eps sweep, more steps, Square vs white-box)
-    ))
+    c.init = ml_collections.ConfigDict(
+        dict(
+            workdir="",
+            bn_branch="adv",
+            reset_classifier=True,
+            linear_mode="standard",
+        )
+    )
+    c.eval = ml_collections.ConfigDict(
+        dict(
+            attacks=("clean", "pgd"),
+            eps=8 / 255,
+            step_size=2 / 255,
+            pgd_steps=20,
+            pgd_restarts=1,
+            mpgd_steps=20,
+            autoattack="none",
+            autoattack_examples=1000,
+            num_examples=-1,
+            eps_sweep=(),
+            bn_branch="clean",  # which BN set a dual-BN model is evaluated with
+            sanity=True,  # gradient-masking checks (eps sweep, more steps, Square vs white-box)
+        )
+    )
     c.analysis = ml_collections.ConfigDict(dict(enabled=False, num_examples=512, tsne_points=400))
     c.log_every_steps = 10
     c.checkpoint_every_steps = 100
@@ -177,8 +239,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.train_subset = ""
     # ACL semi-supervised (Eq. 3, SPEC 3.7): the student's labelled sub-batch, the teacher's soft
     # pseudo-labels (.npz with 'index', 'logits'), alpha, distillation temperature T, beta.
-    c.semi = ml_collections.ConfigDict(dict(labelled_batch=0, pseudo_labels="", alpha=0.5,
-                                            temperature=1.0, beta=6.0))
+    c.semi = ml_collections.ConfigDict(
+        dict(labelled_batch=0, pseudo_labels="", alpha=0.5, temperature=1.0, beta=6.0)
+    )
     return c
 
 
@@ -237,16 +300,19 @@ def resolve_data(cfg: Any) -> ml_collections.ConfigDict:
     d = _merge(cfg, defaults, "data")
     _choice(d["augment"], AUGMENTS, "data.augment")
     if not _is_int(d["num_views"]) or d["num_views"] not in NUM_VIEWS:
-        raise ConfigError(f"config.data.num_views={d['num_views']!r} is not allowed; choose one of "
-                          f"{list(NUM_VIEWS)}")
+        raise ConfigError(
+            f"config.data.num_views={d['num_views']!r} is not allowed; choose one of {list(NUM_VIEWS)}"
+        )
     d["num_views"] = int(d["num_views"])
     d["batch_size"] = _positive_int(d["batch_size"], "data.batch_size")
     d["eval_batch_size"] = _positive_int(d["eval_batch_size"], "data.eval_batch_size")
     if d["crop_padding"] is None or (_is_int(d["crop_padding"]) and d["crop_padding"] == -1):
         d["crop_padding"] = defaults.crop_padding
     if not _is_int(d["crop_padding"]) or d["crop_padding"] < 0:
-        raise ConfigError(f"config.data.crop_padding={d['crop_padding']!r} is not allowed; allowed: "
-                          "None / -1 (the dataset's default) or an integer >= 0")
+        raise ConfigError(
+            f"config.data.crop_padding={d['crop_padding']!r} is not allowed; allowed: "
+            "None / -1 (the dataset's default) or an integer >= 0"
+        )
     d["crop_padding"] = int(d["crop_padding"])
     if d["flip"] is None:
         d["flip"] = defaults.flip
@@ -254,15 +320,20 @@ def resolve_data(cfg: Any) -> ml_collections.ConfigDict:
         raise ConfigError(f"config.data.flip={d['flip']!r} is not allowed; allowed: None, True, False")
     d["flip"] = bool(d["flip"])
     frac = d["label_fraction"]
-    if frac is not None and (isinstance(frac, bool) or not isinstance(frac, numbers.Real)
-                             or not 0.0 <= float(frac) < 1.0):
-        raise ConfigError(f"config.data.label_fraction={frac!r} is not allowed; allowed: None / 0.0 "
-                          "(no labelled split) or a fraction in (0, 1), e.g. 0.01 or 0.1")
+    if frac is not None and (
+        isinstance(frac, bool) or not isinstance(frac, numbers.Real) or not 0.0 <= float(frac) < 1.0
+    ):
+        raise ConfigError(
+            f"config.data.label_fraction={frac!r} is not allowed; allowed: None / 0.0 "
+            "(no labelled split) or a fraction in (0, 1), e.g. 0.01 or 0.1"
+        )
     d["label_fraction"] = 0.0 if frac is None else float(frac)
     split = d["train_split"]
     if not isinstance(split, str) or not split.strip():
-        raise ConfigError(f"config.data.train_split={split!r} is not allowed; allowed: a tfds split "
-                          "string such as 'train' or 'train[:45000]'")
+        raise ConfigError(
+            f"config.data.train_split={split!r} is not allowed; allowed: a tfds split "
+            "string such as 'train' or 'train[:45000]'"
+        )
     d["train_split"] = split.strip()
     for field in ("num_train", "num_test"):
         value = d[field]
@@ -287,21 +358,26 @@ def resolve_model(cfg: Any) -> ml_collections.ConfigDict:
     _choice(m["bn"], BN_TYPES, "model.bn")
     _choice(m["normalization"], NORMALIZATIONS, "model.normalization")
     if m["conv_init"] is not None and m["conv_init"] not in CONV_INITS:
-        raise ConfigError(f"config.model.conv_init={m['conv_init']!r} is not allowed; choose None "
-                          f"(the architecture's reference init) or one of {list(CONV_INITS)}")
+        raise ConfigError(
+            f"config.model.conv_init={m['conv_init']!r} is not allowed; choose None "
+            f"(the architecture's reference init) or one of {list(CONV_INITS)}"
+        )
     _choice(m["cnn_padding"], CNN_PADDINGS, "model.cnn_padding")
     m["proj_dim"] = _positive_int(m["proj_dim"], "model.proj_dim")
     m["proj_hidden"] = _positive_int(m["proj_hidden"], "model.proj_hidden")
     if m["mlp_dim"] is not None:
         m["mlp_dim"] = _positive_int(m["mlp_dim"], "model.mlp_dim")
     if not _is_int(m["mlp_layers"]) or m["mlp_layers"] not in MLP_LAYERS:
-        raise ConfigError(f"config.model.mlp_layers={m['mlp_layers']!r} is not allowed; choose one "
-                          f"of {list(MLP_LAYERS)}")
+        raise ConfigError(
+            f"config.model.mlp_layers={m['mlp_layers']!r} is not allowed; choose one of {list(MLP_LAYERS)}"
+        )
     m["mlp_layers"] = int(m["mlp_layers"])
     m["bn_momentum"] = float(m["bn_momentum"])
     if not 0.0 <= m["bn_momentum"] < 1.0:
-        raise ConfigError(f"config.model.bn_momentum={m['bn_momentum']!r} must lie in [0, 1) (Flax "
-                          "convention, 0.9 = PyTorch 0.1)")
+        raise ConfigError(
+            f"config.model.bn_momentum={m['bn_momentum']!r} must lie in [0, 1) (Flax "
+            "convention, 0.9 = PyTorch 0.1)"
+        )
     return ml_collections.ConfigDict(m)
 
 
@@ -328,9 +404,11 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _positive(c.optim.learning_rate, "optim.learning_rate")
     _positive(c.optim.num_epochs, "optim.num_epochs")
     if len(c.optim.decay_epochs) != len(c.optim.decay_factors):
-        raise ConfigError("config.optim.decay_epochs and config.optim.decay_factors must have the "
-                          f"same length, got {tuple(c.optim.decay_epochs)} and "
-                          f"{tuple(c.optim.decay_factors)}")
+        raise ConfigError(
+            "config.optim.decay_epochs and config.optim.decay_factors must have the "
+            f"same length, got {tuple(c.optim.decay_epochs)} and "
+            f"{tuple(c.optim.decay_factors)}"
+        )
     _choice(c.init.bn_branch, BN_BRANCHES, "init.bn_branch")
     _choice(c.init.linear_mode, LINEAR_EVAL_MODES, "init.linear_mode")
     for a in c.eval.attacks:
@@ -342,13 +420,17 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(c.train_subset, TRAIN_SUBSETS, "train_subset")
     if c.method == "semi_student":
         if not 0 < c.semi.labelled_batch < c.data.batch_size:
-            raise ConfigError(f"config.semi.labelled_batch={c.semi.labelled_batch!r} must lie in "
-                              f"(0, data.batch_size={c.data.batch_size})")
+            raise ConfigError(
+                f"config.semi.labelled_batch={c.semi.labelled_batch!r} must lie in "
+                f"(0, data.batch_size={c.data.batch_size})"
+            )
         if not c.data.label_fraction:
             raise ConfigError("config.method='semi_student' needs config.data.label_fraction")
     if c.method in ("trades_finetune", "linear_eval") and not c.init.workdir:
-        raise ConfigError(f"config.method={c.method!r} needs config.init.workdir: the workdir of a "
-                          "pre-training run (e.g. ACL) to start from")
+        raise ConfigError(
+            f"config.method={c.method!r} needs config.init.workdir: the workdir of a "
+            "pre-training run (e.g. ACL) to start from"
+        )
     if c.method == "supcon" and c.data.num_views != 2:
         raise ConfigError("config.method='supcon' needs config.data.num_views=2 (two augmentations)")
     if c.method == "acl_pretrain" and c.data.num_views != 2:
@@ -399,8 +481,9 @@ def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
         path = CONFIGS_DIR / f"{name}.py"
     if not path.is_file():
         known = sorted(p.stem for p in CONFIGS_DIR.glob("*.py"))
-        raise ConfigError(f"config file {str(path)!r} does not exist; the configs in "
-                          f"{str(CONFIGS_DIR)!r} are {known}")
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist; the configs in {str(CONFIGS_DIR)!r} are {known}"
+        )
     spec = importlib.util.spec_from_file_location(f"ascl_jax_configs_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -432,17 +515,34 @@ def cifar_base(dataset: str = "cifar10", arch: str = "resnet20") -> ml_collectio
 
 def resnet20_adam(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """ASCL ResNet-20: Adam 1e-3/1e-4/1e-5/1e-6 at epochs 0/80/120/160, 200 epochs."""
-    c.optim.update(dict(name="adam", learning_rate=1e-3, schedule="piecewise",
-                        decay_epochs=(80, 120, 160), decay_factors=(0.1, 0.01, 0.001),
-                        num_epochs=200, weight_decay=0.0))
+    c.optim.update(
+        dict(
+            name="adam",
+            learning_rate=1e-3,
+            schedule="piecewise",
+            decay_epochs=(80, 120, 160),
+            decay_factors=(0.1, 0.01, 0.001),
+            num_epochs=200,
+            weight_decay=0.0,
+        )
+    )
     return c
 
 
 def sgd_200(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """ASCL ResNet-18 / WRN-34-10: SGD 0.1 (momentum 0.9, wd 5e-4), x0.1 at 100 and 150, 200 epochs."""
-    c.optim.update(dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                        schedule="piecewise", decay_epochs=(100, 150), decay_factors=(0.1, 0.01),
-                        num_epochs=200))
+    c.optim.update(
+        dict(
+            name="sgd",
+            learning_rate=0.1,
+            momentum=0.9,
+            weight_decay=5e-4,
+            schedule="piecewise",
+            decay_epochs=(100, 150),
+            decay_factors=(0.1, 0.01),
+            num_epochs=200,
+        )
+    )
     return c
 
 

@@ -6,6 +6,7 @@ eval.json, merged into report.json), analyze (R-DIV and plots of a workdir's che
 Multi-host: `--multihost` calls jax.distributed.initialize() (auto-detected on Cloud TPU, Slurm,
 Open MPI; or give --coordinator/--num_processes/--process_id), before any other JAX call.
 """
+
 import logging
 import os
 import sys
@@ -18,8 +19,9 @@ from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402  (before anything 
 
 xla_flags.tune_cpu_flags()
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:arg]).",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py[:arg]).", lock_config=True
+)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "evaluate", "analyze"], "What to run.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() first.")
@@ -31,9 +33,11 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (mult
 def main(argv):
     del argv
     from ascl_jax import parallel
+
     if _MULTIHOST.value:
         parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     from absl import logging as absl_logging
+
     absl_logging.set_verbosity(absl_logging.WARNING)  # orbax / clu INFO lines would drown the bar
     ours = logging.getLogger("ascl_jax")
     ours.setLevel(logging.INFO)
@@ -43,6 +47,7 @@ def main(argv):
     ours.addHandler(handler)
     from ascl_jax import train, workdir
     from ascl_jax import config as config_lib
+
     try:
         if _MODE.value == "train":
             if _CONFIG.value is None:
@@ -52,17 +57,24 @@ def main(argv):
             report = train.evaluate_workdir(_WORKDIR.value, _CONFIG.value)
         else:
             report = train.analyze_workdir(_WORKDIR.value)
-    except (config_lib.ConfigError, workdir.WorkdirError, train.NonFiniteLossError,
-            FileNotFoundError, ValueError) as e:
+    except (
+        config_lib.ConfigError,
+        workdir.WorkdirError,
+        train.NonFiniteLossError,
+        FileNotFoundError,
+        ValueError,
+    ) as e:
         print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
         sys.exit(2)
     from ascl_jax import analysis
+
     if jax_process_index() == 0:
         print(analysis.text_summary(report))
 
 
 def jax_process_index():
     import jax
+
     return jax.process_index()
 
 

@@ -5,6 +5,7 @@ contrastive loss see the global batch (global / sync BN), so results equal one d
 float reduction order. Multi-host: call `initialize_distributed()` first; each process feeds its
 own slice and `to_global` stitches the global array.
 """
+
 from __future__ import annotations
 
 import jax
@@ -24,18 +25,15 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
     """
     kwargs = {}
     if coordinator:
-        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes,
-                      process_id=process_id)
+        kwargs = dict(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     jax.distributed.initialize(**kwargs)
 
 
 def make_mesh(devices=None) -> jax.sharding.Mesh:
     """A ('data',) mesh over every global device (or `devices`), Auto axis type."""
     if devices is not None:
-        return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,),
-                                 axis_types=(jax.sharding.AxisType.Auto,))
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
-                         axis_types=(jax.sharding.AxisType.Auto,))
+        return jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
+    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def replicated(mesh) -> NamedSharding:
@@ -53,7 +51,8 @@ def check_batch_divides(global_batch: int, field: str = "data.batch_size", mesh=
     if global_batch % n_dev:
         raise ConfigError(
             f"config.{field}={global_batch} does not divide over the {n_dev} devices; use a "
-            f"multiple of {n_dev} (e.g. {max(n_dev, global_batch // n_dev * n_dev)})")
+            f"multiple of {n_dev} (e.g. {max(n_dev, global_batch // n_dev * n_dev)})"
+        )
     if global_batch % n_proc:
         raise ConfigError(f"config.{field}={global_batch} does not divide over {n_proc} processes")
 
@@ -61,7 +60,8 @@ def check_batch_divides(global_batch: int, field: str = "data.batch_size", mesh=
 def to_global(local_batch, sharding: NamedSharding):
     """Host-local numpy batch (this process's slice) -> global jax.Array sharded on 'data'."""
     return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch
+    )
 
 
 def to_host(tree):
@@ -69,6 +69,7 @@ def to_host(tree):
     if jax.process_count() == 1:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils
+
     return multihost_utils.process_allgather(tree, tiled=True)
 
 
@@ -90,7 +91,7 @@ def padded_index_batches(rows: np.ndarray, batch_size: int):
     """
     b = batch_size
     for s in range(0, len(rows), b):
-        r = rows[s:s + b]
+        r = rows[s : s + b]
         n = len(r)
         if n < b:
             r = np.concatenate([r, np.full(b - n, r[0], r.dtype)])

@@ -20,6 +20,7 @@ a run of a different config is refused (`WorkdirError`). Fields that do not chan
 (`RESUMABLE_FIELDS`: logging, progress bar, evaluation and analysis settings, checkpoint cadence) may
 differ on resume.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -43,8 +44,17 @@ PER_EXAMPLE = "per_example.npz"
 ON_EXISTS = ("archive", "error", "overwrite")
 
 # Fields that may change between a run and its resumption: they do not change the trained state.
-RESUMABLE_FIELDS = ("progress_bar", "log_every_steps", "checkpoint_every_steps", "max_checkpoints",
-                    "eval", "analysis", "data.data_dir", "data.eval_batch_size", "name")
+RESUMABLE_FIELDS = (
+    "progress_bar",
+    "log_every_steps",
+    "checkpoint_every_steps",
+    "max_checkpoints",
+    "eval",
+    "analysis",
+    "data.data_dir",
+    "data.eval_batch_size",
+    "name",
+)
 
 
 class WorkdirError(RuntimeError):
@@ -56,35 +66,36 @@ class Report(TypedDict, total=False):
 
     Written by the train loop (`ascl_jax.train.loop`), its evaluation (`ascl_jax.train.run_eval`)
     and the semi-supervised routine (`ascl_jax.train.semisup`)."""
+
     # the run
-    config: str                                 # config.name
-    method: str                                 # config.method
-    dataset: str                                # config.data.name
-    arch: str                                   # config.model.arch
-    steps: int                                  # total train steps
-    train_images_per_second: float | None       # after the first (compiling) step
-    final_train_metrics: dict[str, float]       # the last logged window's mean metrics
+    config: str  # config.name
+    method: str  # config.method
+    dataset: str  # config.data.name
+    arch: str  # config.model.arch
+    steps: int  # total train steps
+    train_images_per_second: float | None  # after the first (compiling) step
+    final_train_metrics: dict[str, float]  # the last logged window's mean metrics
     # ASCL's selection counts per anchor (ASCL Fig. 4), from final_train_metrics
     num_positives_nat: float
     num_positives_adv: float
     num_negatives_nat: float
     num_negatives_adv: float
-    num_positives: float                        # (nat + adv) / 2
-    num_negatives: float                        # (nat + adv) / 2
+    num_positives: float  # (nat + adv) / 2
+    num_negatives: float  # (nat + adv) / 2
     # evaluation on the test split (config.eval)
     clean_accuracy: float
-    robust_accuracy: dict[str, float]           # {attack name: accuracy}
-    overall_robust_accuracy: float              # robust to every attack run
+    robust_accuracy: dict[str, float]  # {attack name: accuracy}
+    overall_robust_accuracy: float  # robust to every attack run
     eval_eps: float
-    sanity: dict | None                         # gradient-masking checks
-    eval: dict                                  # = eval.json
+    sanity: dict | None  # gradient-masking checks
+    eval: dict  # = eval.json
     # analysis (config.analysis)
-    analysis: dict                              # {'plots', 'r_div', 'skipped', 'errors'}
-    r_div: dict | None                          # {'intra', 'inter', 'ratio', ...}
-    wall_seconds: float                         # the whole invocation: train + evaluation
+    analysis: dict  # {'plots', 'r_div', 'skipped', 'errors'}
+    r_div: dict | None  # {'intra', 'inter', 'ratio', ...}
+    wall_seconds: float  # the whole invocation: train + evaluation
     # semi_supervised: the student's report plus
     teacher_clean_accuracy: float | None
-    stages: dict[str, str]                      # stage name -> its sub-workdir
+    stages: dict[str, str]  # stage name -> its sub-workdir
     # only in the report returned by a run stopped part way (never written)
     stopped_at_step: int
 
@@ -146,14 +157,18 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
         except (OSError, json.JSONDecodeError) as e:
             raise WorkdirError(f"{path} exists but cannot be read ({e}); use a fresh --workdir") from e
         fo, fn = _flatten(old), _flatten(new)
-        diff = sorted(k for k in set(fo) | set(fn)
-                      if _normalise(fo.get(k)) != _normalise(fn.get(k))
-                      and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_FIELDS))
+        diff = sorted(
+            k
+            for k in set(fo) | set(fn)
+            if _normalise(fo.get(k)) != _normalise(fn.get(k))
+            and not any(k == r or k.startswith(r + ".") for r in RESUMABLE_FIELDS)
+        )
         if diff:
             details = "; ".join(f"{k}: {fo.get(k)!r} -> {fn.get(k)!r}" for k in diff[:8])
             raise WorkdirError(
                 f"--workdir {workdir} holds a run of a different config ({details}). "
-                "Use a fresh --workdir, or the same config to resume; nothing was overwritten.")
+                "Use a fresh --workdir, or the same config to resume; nothing was overwritten."
+            )
         return True
     if _is_writer():
         os.makedirs(workdir, exist_ok=True)
@@ -172,6 +187,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         if isinstance(v, dict):
             return {k: tuples(x) for k, x in v.items()}
         return tuple(v) if isinstance(v, list) else v
+
     return ml_collections.ConfigDict(tuples(d))
 
 
@@ -208,8 +224,7 @@ def read_report(workdir: str) -> dict:
 def _check_keys(report: Mapping[str, Any]) -> None:
     unknown = sorted(set(report) - REPORT_KEYS)
     if unknown:
-        raise KeyError(f"report keys {unknown} are not in the report.json schema "
-                       "(ascl_jax.workdir.Report)")
+        raise KeyError(f"report keys {unknown} are not in the report.json schema (ascl_jax.workdir.Report)")
 
 
 def _archive_name(path: str) -> str:
@@ -275,8 +290,7 @@ def _jsonable(v):
 
 def summary(results: dict) -> dict:
     """The JSON-serialisable part of `evaluate`'s result (drops per-example arrays and images)."""
-    return _jsonable({k: v for k, v in results.items()
-                      if k not in ("per_example", "adversarial_images")})
+    return _jsonable({k: v for k, v in results.items() if k not in ("per_example", "adversarial_images")})
 
 
 def _utc_timestamp(workdir: str) -> str:
@@ -287,8 +301,9 @@ def _utc_timestamp(workdir: str) -> str:
     return out
 
 
-def write_eval_json(workdir: str, results: dict, per_example: dict | None = None, *,
-                    on_exists: str = "archive") -> dict:
+def write_eval_json(
+    workdir: str, results: dict, per_example: dict | None = None, *, on_exists: str = "archive"
+) -> dict:
     """Writes eval.json + per_example.npz into `workdir` and sets report.json's 'eval' to the summary.
 
     Args:
@@ -306,15 +321,21 @@ def write_eval_json(workdir: str, results: dict, per_example: dict | None = None
     per_example = results.get("per_example") if per_example is None else per_example
     eval_path = os.path.join(workdir, EVAL_JSON)
     npz_path = os.path.join(workdir, PER_EXAMPLE)
-    out = dict(eval_json=eval_path, per_example=npz_path if per_example else None,
-               report_json=os.path.join(workdir, REPORT_JSON), archived=[])
+    out = dict(
+        eval_json=eval_path,
+        per_example=npz_path if per_example else None,
+        report_json=os.path.join(workdir, REPORT_JSON),
+        archived=[],
+    )
     if not _is_writer():
         return out
     os.makedirs(workdir, exist_ok=True)
     if os.path.exists(eval_path):
         if on_exists == "error":
-            raise FileExistsError(f"{eval_path} exists; pass on_exists='archive' to keep it as "
-                                  "eval.<timestamp>.json or on_exists='overwrite' to replace it")
+            raise FileExistsError(
+                f"{eval_path} exists; pass on_exists='archive' to keep it as "
+                "eval.<timestamp>.json or on_exists='overwrite' to replace it"
+            )
         if on_exists == "archive":
             ts = _utc_timestamp(workdir)
             dst = os.path.join(workdir, f"eval.{ts}.json")
@@ -350,5 +371,10 @@ def compare_per_example(a: dict, b: dict, key: str = "robust_overall") -> dict:
     fa, fb = np.asarray(a[key])[pa], np.asarray(b[key])[pb]
     ok = (fa >= 0) & (fb >= 0)
     fa, fb = fa[ok] == 1, fb[ok] == 1
-    return dict(num_examples=int(ok.sum()), both=int((fa & fb).sum()), only_a=int((fa & ~fb).sum()),
-                only_b=int((~fa & fb).sum()), neither=int((~fa & ~fb).sum()))
+    return dict(
+        num_examples=int(ok.sum()),
+        both=int((fa & fb).sum()),
+        only_a=int((fa & ~fb).sum()),
+        only_b=int((~fa & fb).sum()),
+        neither=int((~fa & ~fb).sum()),
+    )

@@ -20,6 +20,7 @@ ratios of one run. Writes a JSON file (``--out``, default bench/results/eval_loo
 
   .venv/bin/python bench/eval_loop.py [--batch 128] [--repeats 3] [--forms device,host5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,9 @@ EPS = 8 / 255
 def host_stage(logits_fn, prog, k: int):
     """(params, x, y, index, key, eps) -> (x_adv, fooled): prog's init, then ``n_steps / k`` compiled
     chunks of k unrolled iterations dispatched from the host, then finish and re-verification."""
-    init = jax.jit(lambda p, x, y, index, key, eps: prog.init(
-        lambda z: logits_fn(p, z), x, y, index, key, 0, eps))
+    init = jax.jit(
+        lambda p, x, y, index, key, eps: prog.init(lambda z: logits_fn(p, z), x, y, index, key, 0, eps)
+    )
 
     def chunk(p, x, y, eps, state, i0):
         lf = lambda z: logits_fn(p, z)  # noqa: E731
@@ -76,6 +78,7 @@ def host_stage(logits_fn, prog, k: int):
         for c in range(prog.n_steps // k):
             state = chunk_j(p, x, y, eps, state, jnp.int32(c * k))
         return finish_j(p, x, y, eps, state)
+
     return run
 
 
@@ -90,11 +93,11 @@ def main(argv=None):
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "eval_loop_cpu.json"))
     args = ap.parse_args(argv)
 
-    model = models.build_model(dict(arch="resnet20", normalization="cifar10"), num_classes=10,
-                               image_shape=(32, 32, 3))
+    model = models.build_model(
+        dict(arch="resnet20", normalization="cifar10"), num_classes=10, image_shape=(32, 32, 3)
+    )
     b = args.batch
-    variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, 32, 32, 3)), train=False))(
-        jax.random.key(0))
+    variables = jax.jit(lambda k: model.init(k, jnp.zeros((2, 32, 32, 3)), train=False))(jax.random.key(0))
     logits_fn = lambda v, x: model.apply(v, x, train=False)["logits"]  # noqa: E731
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (b, 32, 32, 3)).astype(np.float32)
@@ -121,18 +124,26 @@ def main(argv=None):
     attacks = args.attacks.split(",")
     forms = args.forms.split(",")
     calls = {(a, f): make(a, f) for a in attacks for f in forms}
-    res = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-           "jax": jax.__version__, "backend": jax.default_backend(),
-           "xla_flags": os.environ.get("XLA_FLAGS", ""), "cpu_fast": xla_cpu.enabled(),
-           "batch": b, "apgd_iters": args.apgd_iters, "pgd_steps": args.pgd_steps,
-           "repeats": args.repeats, "load_avg_start": round(os.getloadavg()[0], 2), "rows": {}}
+    res = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cpu_fast": xla_cpu.enabled(),
+        "batch": b,
+        "apgd_iters": args.apgd_iters,
+        "pgd_steps": args.pgd_steps,
+        "repeats": args.repeats,
+        "load_avg_start": round(os.getloadavg()[0], 2),
+        "rows": {},
+    }
     first = {}
     for k, call in calls.items():
         t = time.perf_counter()
         call()
         first[k] = time.perf_counter() - t
-        print(f"# {k[0]} {k[1]}: first call (compile + run) {first[k]:.1f} s", file=sys.stderr,
-              flush=True)
+        print(f"# {k[0]} {k[1]}: first call (compile + run) {first[k]:.1f} s", file=sys.stderr, flush=True)
     times = {k: [] for k in calls}
     for r in range(args.repeats):
         for k, call in calls.items():
@@ -143,9 +154,12 @@ def main(argv=None):
     for (a, f), ts in times.items():
         n = programs[a].n_steps
         med = statistics.median(ts)
-        res["rows"][f"{a}/{f}"] = {"median_s": round(med, 3), "times_s": [round(t, 3) for t in ts],
-                                   "ms_per_iteration": round(1000 * med / n, 1),
-                                   "first_call_s": round(first[(a, f)], 2)}
+        res["rows"][f"{a}/{f}"] = {
+            "median_s": round(med, 3),
+            "times_s": [round(t, 3) for t in ts],
+            "ms_per_iteration": round(1000 * med / n, 1),
+            "first_call_s": round(first[(a, f)], 2),
+        }
     for a in attacks:
         base = res["rows"].get(f"{a}/device")
         for f in forms:
@@ -153,12 +167,16 @@ def main(argv=None):
             if base is not None:
                 row["time_vs_device"] = round(row["median_s"] / base["median_s"], 3)
     res["load_avg_end"] = round(os.getloadavg()[0], 2)
-    print(f"ResNet-20, batch {b}, eval-mode BN, {os.cpu_count()} CPUs, load {res['load_avg_start']}"
-          f" -> {res['load_avg_end']}")
+    print(
+        f"ResNet-20, batch {b}, eval-mode BN, {os.cpu_count()} CPUs, load {res['load_avg_start']}"
+        f" -> {res['load_avg_end']}"
+    )
     for name, row in res["rows"].items():
-        print(f"{name:<22} {row['median_s']:8.2f} s  {row['ms_per_iteration']:7.1f} ms/it  "
-              f"x{row.get('time_vs_device', float('nan')):.3f} of device  (compile+1st "
-              f"{row['first_call_s']:.1f} s)")
+        print(
+            f"{name:<22} {row['median_s']:8.2f} s  {row['ms_per_iteration']:7.1f} ms/it  "
+            f"x{row.get('time_vs_device', float('nan')):.3f} of device  (compile+1st "
+            f"{row['first_call_s']:.1f} s)"
+        )
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)

@@ -19,6 +19,7 @@ Run: ``python bench/evaluate.py`` (defaults: batch 128, 256 examples), ``--examp
 quicker run, ``--unroll k`` for k iterations per compiled loop body, ``--skip-aa`` for PGD only.
 Prints one line per figure and a JSON summary at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,70 +37,106 @@ from ascl_jax.evaluation import engine as engine_lib
 
 def _logits_fn(model):
     def f(variables, x):
-        return model.apply(variables, x, train=False)['logits']
+        return model.apply(variables, x, train=False)["logits"]
+
     return f
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--arch', default='resnet20')
-    ap.add_argument('--batch', type=int, default=128)
-    ap.add_argument('--examples', type=int, default=256)
-    ap.add_argument('--unroll', type=int, default=None)
-    ap.add_argument('--skip-aa', action='store_true')
-    ap.add_argument('--no-early-stop', action='store_true')
-    ap.add_argument('--seed', type=int, default=0)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", default="resnet20")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--examples", type=int, default=256)
+    ap.add_argument("--unroll", type=int, default=None)
+    ap.add_argument("--skip-aa", action="store_true")
+    ap.add_argument("--no-early-stop", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 
-    model = models.build_model(dict(arch=args.arch, normalization='cifar10'), num_classes=10,
-                               image_shape=(32, 32, 3))
+    model = models.build_model(
+        dict(arch=args.arch, normalization="cifar10"), num_classes=10, image_shape=(32, 32, 3)
+    )
     variables = model.init(jax.random.key(args.seed), jnp.zeros((2, 32, 32, 3)), train=False)
     fn = _logits_fn(model)
     rng = np.random.default_rng(args.seed)
     x = rng.uniform(0, 1, (args.examples, 32, 32, 3)).astype(np.float32)
-    y = np.concatenate([np.asarray(jnp.argmax(fn(variables, jnp.asarray(x[i:i + 256])), -1))
-                        for i in range(0, len(x), 256)]).astype(np.int32)
-    common = dict(params=variables, eps=8 / 255, step_size=2 / 255, batch_size=args.batch,
-                  seed=args.seed, sanity=False, progress=False, unroll=args.unroll)
-    eng = engine_lib.get_engine(fn, params=variables, batch_size=args.batch, unroll=args.unroll,
-                                progress=False)
-    print(f"{args.arch}: {jax.device_count()} {jax.default_backend()} device(s), batch "
-          f"{eng.batch_size}, {args.examples} examples, unroll={eng.unroll}",
-          flush=True)
-    out = dict(arch=args.arch, batch=eng.batch_size, examples=args.examples, unroll=eng.unroll,
-               backend=jax.default_backend(), devices=jax.device_count())
+    y = np.concatenate(
+        [
+            np.asarray(jnp.argmax(fn(variables, jnp.asarray(x[i : i + 256])), -1))
+            for i in range(0, len(x), 256)
+        ]
+    ).astype(np.int32)
+    common = dict(
+        params=variables,
+        eps=8 / 255,
+        step_size=2 / 255,
+        batch_size=args.batch,
+        seed=args.seed,
+        sanity=False,
+        progress=False,
+        unroll=args.unroll,
+    )
+    eng = engine_lib.get_engine(
+        fn, params=variables, batch_size=args.batch, unroll=args.unroll, progress=False
+    )
+    print(
+        f"{args.arch}: {jax.device_count()} {jax.default_backend()} device(s), batch "
+        f"{eng.batch_size}, {args.examples} examples, unroll={eng.unroll}",
+        flush=True,
+    )
+    out = dict(
+        arch=args.arch,
+        batch=eng.batch_size,
+        examples=args.examples,
+        unroll=eng.unroll,
+        backend=jax.default_backend(),
+        devices=jax.device_count(),
+    )
 
     def timed(attacks, **kw):
         t0 = time.perf_counter()
-        evaluation.evaluate(fn, x[:eng.batch_size], y[:eng.batch_size], attacks=attacks,
-                            **common, **kw)
+        evaluation.evaluate(fn, x[: eng.batch_size], y[: eng.batch_size], attacks=attacks, **common, **kw)
         t_first = time.perf_counter() - t0  # compile + one batch
         t0 = time.perf_counter()
         res = evaluation.evaluate(fn, x, y, attacks=attacks, **common, **kw)
         dt = time.perf_counter() - t0
         return res, dt, t_first
 
-    res, dt, t_first = timed(('pgd20',))
-    out['pgd20'] = dict(examples_per_s=args.examples / dt, seconds=dt,
-                        first_batch_with_compile_s=t_first,
-                        robust_accuracy=res['robust_accuracy']['pgd20'])
-    print(f"PGD-20: {args.examples / dt:.2f} examples/s ({dt:.1f} s; first batch incl. compile "
-          f"{t_first:.1f} s; robust acc {res['robust_accuracy']['pgd20']:.3f})", flush=True)
+    res, dt, t_first = timed(("pgd20",))
+    out["pgd20"] = dict(
+        examples_per_s=args.examples / dt,
+        seconds=dt,
+        first_batch_with_compile_s=t_first,
+        robust_accuracy=res["robust_accuracy"]["pgd20"],
+    )
+    print(
+        f"PGD-20: {args.examples / dt:.2f} examples/s ({dt:.1f} s; first batch incl. compile "
+        f"{t_first:.1f} s; robust acc {res['robust_accuracy']['pgd20']:.3f})",
+        flush=True,
+    )
 
     if not args.skip_aa:
         aa_opts = dict(early_stop=not args.no_early_stop)
-        res, dt, t_first = timed(('autoattack',), version='fast', aa_options=aa_opts)
-        after = res['autoattack']['autoattack']['accuracy_after']
-        out['autoattack_fast'] = dict(examples_per_s=args.examples / dt, seconds=dt,
-                                      first_batch_with_compile_s=t_first, accuracy_after=after,
-                                      early_stop=not args.no_early_stop)
-        print(f"AutoAttack-fast: {args.examples / dt:.2f} examples/s ({dt:.1f} s; first batch "
-              f"incl. compile {t_first:.1f} s; accuracy after {after})", flush=True)
+        res, dt, t_first = timed(("autoattack",), version="fast", aa_options=aa_opts)
+        after = res["autoattack"]["autoattack"]["accuracy_after"]
+        out["autoattack_fast"] = dict(
+            examples_per_s=args.examples / dt,
+            seconds=dt,
+            first_batch_with_compile_s=t_first,
+            accuracy_after=after,
+            early_stop=not args.no_early_stop,
+        )
+        print(
+            f"AutoAttack-fast: {args.examples / dt:.2f} examples/s ({dt:.1f} s; first batch "
+            f"incl. compile {t_first:.1f} s; accuracy after {after})",
+            flush=True,
+        )
 
         # One APGD-CE chunk on a full batch without early exit: cost of an iteration.
         n_it = 10
-        fn_stage = eng.stage(('bench-apgd', n_it), aa.component_program('apgd-ce', n_iter=n_it),
-                             early_stop=False)
+        fn_stage = eng.stage(
+            ("bench-apgd", n_it), aa.component_program("apgd-ce", n_iter=n_it), early_stop=False
+        )
         rows = np.arange(eng.batch_size)
         key = jax.random.key(1)
         eng.run_stage(fn_stage, x, y, rows, rows, key, eps=8 / 255)  # compile
@@ -107,12 +144,18 @@ def main() -> None:
         eng.run_stage(fn_stage, x, y, rows, rows, key, eps=8 / 255)
         per_it = (time.perf_counter() - t0) / (n_it + 1)
         worst = per_it * 10 * 101
-        out['apgd_iteration'] = dict(seconds_per_iteration=per_it, batch=eng.batch_size,
-                                     worst_case_aa_fast_examples_per_s=eng.batch_size / worst)
-        print(f"APGD iteration (fwd+bwd, batch {eng.batch_size}): {per_it:.3f} s -> worst-case "
-              f"AutoAttack-fast {eng.batch_size / worst:.3f} examples/s", flush=True)
+        out["apgd_iteration"] = dict(
+            seconds_per_iteration=per_it,
+            batch=eng.batch_size,
+            worst_case_aa_fast_examples_per_s=eng.batch_size / worst,
+        )
+        print(
+            f"APGD iteration (fwd+bwd, batch {eng.batch_size}): {per_it:.3f} s -> worst-case "
+            f"AutoAttack-fast {eng.batch_size / worst:.3f} examples/s",
+            flush=True,
+        )
     print(json.dumps(out, indent=1, default=float))
 
 
-if __name__ == '__main__':
+if __name__ == "__main__":
     main()

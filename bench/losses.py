@@ -15,6 +15,7 @@ Run: ``python bench/losses.py`` (full grid) or e.g. ``python bench/losses.py --n
 ``--ref-step-ms`` prints each time as a percentage of a reference training-step time (e.g. a
 ResNet-20 PGD-10 step).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ def _make_fns():
     def ascl_fn(similarity: str, normalize: bool):
         def f(z, labels, preds):
             pos, neg = losses.selection_masks(labels, preds, "leaked")
-            return losses.masked_contrastive_loss(z, pos, neg, similarity=similarity,
-                                                  temperature=0.2, normalize=normalize)[0]
+            return losses.masked_contrastive_loss(
+                z, pos, neg, similarity=similarity, temperature=0.2, normalize=normalize
+            )[0]
+
         return f
 
     def supcon_fn(z, labels, preds):
@@ -68,10 +71,18 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[256, 1024, 4096])
     ap.add_argument("--d", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--reps", type=int, default=7, help="timed repetitions (median reported)")
-    ap.add_argument("--budget-s", type=float, default=20.0,
-                    help="stop repeating a case after this many seconds (at least one timed run)")
-    ap.add_argument("--ref-step-ms", type=float, default=None,
-                    help="reference step time in ms; adds a column with the loss's share of it")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=20.0,
+        help="stop repeating a case after this many seconds (at least one timed run)",
+    )
+    ap.add_argument(
+        "--ref-step-ms",
+        type=float,
+        default=None,
+        help="reference step time in ms; adds a column with the loss's share of it",
+    )
     ap.add_argument("--only", nargs="+", default=None, help="subset of the case names")
     args = ap.parse_args()
 
@@ -91,8 +102,7 @@ def main() -> None:
             labels = jnp.asarray(np.tile(rng.integers(0, 10, n // 2), 2), jnp.int32)
             # predictions right ~80% of the time, like a robust model on adversarial rows
             wrong = rng.random(n) < 0.2
-            preds = jnp.asarray(np.where(wrong, rng.integers(0, 10, n), np.asarray(labels)),
-                                jnp.int32)
+            preds = jnp.asarray(np.where(wrong, rng.integers(0, 10, n), np.asarray(labels)), jnp.int32)
             for name in names:
                 f = jax.jit(jax.value_and_grad(fns[name]))
                 compiled = f.lower(z, labels, preds).compile()

@@ -33,6 +33,7 @@ one run, and re-run when the machine is quiet.
 Recorded results: bench/results/step_cpu2.json (2-core Xeon with AVX-512, jax/jaxlib 0.10.2,
 torch 2.13.0 oneDNN channels-last).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,17 +56,26 @@ def parse_args(argv=None):
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=10, help="PGD steps")
     ap.add_argument("--iters", type=int, default=3, help="timed iterations per row (median)")
-    ap.add_argument("--forms", default="unroll,fori,chunk5,fori_raw",
-                    help="PGD loop forms: unroll, fori, chunk<k>, each optionally with _raw")
+    ap.add_argument(
+        "--forms",
+        default="unroll,fori,chunk5,fori_raw",
+        help="PGD loop forms: unroll, fori, chunk<k>, each optionally with _raw",
+    )
     ap.add_argument("--rows", default="plain,pgd,at")
     ap.add_argument("--torch-python", default=os.path.join(ROOT, ".venv-torch", "bin", "python"))
     ap.add_argument("--torch-threads", type=int, default=2)
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--profile", action="store_true",
-                    help="profile one PGD call (unroll form) and print time per op category")
-    ap.add_argument("--flag-sets", default=";" + FAST_FLAGS,
-                    help="';'-separated XLA_FLAGS values, each run in a child process "
-                         "(default: none, and the YNNPACK-off setting)")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile one PGD call (unroll form) and print time per op category",
+    )
+    ap.add_argument(
+        "--flag-sets",
+        default=";" + FAST_FLAGS,
+        help="';'-separated XLA_FLAGS values, each run in a child process "
+        "(default: none, and the YNNPACK-off setting)",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
 
@@ -114,8 +124,9 @@ def run_jax(args) -> dict:
     from ascl_jax import attacks, models
 
     b, eps, alpha = args.batch, 8 / 255, 2 / 255
-    model = models.build_model(dict(arch="resnet20", bn="single", normalization="cifar10"),
-                               num_classes=10, image_shape=(32, 32, 3))
+    model = models.build_model(
+        dict(arch="resnet20", bn="single", normalization="cifar10"), num_classes=10, image_shape=(32, 32, 3)
+    )
     kx, ky, ki, ka = jax.random.split(jax.random.key(0), 4)
     x = jax.random.uniform(kx, (b, 32, 32, 3))
     y = jax.random.randint(ky, (b,), 0, 10)
@@ -124,36 +135,55 @@ def run_jax(args) -> dict:
     tx = optax.sgd(0.1, momentum=0.9, nesterov=True)
     opt_state = tx.init(params)
     rows = set(args.rows.split(","))
-    res = {"jax": jax.__version__, "backend": jax.default_backend(), "batch": b,
-           "pgd_steps": args.steps, "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "devices": jax.device_count()}
+    res = {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "batch": b,
+        "pgd_steps": args.steps,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "devices": jax.device_count(),
+    }
 
     def update(params, batch_stats, opt_state, xb, yb):
         def loss_fn(p):
-            out, upd = model.apply({"params": p, "batch_stats": batch_stats}, xb, train=True,
-                                   mutable=["batch_stats"])
+            out, upd = model.apply(
+                {"params": p, "batch_stats": batch_stats}, xb, train=True, mutable=["batch_stats"]
+            )
             loss = optax.softmax_cross_entropy_with_integer_labels(out["logits"], yb).mean()
             return loss, upd["batch_stats"]
+
         (loss, bs), g = jax.value_and_grad(loss_fn, has_aux=True)(params)
         u, opt_state = tx.update(g, opt_state, params)
         return optax.apply_updates(params, u), bs, opt_state, loss
 
     def pgd(params, batch_stats, xb, yb, key, unroll=None, canonicalize=None, bn_mode="eval"):
-        logits_fn = attacks.model_forward(model, {"params": params, "batch_stats": batch_stats},
-                                          bn_mode=bn_mode)
-        return attacks.pgd_linf(attacks.ce_objective(logits_fn, yb), xb, key, eps=eps,
-                                step_size=alpha, num_steps=args.steps, unroll=unroll,
-                                canonicalize=canonicalize)
+        logits_fn = attacks.model_forward(
+            model, {"params": params, "batch_stats": batch_stats}, bn_mode=bn_mode
+        )
+        return attacks.pgd_linf(
+            attacks.ce_objective(logits_fn, yb),
+            xb,
+            key,
+            eps=eps,
+            step_size=alpha,
+            num_steps=args.steps,
+            unroll=unroll,
+            canonicalize=canonicalize,
+        )
 
     def adv_update(params, batch_stats, opt_state, xb, yb, key):
         xa = pgd(params, batch_stats, xb, yb, key)
-        return update(params, batch_stats, opt_state, jnp.concatenate([xb, xa]),
-                      jnp.concatenate([yb, yb]))
+        return update(params, batch_stats, opt_state, jnp.concatenate([xb, xa]), jnp.concatenate([yb, yb]))
 
     def record(name, fn, n_img):
         first, med, mn, util = _timeit(fn, args.iters)
-        res[name] = {"first_call_s": round(first, 2), "ms": round(med, 1), "min_ms": round(mn, 1),
-                     "img_per_s": round(n_img / (med / 1000), 1), "cpu_util": util}
+        res[name] = {
+            "first_call_s": round(first, 2),
+            "ms": round(med, 1),
+            "min_ms": round(mn, 1),
+            "img_per_s": round(n_img / (med / 1000), 1),
+            "cpu_util": util,
+        }
         print(f"# jax {name}: {res[name]}", file=sys.stderr, flush=True)
 
     if "plain" in rows:
@@ -162,7 +192,7 @@ def run_jax(args) -> dict:
     if "pgd" in rows:
         for form in args.forms.split(","):
             unroll, canon = _form(form)
-            unroll = args.steps if unroll is None else unroll   # 'unroll': every step unrolled
+            unroll = args.steps if unroll is None else unroll  # 'unroll': every step unrolled
             f = jax.jit(lambda p, s, xb, yb, k, u=unroll, c=canon: pgd(p, s, xb, yb, k, u, c))
             record(f"pgd_{form}", lambda: f(params, batch_stats, x, y, ka).block_until_ready(), b)
     if "trainbn" in rows:
@@ -173,8 +203,7 @@ def run_jax(args) -> dict:
         record("at", lambda: jax.block_until_ready(f(params, batch_stats, opt_state, x, y, ka)), b)
     if args.profile:
         f = jax.jit(lambda p, s, xb, yb, k: pgd(p, s, xb, yb, k))
-        res["profile_pgd"] = profile(lambda: f(params, batch_stats, x, y, ka).block_until_ready(),
-                                     args.steps)
+        res["profile_pgd"] = profile(lambda: f(params, batch_stats, x, y, ka).block_until_ready(), args.steps)
     return res
 
 
@@ -202,8 +231,7 @@ def profile(fn, steps, top=14) -> dict:
                 agg[re.sub(r"\.\d+$", "", ev.name)] += ev.duration_ns / 1e6
     total = sum(agg.values())
     out = {k: round(v, 1) for k, v in sorted(agg.items(), key=lambda kv: -kv[1])[:top]}
-    print(f"# profile (PGD-{steps}, default form), op thread-time total {total:.0f} ms:",
-          file=sys.stderr)
+    print(f"# profile (PGD-{steps}, default form), op thread-time total {total:.0f} ms:", file=sys.stderr)
     for k, v in out.items():
         print(f"#   {v:8.1f} ms {100 * v / max(total, 1e-9):5.1f}%  {k}", file=sys.stderr)
     return {"total_ms": round(total, 1), "top_ms": out}
@@ -217,8 +245,19 @@ def run_torch(args) -> dict | None:
     py = args.torch_python
     if args.no_torch or not py or not os.path.exists(py) or not os.path.exists(PEER):
         return None
-    cmd = [py, PEER, "--threads", str(args.torch_threads), "--channels-last", "--batch",
-           str(args.batch), "--iters", str(max(args.iters, 2)), "--pgd-steps", str(args.steps)]
+    cmd = [
+        py,
+        PEER,
+        "--threads",
+        str(args.torch_threads),
+        "--channels-last",
+        "--batch",
+        str(args.batch),
+        "--iters",
+        str(max(args.iters, 2)),
+        "--pgd-steps",
+        str(args.steps),
+    ]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -227,11 +266,15 @@ def run_torch(args) -> dict | None:
     if p.returncode != 0:
         print(f"# torch peer failed (rc {p.returncode}): {p.stderr[-2000:]}", file=sys.stderr)
         return None
-    out = json.loads(p.stdout[p.stdout.index("{"):])
+    out = json.loads(p.stdout[p.stdout.index("{") :])
     b = args.batch
     out["pgd_img_per_s"] = b / (out["pgd_only_ms"] / 1000)
-    print(f"# torch: plain {out['plain_img_per_s']:.1f} img/s, pgd {out['pgd_img_per_s']:.1f} "
-          f"img/s, at {out['adv_img_per_s']:.1f} img/s", file=sys.stderr, flush=True)
+    print(
+        f"# torch: plain {out['plain_img_per_s']:.1f} img/s, pgd {out['pgd_img_per_s']:.1f} "
+        f"img/s, at {out['adv_img_per_s']:.1f} img/s",
+        file=sys.stderr,
+        flush=True,
+    )
     return out
 
 
@@ -239,19 +282,20 @@ def run_torch(args) -> dict | None:
 
 
 def table(jres: dict, tres: dict | None) -> str:
-    lines = [f"{'row':<14}{'JAX img/s':>11}{'JAX ms':>10}{'compile+1st s':>15}"
-             f"{'torch img/s':>13}{'JAX/torch':>11}"]
+    lines = [
+        f"{'row':<14}{'JAX img/s':>11}{'JAX ms':>10}{'compile+1st s':>15}{'torch img/s':>13}{'JAX/torch':>11}"
+    ]
     for name, r in jres.items():
         if not isinstance(r, dict) or "img_per_s" not in r:
             continue
         t = None
         if tres is not None:
             t = {"plain": tres["plain_img_per_s"], "at": tres["adv_img_per_s"]}.get(
-                name, tres["pgd_img_per_s"] if name.startswith("pgd") else None)
+                name, tres["pgd_img_per_s"] if name.startswith("pgd") else None
+            )
         ts = f"{t:13.1f}" if t else f"{'-':>13}"
         ratio = f"{r['img_per_s'] / t:11.2f}" if t else f"{'-':>11}"
-        lines.append(f"{name:<14}{r['img_per_s']:11.1f}{r['ms']:10.1f}{r['first_call_s']:15.1f}"
-                     f"{ts}{ratio}")
+        lines.append(f"{name:<14}{r['img_per_s']:11.1f}{r['ms']:10.1f}{r['first_call_s']:15.1f}{ts}{ratio}")
     return "\n".join(lines)
 
 
@@ -266,9 +310,21 @@ def main(argv=None):
     for flags in args.flag_sets.split(";"):
         flags = flags.strip()
         env = dict(os.environ, XLA_FLAGS=flags)
-        child = [sys.executable, os.path.abspath(__file__), "--child", "--batch", str(args.batch),
-                 "--steps", str(args.steps), "--iters", str(args.iters), "--forms", args.forms,
-                 "--rows", args.rows] + (["--profile"] if args.profile else [])
+        child = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            "--batch",
+            str(args.batch),
+            "--steps",
+            str(args.steps),
+            "--iters",
+            str(args.iters),
+            "--forms",
+            args.forms,
+            "--rows",
+            args.rows,
+        ] + (["--profile"] if args.profile else [])
         print(f"# JAX rows with XLA_FLAGS={flags!r}", file=sys.stderr, flush=True)
         p = subprocess.run(child, env=env, stdout=subprocess.PIPE, text=True)
         if p.returncode != 0:
@@ -278,17 +334,30 @@ def main(argv=None):
     load1 = os.getloadavg()
     tres = run_torch(args)
     load2 = os.getloadavg()
-    print(f"ResNet-20, batch {args.batch}, PGD-{args.steps}, {os.cpu_count()} CPUs; load average "
-          f"(1 min) {load0[0]:.1f} at start, {load1[0]:.1f} after JAX, {load2[0]:.1f} after torch")
+    print(
+        f"ResNet-20, batch {args.batch}, PGD-{args.steps}, {os.cpu_count()} CPUs; load average "
+        f"(1 min) {load0[0]:.1f} at start, {load1[0]:.1f} after JAX, {load2[0]:.1f} after torch"
+    )
     for flags, r in results.items():
         print(f"\nJAX {r['jax']} with XLA_FLAGS={flags or '(none)'}")
         print(table(r, tres))
     summary = {"jax": results, "load_avg": [round(v, 2) for v in (load0[0], load1[0], load2[0])]}
     if tres is not None:
-        summary["torch"] = {k: tres[k] for k in ("torch", "threads", "channels_last", "plain_ms",
-                                                 "pgd_only_ms", "adv_ms", "plain_img_per_s",
-                                                 "pgd_img_per_s", "adv_img_per_s",
-                                                 "cpu_util_plain_pgd_adv")}
+        summary["torch"] = {
+            k: tres[k]
+            for k in (
+                "torch",
+                "threads",
+                "channels_last",
+                "plain_ms",
+                "pgd_only_ms",
+                "adv_ms",
+                "plain_img_per_s",
+                "pgd_img_per_s",
+                "adv_img_per_s",
+                "cpu_util_plain_pgd_adv",
+            )
+        }
     print(json.dumps(summary))
 
 

@@ -1,5 +1,6 @@
 """Wall-clock timing shared by the bench scripts (standard library only, so the PyTorch script,
 run by another interpreter, imports it too)."""
+
 import statistics
 import time
 

@@ -5,6 +5,7 @@ positives and selected negatives, VAT KL/(N*C), CE on natural and adversarial lo
 Run with the torch venv: .venv-torch/bin/python bench/torch_ascl_step.py --threads 2 --channels-last
 Prints one JSON line.
 """
+
 import argparse
 import json
 
@@ -32,8 +33,9 @@ class Block(torch.nn.Module):
         self.b2 = torch.nn.BatchNorm2d(cout)
         self.short = None
         if stride != 1 or cin != cout:
-            self.short = torch.nn.Sequential(torch.nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                             torch.nn.BatchNorm2d(cout))
+            self.short = torch.nn.Sequential(
+                torch.nn.Conv2d(cin, cout, 1, stride, bias=False), torch.nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x):
         y = F.relu(self.b1(self.c1(x)))
@@ -44,8 +46,9 @@ class Block(torch.nn.Module):
 class ResNet20(torch.nn.Module):
     def __init__(self):
         super().__init__()
-        self.stem = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False),
-                                        torch.nn.BatchNorm2d(16), torch.nn.ReLU())
+        self.stem = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU()
+        )
         layers, cin = [], 16
         for i, f in enumerate((16, 32, 64)):
             for j in range(3):
@@ -110,10 +113,19 @@ def main():
 
     ms = median_ms(step, args.iters)
     attack_ms = median_ms(attack, args.iters)
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "channels_last": args.channels_last, "batch": args.batch,
-                      "ascl_step_ms": ms, "ascl_img_per_s": args.batch / (ms / 1000),
-                      "attack_ms": attack_ms}))
+    print(
+        json.dumps(
+            {
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "channels_last": args.channels_last,
+                "batch": args.batch,
+                "ascl_step_ms": ms,
+                "ascl_img_per_s": args.batch / (ms / 1000),
+                "attack_ms": attack_ms,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

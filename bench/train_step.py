@@ -9,6 +9,7 @@ update), state donated. Each side also times its PGD-10 attack alone (JAX: `step
 train-mode BN, as in the step), so "rest" = step - attack is the two train-mode forwards, the
 loss, the backward and the update.
 """
+
 import argparse
 import json
 import os
@@ -20,7 +21,9 @@ ap = argparse.ArgumentParser()
 ap.add_argument("--batch", type=int, default=128)
 ap.add_argument("--iters", type=int, default=5)
 ap.add_argument("--threads", type=int, default=2)
-ap.add_argument("--torch-python", default=os.path.join(os.path.dirname(__file__), "..", ".venv-torch", "bin", "python"))
+ap.add_argument(
+    "--torch-python", default=os.path.join(os.path.dirname(__file__), "..", ".venv-torch", "bin", "python")
+)
 ap.add_argument("--skip-torch", action="store_true")
 ap.add_argument("--default-xla-flags", action="store_true", help="skip ascl_jax.xla_cpu.flags")
 args = ap.parse_args()
@@ -28,6 +31,7 @@ args = ap.parse_args()
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 if not args.default_xla_flags:
     from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402
+
     xla_flags.tune_cpu_flags()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -48,15 +52,19 @@ def jax_step_figures():
     tx, _ = make_optimizer(c.optim, 390, 390 * 200)
     mesh = parallel.make_mesh()
     repl, dsh = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    state = jax.jit(lambda: create_train_state(model, tx, jax.random.key(0), (32, 32, 3)),
-                    out_shardings=repl)()
+    state = jax.jit(
+        lambda: create_train_state(model, tx, jax.random.key(0), (32, 32, 3)), out_shardings=repl
+    )()
     rng = np.random.default_rng(0)
-    batch = {"image": rng.random((args.batch, 32, 32, 3), np.float32),
-             "label": rng.integers(0, 10, args.batch).astype(np.int32)}
+    batch = {
+        "image": rng.random((args.batch, 32, 32, 3), np.float32),
+        "label": rng.integers(0, 10, args.batch).astype(np.int32),
+    }
     batch = parallel.to_global(batch, dsh)
     step = train_steps.make_train_step(c, model, state_sharding=repl, data_sharding=dsh)
-    attack = jax.jit(lambda st, b: train_steps.ce_attack(model, st, c.attack, b["image"], b["label"],
-                                                         st.step_key()))
+    attack = jax.jit(
+        lambda st, b: train_steps.ce_attack(model, st, c.attack, b["image"], b["label"], st.step_key())
+    )
     out, last = {}, {"state": state}
 
     def run_step():
@@ -68,20 +76,36 @@ def jax_step_figures():
         compiled = step.lower(state, batch).compile()
         out["compile_s"] = time.perf_counter() - t
         ms = median_ms(run_step, args.iters)
-        out["attack_ms"] = median_ms(lambda: jax.block_until_ready(attack(last["state"], batch)),
-                                     args.iters)
+        out["attack_ms"] = median_ms(lambda: jax.block_until_ready(attack(last["state"], batch)), args.iters)
     m = last["metrics"]
-    out.update(ascl_step_ms=ms, ascl_img_per_s=args.batch / (ms / 1000), devices=jax.device_count(),
-               jax=jax.__version__, loss=float(m["loss"]))
+    out.update(
+        ascl_step_ms=ms,
+        ascl_img_per_s=args.batch / (ms / 1000),
+        devices=jax.device_count(),
+        jax=jax.__version__,
+        loss=float(m["loss"]),
+    )
     return out
 
 
 def torch_figures():
     if args.skip_torch or not os.path.exists(args.torch_python):
         return None
-    r = subprocess.run([args.torch_python, os.path.join(os.path.dirname(__file__), "torch_ascl_step.py"),
-                        "--threads", str(args.threads), "--channels-last", "--batch", str(args.batch),
-                        "--iters", str(args.iters)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            args.torch_python,
+            os.path.join(os.path.dirname(__file__), "torch_ascl_step.py"),
+            "--threads",
+            str(args.threads),
+            "--channels-last",
+            "--batch",
+            str(args.batch),
+            "--iters",
+            str(args.iters),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         print("torch run failed:", r.stderr[-2000:], file=sys.stderr)
         return None
@@ -92,14 +116,22 @@ def main():
     j = jax_step_figures()
     t = torch_figures()
     print(f"ASCL Leaked PGD-10 train step, ResNet-20, batch {args.batch}")
-    print(f"  JAX    : {j['ascl_img_per_s']:8.1f} img/s  ({j['ascl_step_ms']:.0f} ms/step, compile {j['compile_s']:.1f} s, {j['devices']} device(s))")
+    print(
+        f"  JAX    : {j['ascl_img_per_s']:8.1f} img/s  ({j['ascl_step_ms']:.0f} ms/step, compile {j['compile_s']:.1f} s, {j['devices']} device(s))"
+    )
     if t:
-        print(f"  PyTorch: {t['ascl_img_per_s']:8.1f} img/s  ({t['ascl_step_ms']:.0f} ms/step, torch {t['torch']}, channels-last, {t['threads']} threads)")
+        print(
+            f"  PyTorch: {t['ascl_img_per_s']:8.1f} img/s  ({t['ascl_step_ms']:.0f} ms/step, torch {t['torch']}, channels-last, {t['threads']} threads)"
+        )
         print(f"  ratio JAX/PyTorch: {j['ascl_img_per_s'] / t['ascl_img_per_s']:.2f}")
-    print(f"  of which the PGD-10 attack: JAX {j['attack_ms']:.0f} ms"
-          + (f", PyTorch {t['attack_ms']:.0f} ms" if t and 'attack_ms' in t else ""))
-    print(f"  rest of the step:           JAX {j['ascl_step_ms'] - j['attack_ms']:.0f} ms"
-          + (f", PyTorch {t['ascl_step_ms'] - t['attack_ms']:.0f} ms" if t and 'attack_ms' in t else ""))
+    print(
+        f"  of which the PGD-10 attack: JAX {j['attack_ms']:.0f} ms"
+        + (f", PyTorch {t['attack_ms']:.0f} ms" if t and "attack_ms" in t else "")
+    )
+    print(
+        f"  rest of the step:           JAX {j['ascl_step_ms'] - j['attack_ms']:.0f} ms"
+        + (f", PyTorch {t['ascl_step_ms'] - t['attack_ms']:.0f} ms" if t and "attack_ms" in t else "")
+    )
     j["xla_flags"] = os.environ.get("XLA_FLAGS", "")
     print(json.dumps({"jax": j, "torch": t}))
 

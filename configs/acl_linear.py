@@ -4,6 +4,7 @@ classifier trained on clean images (standard) or on PGD-10 examples (adversarial
 Expected TA/RA: standard theta_bn 91.02/0.20, theta_bn_adv 79.76/30.31; adversarial theta_bn
 82.63/0.28, theta_bn_adv 74.22/44.22.
 """
+
 from ascl_jax import config
 
 
@@ -13,11 +14,21 @@ def get_config(arg=None):
     c.name = f"acl_linear:{a['branch']},{a['mode']}"
     c.method = "linear_eval"
     c.model.update(dict(head="identity", bn="single", normalization="imagenet"))
-    c.init.update(dict(workdir=a["pretrained"], bn_branch=a["branch"], reset_classifier=True,
-                       linear_mode=a["mode"]))
+    c.init.update(
+        dict(workdir=a["pretrained"], bn_branch=a["branch"], reset_classifier=True, linear_mode=a["mode"])
+    )
     c.attack.update(dict(eps=8 / 255, step_size=2 / 255, num_steps=10, bn_mode="eval"))
-    c.optim.update(dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=2e-4,
-                        schedule="piecewise", decay_epochs=(15, 20), decay_factors=(0.1, 0.01),
-                        num_epochs=25))
+    c.optim.update(
+        dict(
+            name="sgd",
+            learning_rate=0.1,
+            momentum=0.9,
+            weight_decay=2e-4,
+            schedule="piecewise",
+            decay_epochs=(15, 20),
+            decay_factors=(0.1, 0.01),
+            num_epochs=25,
+        )
+    )
     c.eval.update(dict(attacks=("clean", "pgd"), pgd_steps=20, autoattack="none"))
     return config.smoke(c) if a["smoke"] else c

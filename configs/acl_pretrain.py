@@ -7,6 +7,7 @@ views with BN in eval mode and an unclipped random start; SimCLR augmentation, t
   --config configs/acl_pretrain.py:variant=ds,bn=single          (Table 4 SingleBN column)
 Then fine-tune with configs/acl_finetune.py or evaluate linearly with configs/acl_linear.py.
 """
+
 from ascl_jax import config
 
 
@@ -16,15 +17,30 @@ def get_config(arg=None):
     c.name = f"acl_pretrain:{a['variant']},{a['dataset']}" + (f",bn={a['bn']}" if a["bn"] else "")
     c.method = "acl_pretrain"
     c.data.update(dict(batch_size=512, augment="simclr", num_views=2))
-    c.model.update(dict(head="acl_mlp", normalization="imagenet",
-                        bn=a["bn"] or ("single" if a["variant"] in ("s2s", "a2a") else "dual")))
-    c.loss.update(dict(acl_variant=a["variant"], acl_temperature=0.5, acl_alpha=1.0,
-                       acl_average=True))
-    c.attack.update(dict(eps=8 / 255, step_size=2 / 255, num_steps=5, bn_mode="eval",
-                         clip_start=False, init="uniform"))
-    c.optim.update(dict(name="lars", learning_rate=5.0, momentum=0.9, weight_decay=1e-6,
-                        lars_eta=0.001, schedule="warmup_cosine", warmup_epochs=10,
-                        final_lr=1e-6, num_epochs=1000))
+    c.model.update(
+        dict(
+            head="acl_mlp",
+            normalization="imagenet",
+            bn=a["bn"] or ("single" if a["variant"] in ("s2s", "a2a") else "dual"),
+        )
+    )
+    c.loss.update(dict(acl_variant=a["variant"], acl_temperature=0.5, acl_alpha=1.0, acl_average=True))
+    c.attack.update(
+        dict(eps=8 / 255, step_size=2 / 255, num_steps=5, bn_mode="eval", clip_start=False, init="uniform")
+    )
+    c.optim.update(
+        dict(
+            name="lars",
+            learning_rate=5.0,
+            momentum=0.9,
+            weight_decay=1e-6,
+            lars_eta=0.001,
+            schedule="warmup_cosine",
+            warmup_epochs=10,
+            final_lr=1e-6,
+            num_epochs=1000,
+        )
+    )
     c.eval.attacks = ()  # the encoder has no trained classifier yet: fine-tune or probe it
     c.eval.autoattack = "none"
     c.checkpoint_every_steps = 2000

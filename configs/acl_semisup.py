@@ -12,6 +12,7 @@ into one workdir (ascl_jax/train/semisup.py), each resumable.
    pseudo labels; loss Eq. 3 with alpha 0.5, T 1, beta 6; SGD 0.1, wd 5e-4, 15 epochs (decays 5, 10).
 Expected (CIFAR-10, ResNet-18, ACL Table 2) TA/RA: 10% labels 76.66/51.09, 1% labels 75.66/50.67.
 """
+
 import ml_collections
 
 from ascl_jax import config
@@ -44,12 +45,14 @@ def get_config(arg=None):
     student.method = "semi_student"
     student.data.label_fraction = a["fraction"]
     student.data.batch_size = 200 if a["fraction"] <= 0.01 else 250
-    student.semi.update(dict(labelled_batch=2 if a["fraction"] <= 0.01 else 25, alpha=0.5,
-                             temperature=1.0, beta=6.0))
+    student.semi.update(
+        dict(labelled_batch=2 if a["fraction"] <= 0.01 else 25, alpha=0.5, temperature=1.0, beta=6.0)
+    )
     student.init.update(dict(bn_branch="adv", reset_classifier=True))
     student.attack.update(dict(init="uniform", bn_mode="eval", num_steps=10))
-    student.optim.update(dict(weight_decay=5e-4, num_epochs=15, decay_epochs=(5, 10),
-                              decay_factors=(0.1, 0.01)))
+    student.optim.update(
+        dict(weight_decay=5e-4, num_epochs=15, decay_epochs=(5, 10), decay_factors=(0.1, 0.01))
+    )
     if smoke:
         for c in (teacher, student):
             c.num_train_steps, c.optim.num_epochs = 4, 1

@@ -4,6 +4,7 @@ L2-normalised features, tau 0.2, a linear 128-d head (p1), alpha=0 (no natural C
 with KL/(N*C), PGD-10 eps 0.031 step 0.007 in train mode, SGD 0.1 / wd 5e-4, 120 epochs with
 decays at 100/105/110.   --config configs/ascl_released.py:arch=resnet18   (resnet18, wrn34_10)
 """
+
 from ascl_jax import config
 
 
@@ -13,13 +14,32 @@ def get_config(arg=None):
     c.name = f"ascl_released:{a['arch']}"
     c.method = "ascl"
     c.data.num_views = 2
-    c.loss.update(dict(two_views=True, strategy="leaked", similarity="neg_linf", normalize=True,
-                       temperature=0.2, nat_ce_weight=0.0, vat_weight=2.0, vat_reduction="mean",
-                       feature="proj"))
+    c.loss.update(
+        dict(
+            two_views=True,
+            strategy="leaked",
+            similarity="neg_linf",
+            normalize=True,
+            temperature=0.2,
+            nat_ce_weight=0.0,
+            vat_weight=2.0,
+            vat_reduction="mean",
+            feature="proj",
+        )
+    )
     c.model.head, c.model.proj_dim = "p1", 128
     c.attack.update(dict(eps=0.031, step_size=0.007, num_steps=10, bn_mode="train"))
-    c.optim.update(dict(name="sgd", learning_rate=0.1, momentum=0.9, weight_decay=5e-4,
-                        schedule="piecewise", decay_epochs=(100, 105, 110),
-                        decay_factors=(0.1, 0.01, 0.001), num_epochs=120))
+    c.optim.update(
+        dict(
+            name="sgd",
+            learning_rate=0.1,
+            momentum=0.9,
+            weight_decay=5e-4,
+            schedule="piecewise",
+            decay_epochs=(100, 105, 110),
+            decay_factors=(0.1, 0.01, 0.001),
+            num_epochs=120,
+        )
+    )
     c.eval.eps, c.eval.step_size = 0.031, 0.007
     return config.smoke(c) if a["smoke"] else c

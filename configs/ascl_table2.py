@@ -6,6 +6,7 @@ Paper setting: PGD-10 training (8/255, 2/255; CIFAR-100 0.01, 0.001), Adam 1e-3 
 Expected (CIFAR-10 nat/PGD/mPGD/AA): ADV 78.8/48.1/36.4/36.1, TRADES 76.1/51.9/38.2/36.3,
 ours 75.5/53.7/41.0/42.0. CIFAR-100: ADV 60.7/35.7/25.3/25.7, ours 59.0/42.5/31.1/31.9.
 """
+
 from ascl_jax import config
 
 

@@ -3,6 +3,7 @@ ResNet-18 or WideResNet-34-10 on CIFAR-10, SGD 0.1 (decays 100/150), 200 epochs;
 the full test set.  --config configs/ascl_table3.py:arch=wrn34_10   (arch: resnet18, wrn34_10)
 Expected nat/AA: WRN 87.70/52.80, ResNet-18 85.02/50.31.
 """
+
 from ascl_jax import config
 
 

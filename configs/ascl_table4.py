@@ -4,6 +4,7 @@ Expected nat/PGD/mPGD/AA: Global 76.4/52.7/40.4/40.9, Hard 75.5/53.1/41.0/41.3,
 Soft 75.5/53.4/40.6/40.4, Leaked 75.5/53.7/41.0/42.0. Fig. 4 counts (per anchor, 2b rows):
 Global 26.4 positives / 228.6 negatives; Leaked 11.3 / 14.3.
 """
+
 from ascl_jax import config
 
 

@@ -3,6 +3,7 @@
 The SCL runs on the projection (loss.feature='proj'); CE and VAT use the classifier on z.
 Expected nat: Global 76.4 / 77.3 / 76.6, Leaked 75.5 / 76.5 / 75.7 (none / p1 / p2).
 """
+
 from ascl_jax import config
 
 

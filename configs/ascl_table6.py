@@ -3,6 +3,7 @@
 Rows: orgscl (SupCon on two standard augmentations + CE, no adversary, tau 0.07), adv (PGD-AT),
 adv_scl (ADV + Leaked SCL), adv_vat (ADV + VAT), adv_vat_scl (ADV + VAT + SCL).
 """
+
 from ascl_jax import config
 
 ROWS = {"adv": (0.0, 0.0), "adv_scl": (1.0, 0.0), "adv_vat": (0.0, 2.0), "adv_vat_scl": (1.0, 2.0)}

@@ -1,6 +1,7 @@
 """ASCL Table 7: lambda_SCL and lambda_VAT sweep, Leaked-ASCL, ResNet-20, CIFAR-10 (Table 2 setting).
-  --config configs/ascl_table7.py:scl=2.0,vat=0.0
+--config configs/ascl_table7.py:scl=2.0,vat=0.0
 """
+
 from ascl_jax import config
 
 

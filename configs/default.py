@@ -8,6 +8,7 @@ Finishes in a few minutes on 2 CPU cores.
   python -m ascl_jax.main --config configs/default.py --workdir runs/default
   python -m ascl_jax.main --config configs/default.py:smoke --workdir /tmp/smoke
 """
+
 from ascl_jax import config
 
 
@@ -27,12 +28,29 @@ def get_config(arg=None):
     c.model.arch = "cnn"
     c.model.normalization = "digits"
     c.attack.update(dict(eps=0.1, step_size=0.025, num_steps=10))
-    c.eval.update(dict(eps=0.1, step_size=0.025, pgd_steps=20, mpgd_steps=20,
-                       attacks=("clean", "pgd", "mpgd", "autoattack"), autoattack="fast",
-                       autoattack_examples=360, eps_sweep=(0.025, 0.05, 0.1, 0.15, 0.2)))
+    c.eval.update(
+        dict(
+            eps=0.1,
+            step_size=0.025,
+            pgd_steps=20,
+            mpgd_steps=20,
+            attacks=("clean", "pgd", "mpgd", "autoattack"),
+            autoattack="fast",
+            autoattack_examples=360,
+            eps_sweep=(0.025, 0.05, 0.1, 0.15, 0.2),
+        )
+    )
     c.analysis.enabled = True
-    c.optim.update(dict(name="adam", learning_rate=1e-3, schedule="piecewise",
-                        decay_epochs=(30,), decay_factors=(0.1,), num_epochs=40))
+    c.optim.update(
+        dict(
+            name="adam",
+            learning_rate=1e-3,
+            schedule="piecewise",
+            decay_epochs=(30,),
+            decay_factors=(0.1,),
+            num_epochs=40,
+        )
+    )
     c.log_every_steps = 11
     c.checkpoint_every_steps = 110
     return config.smoke(c) if a["smoke"] else c

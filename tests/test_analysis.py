@@ -1,4 +1,5 @@
 """Tests of ascl_jax.analysis: R-DIV against a plain numpy reference, counts, plots, summary."""
+
 import json
 import math
 
@@ -130,11 +131,15 @@ def test_r_div_is_jittable_and_one_hot_labels():
     def f(a, b, y):
         return analysis.r_div(a, b, y)["ratio"] * 2.0
 
-    np.testing.assert_allclose(f(z_nat, z_adv, labels), 2 * analysis.r_div(z_nat, z_adv, labels)["ratio"],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        f(z_nat, z_adv, labels), 2 * analysis.r_div(z_nat, z_adv, labels)["ratio"], rtol=1e-6
+    )
     one_hot = np.eye(3, dtype=np.float32)[labels]
-    np.testing.assert_allclose(analysis.r_div(z_nat, z_adv, one_hot)["ratio"],
-                               analysis.r_div(z_nat, z_adv, labels)["ratio"], rtol=1e-6)
+    np.testing.assert_allclose(
+        analysis.r_div(z_nat, z_adv, one_hot)["ratio"],
+        analysis.r_div(z_nat, z_adv, labels)["ratio"],
+        rtol=1e-6,
+    )
     with pytest.raises(ValueError):
         analysis.r_div(z_nat, z_adv[:5], labels)
 
@@ -165,8 +170,9 @@ def _manual_batches(z_nat, z_adv, labels, bs, drop_remainder):
     return intra, inter, intra / inter, np.nanmean(arr[:, 2]), len(outs)
 
 
-@pytest.mark.parametrize("n,bs,drop", [(70, 32, False), (70, 32, True), (64, 32, False), (20, 32, True),
-                                       (20, 32, False)])
+@pytest.mark.parametrize(
+    "n,bs,drop", [(70, 32, False), (70, 32, True), (64, 32, False), (20, 32, True), (20, 32, False)]
+)
 def test_r_div_batched_equals_manual_per_batch_average(n, bs, drop):
     z_nat, z_adv, labels = _data(5, n, 8, 4)
     out = analysis.r_div_batched(z_nat, z_adv, labels, batch_size=bs, drop_remainder=drop)
@@ -186,7 +192,7 @@ def test_r_div_batched_skips_undefined_batches():
     labels = np.array([0, 1, 2, 3, 0, 0, 1, 1, 2, 2, 3, 3], np.int32)
     out = analysis.r_div_batched(z_nat, z_adv, labels, batch_size=4)
     assert np.isnan(out["per_batch"]["intra"][0])
-    manual = [reference_r_div(z_nat[s:s + 4], z_adv[s:s + 4], labels[s:s + 4]) for s in (0, 4, 8)]
+    manual = [reference_r_div(z_nat[s : s + 4], z_adv[s : s + 4], labels[s : s + 4]) for s in (0, 4, 8)]
     _assert_close(out["intra"], np.mean([m[0] for m in manual[1:]]))
     _assert_close(out["inter"], np.mean([m[1] for m in manual]))
     # The default batch size of the paper on a single small batch equals the unbatched value.
@@ -203,14 +209,31 @@ def test_r_div_batched_skips_undefined_batches():
 def test_selection_counts_from_jsonl(tmp_path):
     path = tmp_path / "metrics.jsonl"
     lines = [
-        {"step": 20, "loss": 1.0, "num_positives_nat": 6.0, "num_positives_adv": 7.0,
-         "num_negatives_nat": 10.0, "num_negatives_adv": 12.0},
-        {"step": 10, "num_positives_nat": 3.0, "num_positives_adv": 4.5,
-         "num_negatives_nat": 11.0, "num_negatives_adv": 14.0},
+        {
+            "step": 20,
+            "loss": 1.0,
+            "num_positives_nat": 6.0,
+            "num_positives_adv": 7.0,
+            "num_negatives_nat": 10.0,
+            "num_negatives_adv": 12.0,
+        },
+        {
+            "step": 10,
+            "num_positives_nat": 3.0,
+            "num_positives_adv": 4.5,
+            "num_negatives_nat": 11.0,
+            "num_negatives_adv": 14.0,
+        },
         {"step": 15, "eval/accuracy": 0.5},  # no counts: skipped
         {"step": 30, "train/num_positives_nat": 8.0, "train/num_positives_adv": 9.0},  # prefixed, partial
-        {"step": 20, "num_positives_nat": 6.5, "num_positives_adv": 7.5,  # re-logged after a resume
-         "num_negatives_nat": 9.0, "num_negatives_adv": 11.0, "num_positives": 7.0},
+        {
+            "step": 20,
+            "num_positives_nat": 6.5,
+            "num_positives_adv": 7.5,  # re-logged after a resume
+            "num_negatives_nat": 9.0,
+            "num_negatives_adv": 11.0,
+            "num_positives": 7.0,
+        },
     ]
     text = "\n".join(json.dumps(x) for x in lines) + "\n{not json\n\n"
     path.write_text(text)
@@ -244,8 +267,10 @@ def _assert_png(path, min_bytes=2000):
 
 
 def test_plot_robust_accuracy_vs_eps(tmp_path):
-    results = {"ASCL": ([0, 2 / 255, 4 / 255, 8 / 255], [0.80, 0.70, 0.60, 0.45]),
-               "ADV": ([0, 4 / 255, 8 / 255], [78.0, 55.0, 40.0])}
+    results = {
+        "ASCL": ([0, 2 / 255, 4 / 255, 8 / 255], [0.80, 0.70, 0.60, 0.45]),
+        "ADV": ([0, 4 / 255, 8 / 255], [78.0, 55.0, 40.0]),
+    }
     out = analysis.plot_robust_accuracy_vs_eps(results, tmp_path / "acc.png")
     assert out == tmp_path / "acc.png"
     _assert_png(out)
@@ -259,16 +284,25 @@ def test_plot_robust_accuracy_vs_eps(tmp_path):
 
 
 def test_plot_rdiv_vs_robust_accuracy(tmp_path):
-    points = {"ASCL": ([0.48, 0.55, 0.62], [0.60, 0.50, 0.42], ["2/255", "4/255", "8/255"]),
-              "AT": (0.64, 0.47)}
+    points = {
+        "ASCL": ([0.48, 0.55, 0.62], [0.60, 0.50, 0.42], ["2/255", "4/255", "8/255"]),
+        "AT": (0.64, 0.47),
+    }
     out = analysis.plot_rdiv_vs_robust_accuracy(points, tmp_path / "plots" / "rdiv.png")
     _assert_png(out)
 
 
 def test_plot_selection_counts(tmp_path):
-    history = [{"step": s, "num_positives_nat": 3 + s / 100, "num_positives_adv": 4 + s / 90,
-                "num_negatives_nat": 20 - s / 50, "num_negatives_adv": 25 - s / 60}
-               for s in range(0, 500, 25)]
+    history = [
+        {
+            "step": s,
+            "num_positives_nat": 3 + s / 100,
+            "num_positives_adv": 4 + s / 90,
+            "num_negatives_nat": 20 - s / 50,
+            "num_negatives_adv": 25 - s / 60,
+        }
+        for s in range(0, 500, 25)
+    ]
     out = analysis.plot_selection_counts(history, tmp_path / "counts.png")
     _assert_png(out)
     counts = analysis.selection_counts_over_training(history)
@@ -291,14 +325,35 @@ def test_plot_tsne(tmp_path):
 
 
 def test_text_summary_contains_the_numbers():
-    report = {"config": "default", "method": "ascl", "dataset": "digits", "clean_accuracy": 0.9512,
-              "robust_accuracy": {"pgd20": 0.6125, "autoattack": 0.55},
-              "r_div": {"intra": 0.1234, "inter": 0.2468, "ratio": 0.5}, "num_positives": 11.3,
-              "num_positives_nat": 5.0, "num_positives_adv": 6.3, "num_negatives": 14.3,
-              "train_images_per_second": 321.0, "wall_seconds": 100.0}
+    report = {
+        "config": "default",
+        "method": "ascl",
+        "dataset": "digits",
+        "clean_accuracy": 0.9512,
+        "robust_accuracy": {"pgd20": 0.6125, "autoattack": 0.55},
+        "r_div": {"intra": 0.1234, "inter": 0.2468, "ratio": 0.5},
+        "num_positives": 11.3,
+        "num_positives_nat": 5.0,
+        "num_positives_adv": 6.3,
+        "num_negatives": 14.3,
+        "train_images_per_second": 321.0,
+        "wall_seconds": 100.0,
+    }
     text = analysis.text_summary(report)
-    for s in ("95.12%", "pgd20 61.25%", "autoattack 55.00%", "0.5000", "0.1234", "0.2468", "11.30",
-              "nat 5.00", "adv 6.30", "14.30", "ascl", "321.0"):
+    for s in (
+        "95.12%",
+        "pgd20 61.25%",
+        "autoattack 55.00%",
+        "0.5000",
+        "0.1234",
+        "0.2468",
+        "11.30",
+        "nat 5.00",
+        "adv 6.30",
+        "14.30",
+        "ascl",
+        "321.0",
+    ):
         assert s in text, (s, text)
     assert len(text.splitlines()) <= 10
     # Missing keys are tolerated.
@@ -310,28 +365,62 @@ def test_text_summary_contains_the_numbers():
 # The training loop's report, key for key as ascl_jax/train/loop.py writes it (train_and_evaluate, then
 # evaluate_state with the analysis on); the values are those of a digits run.
 TRAIN_REPORT = {
-    "config": "default", "method": "ascl", "dataset": "digits", "arch": "cnn", "steps": 440,
-    "train_images_per_second": 422.6, "final_train_metrics": {"loss": 3.52, "num_positives_nat": 24.28},
-    "num_positives_nat": 24.28, "num_positives_adv": 21.70, "num_negatives_nat": 1.78,
-    "num_negatives_adv": 4.49, "num_positives": 22.99, "num_negatives": 3.135,
-    "clean_accuracy": 0.9833, "robust_accuracy": {"autoattack": 0.7667, "mpgd": 0.775, "pgd20": 0.7833},
-    "overall_robust_accuracy": 0.7667, "eval_eps": 0.1,
-    "sanity": {"checks": {"nonzero_gradients": {"message": "ok", "passed": True}}, "messages": [],
-               "num_examples": 256, "passed": True, "tolerance": 0.01},
-    "analysis": {"plots": {}, "r_div": {"ratio": 0.1916, "intra": 0.0309, "inter": 0.1610}, "skipped": {},
-                 "errors": {}},
-    "r_div": {"batch_size": 128, "inter": 0.1610, "intra": 0.0309, "num_batches": 3, "num_rows": 360,
-              "ratio": 0.1916, "ratio_mean_of_batches": 0.1925},
+    "config": "default",
+    "method": "ascl",
+    "dataset": "digits",
+    "arch": "cnn",
+    "steps": 440,
+    "train_images_per_second": 422.6,
+    "final_train_metrics": {"loss": 3.52, "num_positives_nat": 24.28},
+    "num_positives_nat": 24.28,
+    "num_positives_adv": 21.70,
+    "num_negatives_nat": 1.78,
+    "num_negatives_adv": 4.49,
+    "num_positives": 22.99,
+    "num_negatives": 3.135,
+    "clean_accuracy": 0.9833,
+    "robust_accuracy": {"autoattack": 0.7667, "mpgd": 0.775, "pgd20": 0.7833},
+    "overall_robust_accuracy": 0.7667,
+    "eval_eps": 0.1,
+    "sanity": {
+        "checks": {"nonzero_gradients": {"message": "ok", "passed": True}},
+        "messages": [],
+        "num_examples": 256,
+        "passed": True,
+        "tolerance": 0.01,
+    },
+    "analysis": {
+        "plots": {},
+        "r_div": {"ratio": 0.1916, "intra": 0.0309, "inter": 0.1610},
+        "skipped": {},
+        "errors": {},
+    },
+    "r_div": {
+        "batch_size": 128,
+        "inter": 0.1610,
+        "intra": 0.0309,
+        "num_batches": 3,
+        "num_rows": 360,
+        "ratio": 0.1916,
+        "ratio_mean_of_batches": 0.1925,
+    },
     "wall_seconds": 330.1,
 }
 
 # evaluation.evaluate's result, key for key as ascl_jax/evaluation/runner.py returns it.
 EVAL_RESULTS = {
-    "eps": 8 / 255, "step_size": 2 / 255, "seed": 0, "num_classes": 10, "attacks": ["clean", "pgd20"],
-    "num_evaluated": 32, "clean_accuracy": 0.875, "robust_accuracy": {"pgd20": 0.40625},
+    "eps": 8 / 255,
+    "step_size": 2 / 255,
+    "seed": 0,
+    "num_classes": 10,
+    "attacks": ["clean", "pgd20"],
+    "num_evaluated": 32,
+    "clean_accuracy": 0.875,
+    "robust_accuracy": {"pgd20": 0.40625},
     "num_examples": {"pgd20": 32},
     "overall": {"robust_accuracy": 0.40625, "num_examples": 32, "attacks": ["pgd20"]},
-    "settings": {"pgd_steps": 20}, "timing_s": {"clean": 0.1, "pgd20": 1.0},
+    "settings": {"pgd_steps": 20},
+    "timing_s": {"clean": 0.1, "pgd20": 1.0},
     "sanity": {"passed": False, "messages": ["gradients are zero on 50% of the examples"]},
     "per_example": {"index": np.arange(32)},
 }
@@ -342,10 +431,26 @@ def test_text_summary_of_the_training_report_has_every_value():
     lines = text.splitlines()
     assert "n/a" not in text, text
     assert all(line.split(":", 1)[1].strip() for line in lines[1:]), text
-    for s in ("config=default", "method=ascl", "dataset=digits", "arch=cnn", "98.33%", "autoattack 76.67%",
-              "mpgd 77.50%", "pgd20 78.33%", "worst case     : 76.67% at eps 0.1 (25.5/255)", "passed",
-              "0.1916", "0.0309", "0.1610", "22.99 (nat 24.28, adv 21.70)", "3.13 (nat 1.78, adv 4.49)",
-              "440 steps", "422.6 train images/s", "wall 330.1 s"):
+    for s in (
+        "config=default",
+        "method=ascl",
+        "dataset=digits",
+        "arch=cnn",
+        "98.33%",
+        "autoattack 76.67%",
+        "mpgd 77.50%",
+        "pgd20 78.33%",
+        "worst case     : 76.67% at eps 0.1 (25.5/255)",
+        "passed",
+        "0.1916",
+        "0.0309",
+        "0.1610",
+        "22.99 (nat 24.28, adv 21.70)",
+        "3.13 (nat 1.78, adv 4.49)",
+        "440 steps",
+        "422.6 train images/s",
+        "wall 330.1 s",
+    ):
         assert s in text, (s, text)
     assert len(lines) <= 10
 
@@ -356,14 +461,32 @@ def test_text_summary_reads_the_eval_summary_of_write_eval_json(tmp_path):
     evaluation.write_eval_json(str(tmp_path), EVAL_RESULTS)
     report = json.loads((tmp_path / "report.json").read_text())
     text = analysis.text_summary(report)
-    for s in ("87.50%", "pgd20 40.62%", "worst case     : 40.62% at eps 0.03137 (8/255)",
-              "FAILED (gradients are zero on 50% of the examples)"):
+    for s in (
+        "87.50%",
+        "pgd20 40.62%",
+        "worst case     : 40.62% at eps 0.03137 (8/255)",
+        "FAILED (gradients are zero on 50% of the examples)",
+    ):
         assert s in text, (s, text)
     # The semi-supervised report: the student's report plus the teacher's accuracy; no attack evaluated.
-    semi = dict(TRAIN_REPORT, method="semi_supervised", robust_accuracy={}, sanity=None,
-                teacher_clean_accuracy=0.0625, stages={"teacher": str(tmp_path)})
-    for k in ("num_positives", "num_positives_nat", "num_positives_adv", "num_negatives",
-              "num_negatives_nat", "num_negatives_adv", "r_div", "analysis"):
+    semi = dict(
+        TRAIN_REPORT,
+        method="semi_supervised",
+        robust_accuracy={},
+        sanity=None,
+        teacher_clean_accuracy=0.0625,
+        stages={"teacher": str(tmp_path)},
+    )
+    for k in (
+        "num_positives",
+        "num_positives_nat",
+        "num_positives_adv",
+        "num_negatives",
+        "num_negatives_nat",
+        "num_negatives_adv",
+        "r_div",
+        "analysis",
+    ):
         semi.pop(k)
     text = analysis.text_summary(semi)
     assert "robust accuracy: no attack evaluated" in text and "teacher clean  : 6.25%" in text, text
@@ -374,16 +497,39 @@ def test_run_analysis_writes_all_plots(tmp_path):
     z_nat, z_adv, labels = _data(8, 50, 8, 3)
     _, z_adv_big, _ = _data(8, 50, 8, 3, adv_scale=1.5)
     metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("\n".join(json.dumps({"step": s, "num_positives_nat": 2.0, "num_positives_adv": 3.0,
-                                             "num_negatives_nat": 8.0, "num_negatives_adv": 9.0})
-                                 for s in (10, 20, 30)))
+    metrics.write_text(
+        "\n".join(
+            json.dumps(
+                {
+                    "step": s,
+                    "num_positives_nat": 2.0,
+                    "num_positives_adv": 3.0,
+                    "num_negatives_nat": 8.0,
+                    "num_negatives_adv": 9.0,
+                }
+            )
+            for s in (10, 20, 30)
+        )
+    )
     report = {"method": "ascl", "clean_accuracy": 0.9, "robust_accuracy": {"pgd10": 0.5}}
     result = analysis.run_analysis(
-        tmp_path, z_nat=z_nat, z_adv={2 / 255: z_adv, 8 / 255: z_adv_big}, labels=labels,
-        eps_sweep_results={0.0: 0.9, 2 / 255: 0.7, 8 / 255: 0.5}, metrics_path=metrics, report=report,
-        batch_size=16, tsne_max_points=40, tsne_max_adv=8)
-    assert set(result["plots"]) == {"robust_accuracy_vs_eps", "rdiv_vs_robust_accuracy", "selection_counts",
-                                    "tsne"}, result
+        tmp_path,
+        z_nat=z_nat,
+        z_adv={2 / 255: z_adv, 8 / 255: z_adv_big},
+        labels=labels,
+        eps_sweep_results={0.0: 0.9, 2 / 255: 0.7, 8 / 255: 0.5},
+        metrics_path=metrics,
+        report=report,
+        batch_size=16,
+        tsne_max_points=40,
+        tsne_max_adv=8,
+    )
+    assert set(result["plots"]) == {
+        "robust_accuracy_vs_eps",
+        "rdiv_vs_robust_accuracy",
+        "selection_counts",
+        "tsne",
+    }, result
     assert not result["errors"] and not result["skipped"]
     for p in result["plots"].values():
         assert p.startswith(str(tmp_path / "plots"))
@@ -393,8 +539,15 @@ def test_run_analysis_writes_all_plots(tmp_path):
     assert set(result["r_div_by_eps"]) == {2 / 255, 8 / 255}
     assert f"{expected['ratio']:.4f}" in result["summary"]
     # Single adversarial array, robust accuracy taken from the report; no metrics, no sweep.
-    single = analysis.run_analysis(tmp_path / "w2", z_nat=z_nat, z_adv=z_adv, labels=labels, report=report,
-                                   tsne_max_points=30, tsne_max_adv=5)
+    single = analysis.run_analysis(
+        tmp_path / "w2",
+        z_nat=z_nat,
+        z_adv=z_adv,
+        labels=labels,
+        report=report,
+        tsne_max_points=30,
+        tsne_max_adv=5,
+    )
     assert set(single["plots"]) == {"rdiv_vs_robust_accuracy", "tsne"}
     assert set(single["skipped"]) == {"robust_accuracy_vs_eps", "selection_counts"}
     # Nothing at all: everything skipped, summary still produced.

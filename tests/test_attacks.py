@@ -2,6 +2,7 @@
 per-example independence, sharding, mPGD worst case, objectives, model adapter, bad input.
 
 Tiny models only (the suite stays well under a minute on 2 CPU cores)."""
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -25,6 +26,7 @@ def rkey(n: int):
 
 class TinyNet(nn.Module):
     """Conv + BN + conv (strided) -> z; proj and logits heads. Follows the model call contract."""
+
     num_classes: int = 10
 
     @nn.compact
@@ -75,13 +77,16 @@ def _in_ball(xa, x, eps):
 # Constraints
 
 
-@pytest.mark.parametrize("kw", [
-    dict(),
-    dict(init="normal", clip_start=False),
-    dict(clip_start=False),
-    dict(random_start=False),
-    dict(num_steps=0),
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(init="normal", clip_start=False),
+        dict(clip_start=False),
+        dict(random_start=False),
+        dict(num_steps=0),
+    ],
+)
 def test_pgd_stays_in_eps_ball_and_box(tiny, kw):
     _, _, x, y = tiny
     obj = attacks.ce_objective(_logits_fn(tiny), y)
@@ -95,10 +100,14 @@ def test_pgd_stays_in_eps_ball_and_box(tiny, kw):
 def test_fgsm_and_mpgd_stay_in_eps_ball_and_box(tiny):
     _, _, x, y = tiny
     logits_fn = _logits_fn(tiny)
-    x_fgsm, x_mpgd = jax.jit(lambda x, k: (
-        attacks.fgsm(attacks.ce_objective(logits_fn, y), x, eps=EPS),
-        attacks.multi_targeted_pgd(logits_fn, x, y, k, num_classes=10, eps=EPS, step_size=STEP,
-                                   num_steps=2, num_targets=3)))(x, rkey(4))
+    x_fgsm, x_mpgd = jax.jit(
+        lambda x, k: (
+            attacks.fgsm(attacks.ce_objective(logits_fn, y), x, eps=EPS),
+            attacks.multi_targeted_pgd(
+                logits_fn, x, y, k, num_classes=10, eps=EPS, step_size=STEP, num_steps=2, num_targets=3
+            ),
+        )
+    )(x, rkey(4))
     _in_ball(x_fgsm, x, EPS)
     _in_ball(x_mpgd, x, EPS)
 
@@ -107,16 +116,19 @@ def test_eps_zero_returns_input(tiny):
     _, _, x, y = tiny
     logits_fn = _logits_fn(tiny)
     obj = attacks.ce_objective(logits_fn, y)
-    for xa in (attacks.pgd_linf(obj, x, rkey(0), eps=0.0, step_size=STEP, num_steps=3),
-               attacks.pgd_linf(obj, x, rkey(0), eps=0, step_size=STEP, num_steps=3,
-                                init="normal", clip_start=False),
-               attacks.fgsm(obj, x, eps=0.0),
-               attacks.multi_targeted_pgd(logits_fn, x, y, rkey(0), num_classes=10,
-                                          eps=0.0, step_size=STEP, num_steps=2)):
+    for xa in (
+        attacks.pgd_linf(obj, x, rkey(0), eps=0.0, step_size=STEP, num_steps=3),
+        attacks.pgd_linf(
+            obj, x, rkey(0), eps=0, step_size=STEP, num_steps=3, init="normal", clip_start=False
+        ),
+        attacks.fgsm(obj, x, eps=0.0),
+        attacks.multi_targeted_pgd(
+            logits_fn, x, y, rkey(0), num_classes=10, eps=0.0, step_size=STEP, num_steps=2
+        ),
+    ):
         np.testing.assert_array_equal(np.asarray(xa), np.asarray(x))
     # traced eps = 0 also gives x (every step projects back onto the zero-radius ball)
-    f = jax.jit(lambda x, e: attacks.pgd_linf(obj, x, rkey(0), eps=e, step_size=STEP,
-                                              num_steps=2))
+    f = jax.jit(lambda x, e: attacks.pgd_linf(obj, x, rkey(0), eps=e, step_size=STEP, num_steps=2))
     np.testing.assert_array_equal(np.asarray(f(x, 0.0)), np.asarray(x))
 
 
@@ -137,8 +149,7 @@ def test_more_steps_never_lower_a_linear_objective():
 
     @jax.jit
     def values(x, key):
-        return [obj(attacks.pgd_linf(obj, x, key, eps=0.1, step_size=0.03, num_steps=k))
-                for k in range(0, 7)]
+        return [obj(attacks.pgd_linf(obj, x, key, eps=0.1, step_size=0.03, num_steps=k)) for k in range(0, 7)]
 
     vals = [np.asarray(v) for v in values(x, rkey(6))]
     for lo, hi in zip(vals[:-1], vals[1:]):
@@ -150,8 +161,12 @@ def test_more_steps_raise_the_objective_of_a_conv_net(tiny):
     """Weaker check on a non-concave objective: on average more steps do not lower it."""
     _, _, x, y = tiny
     obj = attacks.ce_objective(_logits_fn(tiny), y)
-    means = jax.jit(lambda x, key: [jnp.mean(obj(attacks.pgd_linf(
-        obj, x, key, eps=EPS, step_size=STEP / 2, num_steps=k))) for k in (0, 2, 6)])(x, rkey(7))
+    means = jax.jit(
+        lambda x, key: [
+            jnp.mean(obj(attacks.pgd_linf(obj, x, key, eps=EPS, step_size=STEP / 2, num_steps=k)))
+            for k in (0, 2, 6)
+        ]
+    )(x, rkey(7))
     means = [float(m) for m in means]
     assert means[0] < means[1] <= means[2] + 1e-4, means
 
@@ -168,12 +183,14 @@ def test_chunked_loop_equals_unrolled(tiny):
     def run(x, key):
         kw = dict(eps=EPS, step_size=STEP, num_steps=7)
         ref = attacks.pgd_linf(obj, x, key, unroll=7, **kw)  # fully unrolled
-        forms = [attacks.pgd_linf(obj, x, key, **kw),                # default (CPU: fori)
-                 attacks.pgd_linf(obj, x, key, unroll=1, **kw),      # fori over single steps
-                 attacks.pgd_linf(obj, x, key, unroll=3, **kw),      # 2 chunks of 3 + 1 step
-                 attacks.pgd_linf(obj, x, key, max_unroll=4, **kw),  # default chunk >= 7: unrolled
-                 attacks.pgd_linf(obj, x, key, unroll=1, canonicalize=False, **kw),
-                 attacks.pgd_linf(obj, x, key, canonicalize=False, **kw)]
+        forms = [
+            attacks.pgd_linf(obj, x, key, **kw),  # default (CPU: fori)
+            attacks.pgd_linf(obj, x, key, unroll=1, **kw),  # fori over single steps
+            attacks.pgd_linf(obj, x, key, unroll=3, **kw),  # 2 chunks of 3 + 1 step
+            attacks.pgd_linf(obj, x, key, max_unroll=4, **kw),  # default chunk >= 7: unrolled
+            attacks.pgd_linf(obj, x, key, unroll=1, canonicalize=False, **kw),
+            attacks.pgd_linf(obj, x, key, canonicalize=False, **kw),
+        ]
         return ref, forms
 
     assert attacks.resolve_unroll(7) == 7
@@ -186,6 +203,7 @@ def test_canonicalize_convs_gives_hwio_kernels_and_same_values(tiny):
     """Every convolution of the canonicalised gradient takes an HWIO kernel (XLA:CPU's fast path
     inside loop bodies, see the attacks module docstring); values are unchanged."""
     import re
+
     model, variables, x, y = tiny
     grad = jax.grad(lambda z: jnp.sum(attacks.ce_objective(_logits_fn(tiny), y)(z)))
     canon = attacks.canonicalize_convs(grad)
@@ -227,6 +245,7 @@ def test_resolve_unroll_policy():
 
 class DigitsNet(nn.Module):
     """MLP on 8x8x1 digits (compiles in a fraction of a second; conv nets are covered above)."""
+
     @nn.compact
     def __call__(self, x, *, train=False, bn="clean"):
         z = nn.relu(nn.Dense(64)(x.reshape(x.shape[0], -1)))
@@ -236,6 +255,7 @@ class DigitsNet(nn.Module):
 @pytest.fixture(scope="module")
 def digits_model():
     from sklearn.datasets import load_digits
+
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[..., None]  # [1797, 8, 8, 1] in [0, 1]
     y = d.target.astype(np.int32)
@@ -258,6 +278,7 @@ def digits_model():
             g = jax.grad(loss)(p, xtr[idx], ytr[idx])
             u, s = tx.update(g, s, p)
             return optax.apply_updates(p, u), s
+
         return jax.lax.fori_loop(0, 400, body, (params, tx.init(params)))[0]
 
     params = train(params)
@@ -273,11 +294,21 @@ def test_pgd_and_mpgd_defeat_a_trained_model(digits_model):
     def accuracies(x, key):
         acc = lambda v: jnp.mean(jnp.argmax(logits_fn(v), -1) == y)
         x_fgsm = attacks.fgsm(attacks.ce_objective(logits_fn, y), x, eps=eps)
-        x_pgd = attacks.pgd_linf(attacks.ce_objective(logits_fn, y), x, key, eps=eps,
-                                 step_size=eps / 4, num_steps=10)
-        x_mpgd = attacks.multi_targeted_pgd(logits_fn, x, y, key, num_classes=10, eps=eps,
-                                            step_size=eps / 4, num_steps=10, num_targets=3,
-                                            target_batch_size=3)
+        x_pgd = attacks.pgd_linf(
+            attacks.ce_objective(logits_fn, y), x, key, eps=eps, step_size=eps / 4, num_steps=10
+        )
+        x_mpgd = attacks.multi_targeted_pgd(
+            logits_fn,
+            x,
+            y,
+            key,
+            num_classes=10,
+            eps=eps,
+            step_size=eps / 4,
+            num_steps=10,
+            num_targets=3,
+            target_batch_size=3,
+        )
         return acc(x), acc(x_fgsm), acc(x_pgd), acc(x_mpgd)
 
     clean, a_fgsm, a_pgd, a_mpgd = (float(a) for a in accuracies(x, rkey(0)))
@@ -299,12 +330,22 @@ def test_attack_is_independent_per_example_in_eval_mode(tiny):
 
     @jax.jit
     def run(xs, ys, st):
-        pgd = attacks.pgd_linf(attacks.ce_objective(logits_fn, ys), xs, None, eps=EPS,
-                               step_size=STEP, num_steps=4, x_init=st)
+        pgd = attacks.pgd_linf(
+            attacks.ce_objective(logits_fn, ys), xs, None, eps=EPS, step_size=STEP, num_steps=4, x_init=st
+        )
         # mPGD without random start: same property
-        mpgd = attacks.multi_targeted_pgd(logits_fn, xs, ys, None, num_classes=10, eps=EPS,
-                                          step_size=STEP, num_steps=2, num_targets=2,
-                                          random_start=False)
+        mpgd = attacks.multi_targeted_pgd(
+            logits_fn,
+            xs,
+            ys,
+            None,
+            num_classes=10,
+            eps=EPS,
+            step_size=STEP,
+            num_steps=2,
+            num_targets=2,
+            random_start=False,
+        )
         return pgd, mpgd
 
     full = [np.asarray(a) for a in run(x, y, start)]
@@ -323,8 +364,13 @@ def test_train_mode_bn_couples_examples(tiny):
     @jax.jit
     def outputs(x):
         ref, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        return (f_train(x), ref["logits"], f_train(x[:4]), f_eval(x),
-                model.apply(variables, x, train=False)["logits"])
+        return (
+            f_train(x),
+            ref["logits"],
+            f_train(x[:4]),
+            f_eval(x),
+            model.apply(variables, x, train=False)["logits"],
+        )
 
     train_all, train_ref, train_sub, out, eval_ref = outputs(x)
     np.testing.assert_allclose(np.asarray(train_all), np.asarray(train_ref), atol=1e-6)
@@ -339,16 +385,19 @@ def test_sharded_batch_equals_single_device(tiny):
     logits_fn = _logits_fn(tiny, "eval")
 
     def attack(x, y, key):
-        return attacks.pgd_linf(attacks.ce_objective(logits_fn, y), x, key, eps=EPS,
-                                step_size=STEP, num_steps=3)
+        return attacks.pgd_linf(
+            attacks.ce_objective(logits_fn, y), x, key, eps=EPS, step_size=STEP, num_steps=3
+        )
 
     key = jax.random.key(10)
-    single = np.asarray(jax.jit(attack)(jax.device_put(x, jax.devices()[0]),
-                                        jax.device_put(y, jax.devices()[0]), key))
+    single = np.asarray(
+        jax.jit(attack)(jax.device_put(x, jax.devices()[0]), jax.device_put(y, jax.devices()[0]), key)
+    )
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     sh = NamedSharding(mesh, P("data"))
     out = jax.jit(attack, in_shardings=(sh, sh, NamedSharding(mesh, P())), out_shardings=sh)(
-        jax.device_put(x, sh), jax.device_put(y, sh), key)
+        jax.device_put(x, sh), jax.device_put(y, sh), key
+    )
     assert out.sharding.is_equivalent_to(sh, 4)
     np.testing.assert_allclose(np.asarray(out), single, atol=1e-6)
 
@@ -367,12 +416,21 @@ def test_mpgd_is_at_least_as_strong_as_every_targeted_run(tiny):
     def run(x, key):
         xm = attacks.multi_targeted_pgd(logits_fn, x, y, key, num_classes=10, num_targets=4, **kw)
         # vectorised targets (batch T*B in one pass) give the same attack
-        xv = [attacks.multi_targeted_pgd(logits_fn, x, y, key, num_classes=10, num_targets=4,
-                                         target_batch_size=g, **kw) for g in (4, 3)]
+        xv = [
+            attacks.multi_targeted_pgd(
+                logits_fn, x, y, key, num_classes=10, num_targets=4, target_batch_size=g, **kw
+            )
+            for g in (4, 3)
+        ]
         targets = attacks.mpgd_targets(logits_fn(x), y, 4)
-        singles = [robust_margin(attacks.pgd_linf(
-            attacks.margin_objective(logits_fn, y, targets[k]), x, jax.random.fold_in(key, k),
-            **kw)) for k in range(4)]
+        singles = [
+            robust_margin(
+                attacks.pgd_linf(
+                    attacks.margin_objective(logits_fn, y, targets[k]), x, jax.random.fold_in(key, k), **kw
+                )
+            )
+            for k in range(4)
+        ]
         return xm, xv, robust_margin(xm), targets, singles
 
     # threefry key: its draws do not change under vmap (RBG's do)
@@ -401,16 +459,23 @@ def test_objectives_values(tiny):
         logits = logits_fn(x)
         kl = attacks.kl_objective(logits_fn, logits)
         # TRADES attack (SPEC 3.6): start x + 0.001 N(0, 1), unclipped; the KL grows from ~0
-        xa = attacks.pgd_linf(kl, x, key, eps=EPS, step_size=STEP, num_steps=3, init="normal",
-                              clip_start=False)
-        return dict(logits=logits, ce=attacks.ce_objective(logits_fn, y)(x),
-                    tce=attacks.targeted_ce_objective(logits_fn, y)(x), kl0=kl(x), kl_adv=kl(xa),
-                    margin=attacks.margin_objective(logits_fn, y)(x), xa=xa)
+        xa = attacks.pgd_linf(
+            kl, x, key, eps=EPS, step_size=STEP, num_steps=3, init="normal", clip_start=False
+        )
+        return dict(
+            logits=logits,
+            ce=attacks.ce_objective(logits_fn, y)(x),
+            tce=attacks.targeted_ce_objective(logits_fn, y)(x),
+            kl0=kl(x),
+            kl_adv=kl(xa),
+            margin=attacks.margin_objective(logits_fn, y)(x),
+            xa=xa,
+        )
 
     r = {k: np.asarray(v) for k, v in run(x, rkey(12)).items()}
     np.testing.assert_allclose(
-        r["ce"], np.asarray(optax.softmax_cross_entropy_with_integer_labels(r["logits"], y)),
-        rtol=1e-5)
+        r["ce"], np.asarray(optax.softmax_cross_entropy_with_integer_labels(r["logits"], y)), rtol=1e-5
+    )
     np.testing.assert_allclose(r["tce"], -r["ce"])
     assert r["kl0"].shape == (x.shape[0],)
     np.testing.assert_allclose(r["kl0"], 0.0, atol=1e-6)
@@ -432,14 +497,14 @@ def test_nt_xent_objective(tiny):
         one = attacks.nt_xent_objective(proj_fn, both[8:])(both[:8])
         one_p = attacks.nt_xent_objective(proj_fn, other_proj=p[8:])(both[:8])
         # ACL's attack (SPEC 3.3: eval BN, unclipped uniform start) on both views jointly
-        xa = attacks.pgd_linf(obj, both, key, eps=EPS, step_size=STEP, num_steps=3,
-                              clip_start=False)
+        xa = attacks.pgd_linf(obj, both, key, eps=EPS, step_size=STEP, num_steps=3, clip_start=False)
         return p, obj(both), one, one_p, xa, obj(xa)
 
     p, rows, one, one_p, xa, rows_adv = run(both, rkey(13))
     assert rows.shape == (16,) and one.shape == (8,)
     try:
         from ascl_jax.losses import nt_xent_loss
+
         ref = float(nt_xent_loss(p[:8], p[8:], temperature=0.5))
     except ImportError:  # pragma: no cover - losses module absent
         ref = float(jnp.mean(losses.nt_xent_rows(p[:8], p[8:], temperature=0.5)))
@@ -455,6 +520,7 @@ def test_nt_xent_objective(tiny):
 
 def test_model_forward_on_dual_bn_package_model():
     from ascl_jax import models
+
     cfg = dict(arch="tiny", head="p1", bn="dual", proj_dim=8)
     model = models.build_model(cfg, num_classes=10, image_shape=(8, 8, 1))
     x = _images(14, (4, 8, 8, 1))
@@ -467,9 +533,14 @@ def test_model_forward_on_dual_bn_package_model():
             ref = model.apply(v, x, train=False, bn=bn)
             for o in ("logits", "proj", "z"):
                 out[bn, o] = (attacks.model_forward(model, v, bn=bn, output=o)(x), ref[o])
-        xa = attacks.pgd_linf(attacks.ce_objective(
-            attacks.model_forward(model, v, bn="adv", bn_mode="train"), jnp.arange(4)),
-            x, key, eps=EPS, step_size=STEP, num_steps=2)
+        xa = attacks.pgd_linf(
+            attacks.ce_objective(attacks.model_forward(model, v, bn="adv", bn_mode="train"), jnp.arange(4)),
+            x,
+            key,
+            eps=EPS,
+            step_size=STEP,
+            num_steps=2,
+        )
         return out, xa
 
     out, xa = run(x, rkey(15))
@@ -515,11 +586,9 @@ def test_bad_input_is_rejected(tiny):
     with pytest.raises(ValueError, match="output must be one of"):
         attacks.model_forward(model, variables, output="features")
     with pytest.raises(ValueError, match="num_targets"):
-        attacks.multi_targeted_pgd(_logits_fn(tiny), x, y, key, num_classes=10, num_targets=10,
-                                   **kw)
+        attacks.multi_targeted_pgd(_logits_fn(tiny), x, y, key, num_classes=10, num_targets=10, **kw)
     with pytest.raises(ValueError, match="target_batch_size"):
-        attacks.multi_targeted_pgd(_logits_fn(tiny), x, y, key, num_classes=10,
-                                   target_batch_size=0, **kw)
+        attacks.multi_targeted_pgd(_logits_fn(tiny), x, y, key, num_classes=10, target_batch_size=0, **kw)
     with pytest.raises(ValueError, match="temperature"):
         attacks.nt_xent_objective(_logits_fn(tiny), temperature=0.0)
     with pytest.raises(ValueError, match="num_classes"):

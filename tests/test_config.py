@@ -1,5 +1,6 @@
 """The config schema: every config file and documented `:arg` loads and validates; `config.load`;
 partial sections resolve from the one set of defaults; other modules' enumerations agree with it."""
+
 import itertools
 import pathlib
 
@@ -14,8 +15,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def _grid(**axes):
     """Every combination of the documented values, as ':arg' strings."""
     keys = list(axes)
-    return [",".join(f"{k}={v}" for k, v in zip(keys, values) if v != "")
-            for values in itertools.product(*axes.values())]
+    return [
+        ",".join(f"{k}={v}" for k, v in zip(keys, values) if v != "")
+        for values in itertools.product(*axes.values())
+    ]
 
 
 # Every config file and the `:arg` values its docstring / the README documents.
@@ -25,26 +28,37 @@ DOCUMENTED_ARGS = {
     "ascl_table3": _grid(arch=("resnet18", "wrn34_10")),
     "ascl_table4": _grid(strategy=("global", "hard", "soft", "leaked")),
     "ascl_table5": _grid(head=("identity", "p1", "p2"), strategy=("global", "leaked")),
-    "ascl_table6": _grid(row=("orgscl", "adv", "adv_scl", "adv_vat", "adv_vat_scl"),
-                         arch=("resnet18", "wrn34_10")),
+    "ascl_table6": _grid(
+        row=("orgscl", "adv", "adv_scl", "adv_vat", "adv_vat_scl"), arch=("resnet18", "wrn34_10")
+    ),
     "ascl_table7": ["", "scl=2.0,vat=0.0", "scl=0.5,vat=1.0"],
     "ascl_released": _grid(arch=("resnet18", "wrn34_10")),
-    "acl_pretrain": _grid(variant=("s2s", "a2a", "a2s", "ds"), bn=("", "single", "dual"),
-                          dataset=("cifar10", "cifar100")),
-    "acl_finetune": _grid(pretrained=("runs/acl_ds",), branch=("adv", "clean"),
-                          dataset=("cifar10", "cifar100"), epochs=(25, 100))
-                    + ["random_init=True"],
-    "acl_linear": _grid(pretrained=("runs/acl_ds",), branch=("adv", "clean"),
-                        mode=("standard", "adversarial")),
+    "acl_pretrain": _grid(
+        variant=("s2s", "a2a", "a2s", "ds"), bn=("", "single", "dual"), dataset=("cifar10", "cifar100")
+    ),
+    "acl_finetune": _grid(
+        pretrained=("runs/acl_ds",),
+        branch=("adv", "clean"),
+        dataset=("cifar10", "cifar100"),
+        epochs=(25, 100),
+    )
+    + ["random_init=True"],
+    "acl_linear": _grid(
+        pretrained=("runs/acl_ds",), branch=("adv", "clean"), mode=("standard", "adversarial")
+    ),
     "acl_semisup": _grid(fraction=(0.01, 0.1), dataset=("cifar10", "cifar100")),
 }
-CASES = [(name, arg + tail) for name, args in DOCUMENTED_ARGS.items() for arg in args
-         for tail in ("", ",smoke" if arg else "smoke")]
+CASES = [
+    (name, arg + tail)
+    for name, args in DOCUMENTED_ARGS.items()
+    for arg in args
+    for tail in ("", ",smoke" if arg else "smoke")
+]
 
 
 def _validate_all(c):
     config.validate(c)
-    for stage in (c.stages.values() if "stages" in c else ()):
+    for stage in c.stages.values() if "stages" in c else ():
         if stage.method in ("trades_finetune", "linear_eval") and not stage.init.workdir:
             stage.init.workdir = "/nonexistent"  # the semi-supervised routine sets it
         config.validate(stage)
@@ -90,8 +104,9 @@ def test_partial_sections_resolve_from_the_schema_defaults():
     assert d.to_dict() == dict(config.data_defaults("cifar10").to_dict(), batch_size=64)
     assert (d.crop_padding, d.flip, d.eval_batch_size) == (4, True, 500)
     assert config.base_config().data.to_dict() == config.data_defaults("digits").to_dict()
-    sentinels = config.resolve_data(dict(crop_padding=-1, flip=None, num_train=None,
-                                         label_fraction=None, data_dir=None))
+    sentinels = config.resolve_data(
+        dict(crop_padding=-1, flip=None, num_train=None, label_fraction=None, data_dir=None)
+    )
     assert sentinels.to_dict() == config.data_defaults("digits").to_dict()
     m = config.resolve_model(dict(arch="resnet20"))
     assert m.to_dict() == dict(config.model_defaults().to_dict(), arch="resnet20")
@@ -117,6 +132,7 @@ def test_validate_checks_data_and_model_sections():
 def test_other_modules_enumerations_agree_with_the_schema():
     from ascl_jax import attacks, losses, models
     from ascl_jax.models import cnn, layers, norm
+
     assert models.ARCHS == config.ARCHS and models.HEADS == config.HEADS
     assert tuple(models.NORMALIZATION) == config.NORMALIZATIONS
     assert layers.CONV_INITS == config.CONV_INITS and cnn.CNN_PADDINGS == config.CNN_PADDINGS

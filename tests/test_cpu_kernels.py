@@ -2,6 +2,7 @@
 and without them, the build cache, the fallbacks and the speed layer's switch. The kernels are called
 explicitly (or with ``kernel=`` / ``direct_kernels=``), so these tests check the same things whatever
 ``ASCL_JAX_CPU_FAST`` says; the defaults' tests set it themselves."""
+
 import os
 
 import jax
@@ -17,8 +18,7 @@ from ascl_jax.xla_cpu import kernels as cpu_kernels
 
 # Only a machine without any C++ compiler skips the kernel tests; where one exists, a failed build
 # makes them fail (test_kernels_build_where_a_compiler_exists says why), not skip.
-needs_kernels = pytest.mark.skipif(cpu_kernels._compiler() is None,
-                                   reason="no C++ compiler on this machine")
+needs_kernels = pytest.mark.skipif(cpu_kernels._compiler() is None, reason="no C++ compiler on this machine")
 
 
 @needs_kernels
@@ -35,8 +35,19 @@ def _ref_sums(a, b, shift):
 
 
 @needs_kernels
-@pytest.mark.parametrize("shape", [(128, 32, 32, 16), (7, 5, 3, 32), (3, 9, 9, 48), (2, 8, 8, 64),
-                                   (5, 3, 4, 3), (33, 100), (1, 1), (600, 17)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (128, 32, 32, 16),
+        (7, 5, 3, 32),
+        (3, 9, 9, 48),
+        (2, 8, 8, 64),
+        (5, 3, 4, 3),
+        (33, 100),
+        (1, 1),
+        (600, 17),
+    ],
+)
 def test_channel_sums_match_float64(shape):
     k1, k2, k3 = jax.random.split(jax.random.key(sum(shape)), 3)
     a = jax.random.normal(k1, shape) * 2.0 + 0.5
@@ -53,8 +64,9 @@ def test_channel_sums_match_float64(shape):
 
 @needs_kernels
 @settings(max_examples=25, deadline=None)
-@given(m=st.integers(1, 700), c=st.sampled_from([1, 2, 5, 16, 31, 32, 48, 64, 70]),
-       seed=st.integers(0, 2**16))
+@given(
+    m=st.integers(1, 700), c=st.sampled_from([1, 2, 5, 16, 31, 32, 48, 64, 70]), seed=st.integers(0, 2**16)
+)
 def test_channel_sums_property(m, c, seed):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(m, c)).astype(np.float32)
@@ -92,14 +104,14 @@ def test_bn_train_with_and_without_kernel_agree():
 
     def loss(x, scale, bias, kernel):
         y, mean, var = cpu_bn.train(x, scale, bias, 1e-5, kernel=kernel)
-        return jnp.sum(jnp.sin(y)) + jnp.sum(mean ** 2) + jnp.sum(jnp.cos(var))
+        return jnp.sum(jnp.sin(y)) + jnp.sum(mean**2) + jnp.sum(jnp.cos(var))
 
     f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)), static_argnums=3)
     with_k, without = f(x, scale, bias, True), f(x, scale, bias, False)
     for p, q in zip(jax.tree.leaves(with_k), jax.tree.leaves(without)):
         np.testing.assert_allclose(p, q, rtol=2e-5, atol=2e-5)
     hlo = jax.jit(jax.grad(loss), static_argnums=3).lower(x, scale, bias, True).as_text()
-    assert hlo.count(cpu_kernels.TARGET) == 2          # forward sums + backward sums
+    assert hlo.count(cpu_kernels.TARGET) == 2  # forward sums + backward sums
     hlo = jax.jit(jax.grad(loss), static_argnums=3).lower(x, scale, bias, False).as_text()
     assert cpu_kernels.TARGET not in hlo
 
@@ -108,6 +120,7 @@ def test_bn_train_with_and_without_kernel_agree():
 def test_switch_turns_kernels_off(monkeypatch, fast):
     """The kernels' defaults follow ASCL_JAX_CPU_FAST; the models call no kernel with it off."""
     from ascl_jax.models.norm import BatchNorm
+
     monkeypatch.setenv(xla_cpu.ENV_SWITCH, "1" if fast else "0")
     assert xla_cpu.enabled() == fast
     on = fast and cpu_kernels.available()
@@ -158,15 +171,26 @@ def _ref_conv3x3(x, w):
     out = np.zeros((n, h, wd, w.shape[3]))
     for a in range(3):
         for b in range(3):
-            out += np.einsum('nhwi,io->nhwo', xp[:, a:a + h, b:b + wd, :], w[a, b])
+            out += np.einsum("nhwi,io->nhwo", xp[:, a : a + h, b : b + wd, :], w[a, b])
     return out
 
 
 @needs_kernels
-@pytest.mark.parametrize("shape", [(4, 32, 32, 3, 16), (3, 8, 8, 16, 16), (2, 16, 16, 32, 32),
-                                   (2, 8, 8, 64, 64), (2, 7, 5, 5, 48), (1, 9, 13, 20, 80),
-                                   (2, 4, 35, 16, 32), (1, 1, 1, 1, 16), (2, 3, 3, 130, 160),
-                                   (1, 3, 3, 0, 16)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (4, 32, 32, 3, 16),
+        (3, 8, 8, 16, 16),
+        (2, 16, 16, 32, 32),
+        (2, 8, 8, 64, 64),
+        (2, 7, 5, 5, 48),
+        (1, 9, 13, 20, 80),
+        (2, 4, 35, 16, 32),
+        (1, 1, 1, 1, 16),
+        (2, 3, 3, 130, 160),
+        (1, 3, 3, 0, 16),
+    ],
+)
 def test_conv3x3_matches_float64(shape):
     n, h, wd, ci, co = shape
     kx, kw = jax.random.split(jax.random.key(ci * 1000 + co))
@@ -176,7 +200,7 @@ def test_conv3x3_matches_float64(shape):
     ref = _ref_conv3x3(x, w)
     np.testing.assert_allclose(y, ref, atol=2e-5 * np.sqrt(9 * max(ci, 1)), rtol=1e-5)
     dx = jax.jit(cpu_kernels.conv3x3_input_grad)(y, w) if ci % 16 == 0 and ci else None
-    if dx is not None:   # the adjoint of the convolution: <conv(x), y> = <x, conv^T(y)>
+    if dx is not None:  # the adjoint of the convolution: <conv(x), y> = <x, conv^T(y)>
         lhs = np.sum(ref * np.asarray(y, np.float64))
         rhs = np.sum(np.asarray(x, np.float64) * np.asarray(dx, np.float64))
         assert abs(lhs - rhs) <= 1e-4 * abs(lhs) + 1e-3
@@ -212,17 +236,16 @@ def test_conv2d_direct_kernels_values_and_grads_equal_xla(ci, co):
 def test_conv3x3_rejects_unsupported_shapes():
     with pytest.raises(ValueError, match="16k"):
         cpu_kernels.conv3x3(jnp.zeros((1, 4, 4, 3)), jnp.zeros((3, 3, 3, 10)))
-    assert not cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 2, ((1, 1), (1, 1)),
-                                             jnp.float32)
-    assert not cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 1, ((0, 0), (0, 0)),
-                                             jnp.float32)
-    assert cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 1, ((1, 1), (1, 1)),
-                                         jnp.float32)
+    assert not cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 2, ((1, 1), (1, 1)), jnp.float32)
+    assert not cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 1, ((0, 0), (0, 0)), jnp.float32)
+    assert cpu_kernels.conv3x3_supported((1, 4, 4, 3), (3, 3, 3, 16), 1, ((1, 1), (1, 1)), jnp.float32)
 
 
 @needs_kernels
-@pytest.mark.parametrize("shape", [(11, 8, 8, 3, 16), (3, 32, 32, 16, 16), (2, 7, 5, 20, 48),
-                                   (9, 4, 4, 130, 160), (1, 1, 1, 1, 16)])
+@pytest.mark.parametrize(
+    "shape",
+    [(11, 8, 8, 3, 16), (3, 32, 32, 16, 16), (2, 7, 5, 20, 48), (9, 4, 4, 130, 160), (1, 1, 1, 1, 16)],
+)
 def test_conv3x3_weight_grad_matches_float64(shape):
     n, h, wd, ci, co = shape
     kx, kd = jax.random.split(jax.random.key(n * 7 + ci))
@@ -230,11 +253,20 @@ def test_conv3x3_weight_grad_matches_float64(shape):
     dy = jax.random.normal(kd, (n, h, wd, co))
     dw = jax.jit(cpu_kernels.conv3x3_weight_grad)(x, dy)
     xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
-    ref = np.stack([np.stack([np.einsum('nhwi,nhwo->io', xp[:, a:a + h, b:b + wd], np.asarray(dy, np.float64))
-                              for b in range(3)]) for a in range(3)])
+    ref = np.stack(
+        [
+            np.stack(
+                [
+                    np.einsum("nhwi,nhwo->io", xp[:, a : a + h, b : b + wd], np.asarray(dy, np.float64))
+                    for b in range(3)
+                ]
+            )
+            for a in range(3)
+        ]
+    )
     np.testing.assert_allclose(dw, ref, atol=1e-5 * np.sqrt(n * h * wd) * 4, rtol=1e-5)
     again = jax.jit(cpu_kernels.conv3x3_weight_grad)(x, dy)
-    np.testing.assert_array_equal(dw, again)          # fixed image blocks: deterministic
+    np.testing.assert_array_equal(dw, again)  # fixed image blocks: deterministic
 
 
 def test_conv3x3_weight_grad_rejects_bad_shapes():
@@ -270,30 +302,48 @@ def test_portable_build_without_avx512(tmp_path):
     float64 references."""
     import ctypes
     import subprocess
+
     cxx = cpu_kernels._compiler()
     x86 = os.uname().machine.startswith(("x86", "amd64"))
     lib_path = tmp_path / "portable.so"
-    cmd = [cxx, "-O1", "-std=c++17", "-shared", "-fPIC", "-w", *(["-mno-avx512f"] if x86 else []),
-           "-I", cpu_kernels.include_dir(), *cpu_kernels.SOURCES, "-o", str(lib_path)]
+    cmd = [
+        cxx,
+        "-O1",
+        "-std=c++17",
+        "-shared",
+        "-fPIC",
+        "-w",
+        *(["-mno-avx512f"] if x86 else []),
+        "-I",
+        cpu_kernels.include_dir(),
+        *cpu_kernels.SOURCES,
+        "-o",
+        str(lib_path),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=300)
     lib = ctypes.cdll.LoadLibrary(str(lib_path))
     assert lib.AsclConv3x3Vectorized() == 0
     names = {}
     for target, symbol in cpu_kernels._SYMBOLS.items():
         names[target] = target + "_portable_test"
-        jax.ffi.register_ffi_target(names[target], jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform="cpu")
+        jax.ffi.register_ffi_target(names[target], jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(3, 6, 5, 7)).astype(np.float32)
     w = rng.normal(size=(3, 3, 7, 32)).astype(np.float32)
     dy = rng.normal(size=(3, 6, 5, 32)).astype(np.float32)
-    y = jax.ffi.ffi_call(names[cpu_kernels.CONV_TARGET],
-                         jax.ShapeDtypeStruct((3, 6, 5, 32), jnp.float32))(x, w)
+    y = jax.ffi.ffi_call(names[cpu_kernels.CONV_TARGET], jax.ShapeDtypeStruct((3, 6, 5, 32), jnp.float32))(
+        x, w
+    )
     np.testing.assert_allclose(y, _ref_conv3x3(x, w), atol=1e-4, rtol=1e-5)
-    dw = jax.ffi.ffi_call(names[cpu_kernels.WGRAD_TARGET],
-                          jax.ShapeDtypeStruct((3, 3, 7, 32), jnp.float32))(x, dy)
-    want = jax.vjp(lambda w_: jax.lax.conv_general_dilated(
-        x, w_, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')), w)[1](dy)[0]
+    dw = jax.ffi.ffi_call(names[cpu_kernels.WGRAD_TARGET], jax.ShapeDtypeStruct((3, 3, 7, 32), jnp.float32))(
+        x, dy
+    )
+    want = jax.vjp(
+        lambda w_: jax.lax.conv_general_dilated(
+            x, w_, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+        ),
+        w,
+    )[1](dy)[0]
     np.testing.assert_allclose(dw, want, atol=1e-4, rtol=1e-5)
     a = rng.normal(size=(300, 16)).astype(np.float32)
     out = jax.ShapeDtypeStruct((16,), jnp.float32)

@@ -4,6 +4,7 @@ Small budgets (APGD 10 iterations, Square 50-200 queries) on a linear model trai
 (8x8x1 in [0, 1]) and a tiny random conv net; the defaults stay at AutoAttack's standard values.
 8 simulated CPU devices come from tests/conftest.py.
 """
+
 import json
 import os
 
@@ -19,26 +20,26 @@ EPS = 0.1
 SMALL_AA = dict(n_iter=10, n_queries=100)
 
 
-@pytest.fixture(scope='module', autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _fast_compiles():
     """Cheaper XLA compilations for these tiny models (restored afterwards)."""
-    old = jax.config.read('jax_disable_most_optimizations')
-    jax.config.update('jax_disable_most_optimizations', True)
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
     yield
-    jax.config.update('jax_disable_most_optimizations', old)
+    jax.config.update("jax_disable_most_optimizations", old)
 
 
 def linear_logits(params, x):
-    return x.reshape(x.shape[0], -1) @ params['w'] + params['b']
+    return x.reshape(x.shape[0], -1) @ params["w"] + params["b"]
 
 
 def conv_logits(params, x):
-    dn = ('NHWC', 'HWIO', 'NHWC')
-    h = jax.lax.conv_general_dilated(x, params['k1'], (1, 1), 'SAME', dimension_numbers=dn)
+    dn = ("NHWC", "HWIO", "NHWC")
+    h = jax.lax.conv_general_dilated(x, params["k1"], (1, 1), "SAME", dimension_numbers=dn)
     h = jax.nn.relu(h)
-    h = jax.lax.conv_general_dilated(h, params['k2'], (2, 2), 'SAME', dimension_numbers=dn)
+    h = jax.lax.conv_general_dilated(h, params["k2"], (2, 2), "SAME", dimension_numbers=dn)
     h = jax.nn.relu(h).mean(axis=(1, 2))
-    return h @ params['w']
+    return h @ params["w"]
 
 
 def masked_logits(params, x):
@@ -46,24 +47,25 @@ def masked_logits(params, x):
     return linear_logits(params, jax.lax.stop_gradient(jnp.round(x * 4.0) / 4.0))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def digits():
     from sklearn.datasets import load_digits
+
     d = load_digits()
     x = (d.images / 16.0).astype(np.float32)[..., None]
     y = d.target.astype(np.int32)
     return x, y
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def linear(digits):
     """Softmax regression on digits (full-batch gradient descent, ~95% train accuracy)."""
     x, y = digits
     xf = jnp.asarray(x.reshape(len(x), -1))
-    params = {'w': jnp.zeros((64, 10)), 'b': jnp.zeros(10)}
+    params = {"w": jnp.zeros((64, 10)), "b": jnp.zeros(10)}
 
     def loss(p):
-        logp = jax.nn.log_softmax(xf @ p['w'] + p['b'])
+        logp = jax.nn.log_softmax(xf @ p["w"] + p["b"])
         return -jnp.mean(jnp.take_along_axis(logp, jnp.asarray(y)[:, None], -1))
 
     @jax.jit
@@ -71,32 +73,47 @@ def linear(digits):
         def body(_, p):
             g = jax.grad(loss)(p)
             return jax.tree.map(lambda a, b: a - 1.0 * b, p, g)
+
         return jax.lax.fori_loop(0, 200, body, p)
 
     return jax.device_get(train(params))
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def conv(digits):
     """A random tiny conv net; labels = its own predictions (clean accuracy 100%)."""
     ks = jax.random.split(jax.random.key(3), 3)
-    params = {'k1': jax.random.normal(ks[0], (3, 3, 1, 6)) * 0.5,
-              'k2': jax.random.normal(ks[1], (3, 3, 6, 8)) * 0.3,
-              'w': jax.random.normal(ks[2], (8, 10))}
+    params = {
+        "k1": jax.random.normal(ks[0], (3, 3, 1, 6)) * 0.5,
+        "k2": jax.random.normal(ks[1], (3, 3, 6, 8)) * 0.3,
+        "w": jax.random.normal(ks[2], (8, 10)),
+    }
     x = digits[0][:48]
     y = np.asarray(jnp.argmax(conv_logits(params, jnp.asarray(x)), -1)).astype(np.int32)
     return params, x, y
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def conv_eval(conv):
     """Every attack on the conv net, with adversarial images kept."""
     params, x, y = conv
     return evaluation.evaluate(
-        conv_logits, x, y, params=params, eps=EPS, step_size=EPS / 4,
-        attacks=('clean', 'pgd5', 'mpgd', 'apgd-ce', 'apgd-t', 'fab-t', 'square', 'autoattack'),
-        mpgd_steps=5, mpgd_targets=3, aa_options=dict(n_iter=10, n_queries=50, n_targets=3),
-        batch_size=16, seed=0, sanity=False, progress=False, keep_adv=True)
+        conv_logits,
+        x,
+        y,
+        params=params,
+        eps=EPS,
+        step_size=EPS / 4,
+        attacks=("clean", "pgd5", "mpgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"),
+        mpgd_steps=5,
+        mpgd_targets=3,
+        aa_options=dict(n_iter=10, n_queries=50, n_targets=3),
+        batch_size=16,
+        seed=0,
+        sanity=False,
+        progress=False,
+        keep_adv=True,
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,11 +138,11 @@ def test_dlr_losses_against_numpy():
     zs = np.sort(z, axis=1)
     other = np.where(np.eye(10, dtype=bool)[y], -np.inf, z).max(1)
     dlr = -(z[np.arange(6), y] - other) / (zs[:, -1] - zs[:, -3] + 1e-12)
-    tdlr = -(z[np.arange(6), y] - z[np.arange(6), t]) / (zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4])
-                                                        + 1e-12)
+    tdlr = -(z[np.arange(6), y] - z[np.arange(6), t]) / (zs[:, -1] - 0.5 * (zs[:, -3] + zs[:, -4]) + 1e-12)
     np.testing.assert_allclose(aa.dlr_loss(jnp.asarray(z), jnp.asarray(y)), dlr, rtol=1e-5)
-    np.testing.assert_allclose(aa.targeted_dlr_loss(jnp.asarray(z), jnp.asarray(y), jnp.asarray(t)),
-                               tdlr, rtol=1e-5)
+    np.testing.assert_allclose(
+        aa.targeted_dlr_loss(jnp.asarray(z), jnp.asarray(y), jnp.asarray(t)), tdlr, rtol=1e-5
+    )
     # shift and positive scale invariance
     np.testing.assert_allclose(aa.dlr_loss(jnp.asarray(3 * z + 7), jnp.asarray(y)), dlr, rtol=1e-4)
 
@@ -133,13 +150,14 @@ def test_dlr_losses_against_numpy():
 def test_shared_row_helpers():
     """The evaluation's margin, CE and projection are the attacks' / losses' (one of each)."""
     from ascl_jax import attacks, losses, parallel
+
     rng = np.random.default_rng(1)
     z = jnp.asarray(rng.normal(size=(5, 4)).astype(np.float32))
     y = jnp.asarray([0, 1, 2, 3, 0])
     other = np.where(np.eye(4, dtype=bool)[np.asarray(y)], -np.inf, np.asarray(z)).max(1)
     np.testing.assert_array_equal(aa.robust_margin(z, y), np.asarray(z)[np.arange(5), y] - other)
     np.testing.assert_array_equal(aa.robust_margin(z, y), -attacks.logit_margin(z, y))
-    np.testing.assert_array_equal(aa.cross_entropy(z, y), losses.cross_entropy(z, y, reduction='none'))
+    np.testing.assert_array_equal(aa.cross_entropy(z, y), losses.cross_entropy(z, y, reduction="none"))
     xa = jnp.asarray(rng.uniform(-0.5, 1.5, (5, 2, 2, 1)).astype(np.float32))
     x = jnp.asarray(rng.uniform(0, 1, (5, 2, 2, 1)).astype(np.float32))
     proj = np.asarray(attacks.project_linf(xa, x, 0.1))
@@ -152,6 +170,7 @@ def test_shared_row_helpers():
 
 def test_linf_hyperplane_projection_matches_linprog():
     from scipy.optimize import linprog
+
     rng = np.random.default_rng(1)
     d = 12
     t = rng.uniform(0, 1, (8, d))
@@ -165,8 +184,14 @@ def test_linf_hyperplane_projection_matches_linprog():
         c = np.r_[np.zeros(d), 1.0]
         a_ub = np.r_[np.c_[np.eye(d), -np.ones(d)], np.c_[-np.eye(d), -np.ones(d)]]
         bounds = [(-t[i, j], 1 - t[i, j]) for j in range(d)] + [(0, None)]
-        res = linprog(c, A_ub=a_ub, b_ub=np.zeros(2 * d), A_eq=np.r_[w[i], 0.0][None],
-                      b_eq=[b[i] - w[i] @ t[i]], bounds=bounds)
+        res = linprog(
+            c,
+            A_ub=a_ub,
+            b_ub=np.zeros(2 * d),
+            A_eq=np.r_[w[i], 0.0][None],
+            b_eq=[b[i] - w[i] @ t[i]],
+            bounds=bounds,
+        )
         assert np.all(t[i] + dj[i] >= -1e-5) and np.all(t[i] + dj[i] <= 1 + 1e-5)
         if res.status == 0:
             assert abs(w[i] @ (t[i] + dj[i]) - b[i]) < 1e-3
@@ -198,18 +223,21 @@ def test_apgd_and_fab_reach_analytic_worst_case_binary(linear, digits):
     x, y = digits
     keep = (y == 3) | (y == 8)
     x, y = x[keep][:64], (y[keep][:64] == 8).astype(np.int32)
-    p = {'w': linear['w'][:, [3, 8]], 'b': linear['b'][np.array([3, 8])]}
+    p = {"w": linear["w"][:, [3, 8]], "b": linear["b"][np.array([3, 8])]}
     f = lambda z: linear_logits(p, z)
-    run = jax.jit(lambda x, y: (
-        aa.apgd_linf(f, x, y, jax.random.key(0), eps=eps, n_iter=10, return_state=True),
-        aa.fab_targeted_linf(f, x, y, 1 - y, eps=eps, n_iter=10)))
+    run = jax.jit(
+        lambda x, y: (
+            aa.apgd_linf(f, x, y, jax.random.key(0), eps=eps, n_iter=10, return_state=True),
+            aa.fab_targeted_linf(f, x, y, 1 - y, eps=eps, n_iter=10),
+        )
+    )
     (x_adv, fooled, state), (x_fab, fooled_fab) = run(jnp.asarray(x), jnp.asarray(y))
-    w, b = np.asarray(p['w']), np.asarray(p['b'])
+    w, b = np.asarray(p["w"]), np.asarray(p["b"])
     sgn = np.where(y == 0, 1.0, -1.0)[:, None]
     wd = sgn * (w[:, 0] - w[:, 1])[None, :]
     bd = sgn[:, 0] * (b[0] - b[1])
     m_star = _worst_margin(wd, bd, x, eps)
-    xb = np.asarray(state['x_best']).reshape(len(x), -1)
+    xb = np.asarray(state["x_best"]).reshape(len(x), -1)
     np.testing.assert_allclose((xb * wd).sum(-1) + bd, m_star, atol=1e-4, rtol=1e-5)
     assert np.abs(xb - x.reshape(len(x), -1)).max() <= eps + 1e-6
     clear = np.abs(m_star) > 1e-3
@@ -226,19 +254,27 @@ def test_apgd_and_fab_reach_analytic_worst_case_binary(linear, digits):
 def test_autoattack_matches_analytic_robustness_multiclass(linear, digits):
     x, y = digits
     x, y = x[:128], y[:128]
-    res = evaluation.run_autoattack(linear_logits, x, y, jax.random.key(0), params=linear,
-                                    eps=EPS, version='fast', n_iter=10, batch_size=64,
-                                    progress=False)
-    w, b = np.asarray(linear['w']), np.asarray(linear['b'])
-    m_star = np.stack([_worst_margin((w[:, y] - w[:, [k]]).T, b[y] - b[k], x)
-                       for k in range(10)], 1)
+    res = evaluation.run_autoattack(
+        linear_logits,
+        x,
+        y,
+        jax.random.key(0),
+        params=linear,
+        eps=EPS,
+        version="fast",
+        n_iter=10,
+        batch_size=64,
+        progress=False,
+    )
+    w, b = np.asarray(linear["w"]), np.asarray(linear["b"])
+    m_star = np.stack([_worst_margin((w[:, y] - w[:, [k]]).T, b[y] - b[k], x) for k in range(10)], 1)
     m_star[np.arange(len(y)), y] = np.inf
     analytic = m_star.min(1) > 0
-    clean = res['clean']
+    clean = res["clean"]
     clear = np.abs(m_star.min(1)) > 1e-2
-    np.testing.assert_array_equal(res['robust'][clear & clean], analytic[clear & clean])
-    assert not np.any(res['robust'] & ~analytic)  # a verified attack never beats the optimum
-    assert 0.05 < res['robust'].mean() < clean.mean()
+    np.testing.assert_array_equal(res["robust"][clear & clean], analytic[clear & clean])
+    assert not np.any(res["robust"] & ~analytic)  # a verified attack never beats the optimum
+    assert 0.05 < res["robust"].mean() < clean.mean()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,32 +283,31 @@ def test_autoattack_matches_analytic_robustness_multiclass(linear, digits):
 
 def test_every_attack_stays_in_ball_and_box(conv, conv_eval):
     _, x, _ = conv
-    advs = conv_eval['adversarial_images']
-    assert set(advs) == {'pgd5', 'mpgd', 'apgd-ce', 'apgd-t', 'fab-t', 'square', 'autoattack'}
+    advs = conv_eval["adversarial_images"]
+    assert set(advs) == {"pgd5", "mpgd", "apgd-ce", "apgd-t", "fab-t", "square", "autoattack"}
     for name, xa in advs.items():
         assert xa.shape == x.shape, name
         assert np.abs(xa - x).max() <= EPS + 1e-6, name
         assert xa.min() >= 0.0 and xa.max() <= 1.0, name
-        broken = conv_eval['per_example'][f'robust_{name}'] == 0
+        broken = conv_eval["per_example"][f"robust_{name}"] == 0
         assert np.all(np.abs(xa[~broken] - x[~broken]) == 0), name
 
 
 def test_autoattack_never_above_a_component(conv_eval):
-    acc = conv_eval['robust_accuracy']
-    pe = conv_eval['per_example']
-    assert conv_eval['clean_accuracy'] == 1.0
-    for comp in ('apgd-ce', 'apgd-t', 'fab-t', 'square'):
-        assert acc['autoattack'] <= acc[comp], comp
+    acc = conv_eval["robust_accuracy"]
+    pe = conv_eval["per_example"]
+    assert conv_eval["clean_accuracy"] == 1.0
+    for comp in ("apgd-ce", "apgd-t", "fab-t", "square"):
+        assert acc["autoattack"] <= acc[comp], comp
         # row by row: robust under AutoAttack implies robust under each component
-        assert np.all(pe[f'robust_{comp}'] >= pe['robust_autoattack']), comp
-    after = conv_eval['autoattack']['autoattack']['accuracy_after']
-    vals = [after[k] for k in ('clean', 'apgd-ce', 'apgd-t', 'fab-t', 'square')]
-    assert vals == sorted(vals, reverse=True) and vals[-1] == acc['autoattack']
-    assert acc['autoattack'] < 1.0
+        assert np.all(pe[f"robust_{comp}"] >= pe["robust_autoattack"]), comp
+    after = conv_eval["autoattack"]["autoattack"]["accuracy_after"]
+    vals = [after[k] for k in ("clean", "apgd-ce", "apgd-t", "fab-t", "square")]
+    assert vals == sorted(vals, reverse=True) and vals[-1] == acc["autoattack"]
+    assert acc["autoattack"] < 1.0
     overall = min(acc.values())
-    assert conv_eval['overall']['robust_accuracy'] <= overall
-    assert np.array_equal(pe['robust_overall'] == 1, np.all(
-        [pe[f'robust_{k}'] == 1 for k in acc], axis=0))
+    assert conv_eval["overall"]["robust_accuracy"] <= overall
+    assert np.array_equal(pe["robust_overall"] == 1, np.all([pe[f"robust_{k}"] == 1 for k in acc], axis=0))
 
 
 def test_attack_components_directly(conv):
@@ -284,9 +319,11 @@ def test_attack_components_directly(conv):
 
     @jax.jit
     def run(xj, yj):
-        return (aa.apgd_linf(f, xj, yj, jax.random.key(1), eps=EPS, n_iter=10, loss='dlr'),
-                aa.fab_targeted_linf(f, xj, yj, t, eps=EPS, n_iter=10),
-                aa.square_linf(f, xj, yj, jax.random.key(1), eps=EPS, n_queries=100))
+        return (
+            aa.apgd_linf(f, xj, yj, jax.random.key(1), eps=EPS, n_iter=10, loss="dlr"),
+            aa.fab_targeted_linf(f, xj, yj, t, eps=EPS, n_iter=10),
+            aa.square_linf(f, xj, yj, jax.random.key(1), eps=EPS, n_queries=100),
+        )
 
     for xa, fooled in run(xj, yj):
         assert np.abs(np.asarray(xa) - x[:16]).max() <= EPS + 1e-6
@@ -301,30 +338,42 @@ def test_attack_components_directly(conv):
 def _evaluate_with_sanity(logits_fn, params, digits):
     """PGD-5 on 96 digits with the gradient-masking sanity checks on (small budgets)."""
     x, y = digits
-    return evaluation.evaluate(logits_fn, x[:96], y[:96], params=params, eps=EPS,
-                               step_size=EPS / 4, attacks=('pgd5',), batch_size=32, seed=0,
-                               progress=False, sanity=True, sanity_examples=96, sanity_steps=3,
-                               sanity_square_queries=200)
+    return evaluation.evaluate(
+        logits_fn,
+        x[:96],
+        y[:96],
+        params=params,
+        eps=EPS,
+        step_size=EPS / 4,
+        attacks=("pgd5",),
+        batch_size=32,
+        seed=0,
+        progress=False,
+        sanity=True,
+        sanity_examples=96,
+        sanity_steps=3,
+        sanity_square_queries=200,
+    )
 
 
 def test_masked_gradients_are_caught(linear, digits):
     res = _evaluate_with_sanity(masked_logits, linear, digits)
-    san = res['sanity']
-    assert not san['passed']
-    assert not san['checks']['nonzero_gradients']['passed']
-    assert san['checks']['nonzero_gradients']['zero_gradient_fraction'] == 1.0
-    assert not san['checks']['square_not_stronger']['passed']  # Square beats the blind PGD
-    assert any('nonzero_gradients' in m for m in san['messages'])
+    san = res["sanity"]
+    assert not san["passed"]
+    assert not san["checks"]["nonzero_gradients"]["passed"]
+    assert san["checks"]["nonzero_gradients"]["zero_gradient_fraction"] == 1.0
+    assert not san["checks"]["square_not_stronger"]["passed"]  # Square beats the blind PGD
+    assert any("nonzero_gradients" in m for m in san["messages"])
 
 
 def test_sanity_passes_on_a_plain_model(linear, digits):
     res = _evaluate_with_sanity(linear_logits, linear, digits)
-    san = res['sanity']
-    assert san['passed'], san['messages']
-    sweep = san['checks']['accuracy_falls_with_eps']
-    assert sweep['accuracy'][0] == res['clean_accuracy'] and sweep['eps'][0] == 0.0
-    assert sweep['accuracy'][-1] < sweep['accuracy'][0]
-    assert san['checks']['eps_zero_is_clean']['passed']
+    san = res["sanity"]
+    assert san["passed"], san["messages"]
+    sweep = san["checks"]["accuracy_falls_with_eps"]
+    assert sweep["accuracy"][0] == res["clean_accuracy"] and sweep["eps"][0] == 0.0
+    assert sweep["accuracy"][-1] < sweep["accuracy"][0]
+    assert san["checks"]["eps_zero_is_clean"]["passed"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -332,9 +381,18 @@ def test_sanity_passes_on_a_plain_model(linear, digits):
 
 
 def _small_eval(linear, x, y, **kw):
-    args = dict(params=linear, eps=EPS, step_size=EPS / 4, attacks=('pgd5', 'autoattack'),
-                version='fast', aa_options=SMALL_AA, batch_size=32, seed=0, sanity=False,
-                progress=False)
+    args = dict(
+        params=linear,
+        eps=EPS,
+        step_size=EPS / 4,
+        attacks=("pgd5", "autoattack"),
+        version="fast",
+        aa_options=SMALL_AA,
+        batch_size=32,
+        seed=0,
+        sanity=False,
+        progress=False,
+    )
     args.update(kw)
     return evaluation.evaluate(linear_logits, x, y, **args)
 
@@ -343,35 +401,36 @@ def test_deterministic_and_sharding_invariant(linear, digits):
     x, y = digits[0][:80], digits[1][:80]
     a = _small_eval(linear, x, y)
     b = _small_eval(linear, x, y)
-    mesh1 = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1],
-                          axis_types=(jax.sharding.AxisType.Auto,))
+    mesh1 = jax.make_mesh(
+        (1,), ("data",), devices=jax.devices()[:1], axis_types=(jax.sharding.AxisType.Auto,)
+    )
     c = _small_eval(linear, x, y, mesh=mesh1)
-    assert a['settings']['devices'] == len(jax.devices()) == 8
-    assert c['settings']['devices'] == 1
+    assert a["settings"]["devices"] == len(jax.devices()) == 8
+    assert c["settings"]["devices"] == 1
     for other in (b, c):
-        assert other['robust_accuracy'] == a['robust_accuracy']
-        for k, v in a['per_example'].items():
-            np.testing.assert_array_equal(other['per_example'][k], v, err_msg=k)
+        assert other["robust_accuracy"] == a["robust_accuracy"]
+        for k, v in a["per_example"].items():
+            np.testing.assert_array_equal(other["per_example"][k], v, err_msg=k)
 
 
 def test_unroll_and_batch_size_give_the_same_flags(linear, digits):
     x, y = digits[0][:80], digits[1][:80]
-    a = _small_eval(linear, x, y, attacks=('pgd5', 'apgd-ce'))
-    b = _small_eval(linear, x, y, attacks=('pgd5', 'apgd-ce'), unroll=2, batch_size=24)
-    assert b['settings']['unroll'] == 2 and b['settings']['batch_size'] == 24
-    for k in ('robust_pgd5', 'robust_apgd-ce'):
-        np.testing.assert_array_equal(a['per_example'][k], b['per_example'][k], err_msg=k)
+    a = _small_eval(linear, x, y, attacks=("pgd5", "apgd-ce"))
+    b = _small_eval(linear, x, y, attacks=("pgd5", "apgd-ce"), unroll=2, batch_size=24)
+    assert b["settings"]["unroll"] == 2 and b["settings"]["batch_size"] == 24
+    for k in ("robust_pgd5", "robust_apgd-ce"):
+        np.testing.assert_array_equal(a["per_example"][k], b["per_example"][k], err_msg=k)
 
 
 def test_first_n_examples_and_autoattack_subset(linear, digits):
     x, y = digits
     r = _small_eval(linear, x, y, num_examples=40, autoattack_examples=24)
-    assert r['num_evaluated'] == 40
-    assert r['num_examples'] == {'pgd5': 40, 'autoattack': 24}
-    assert r['overall']['num_examples'] == 24
-    pe = r['per_example']
-    assert np.all(pe['robust_autoattack'][24:] == -1) and np.all(pe['robust_pgd5'] >= 0)
-    assert np.all(pe['robust_overall'][24:] == -1)
+    assert r["num_evaluated"] == 40
+    assert r["num_examples"] == {"pgd5": 40, "autoattack": 24}
+    assert r["overall"]["num_examples"] == 24
+    pe = r["per_example"]
+    assert np.all(pe["robust_autoattack"][24:] == -1) and np.all(pe["robust_pgd5"] >= 0)
+    assert np.all(pe["robust_overall"][24:] == -1)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -381,25 +440,24 @@ def test_first_n_examples_and_autoattack_subset(linear, digits):
 def test_bad_input_errors(linear, digits):
     x, y = digits[0][:8], digits[1][:8]
     with pytest.raises(ValueError, match="unknown attack 'cw'.*allowed"):
-        evaluation.evaluate(linear_logits, x, y, params=linear, attacks=('clean', 'cw'))
-    for bad in (0.0, -0.1, 1.5, float('nan'), 'big'):
-        with pytest.raises(ValueError, match='eps'):
+        evaluation.evaluate(linear_logits, x, y, params=linear, attacks=("clean", "cw"))
+    for bad in (0.0, -0.1, 1.5, float("nan"), "big"):
+        with pytest.raises(ValueError, match="eps"):
             evaluation.evaluate(linear_logits, x, y, params=linear, eps=bad)
-    with pytest.raises(ValueError, match='version'):
-        evaluation.evaluate(linear_logits, x, y, params=linear, attacks=('autoattack',),
-                            version='plus')
-    with pytest.raises(ValueError, match=r'\[0, 1\]'):
+    with pytest.raises(ValueError, match="version"):
+        evaluation.evaluate(linear_logits, x, y, params=linear, attacks=("autoattack",), version="plus")
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
         evaluation.evaluate(linear_logits, x * 255, y, params=linear)
-    with pytest.raises(ValueError, match='NHWC'):
+    with pytest.raises(ValueError, match="NHWC"):
         evaluation.evaluate(linear_logits, x[..., 0], y, params=linear)
-    with pytest.raises(ValueError, match='labels'):
+    with pytest.raises(ValueError, match="labels"):
         evaluation.evaluate(linear_logits, x, y[:5], params=linear)
-    with pytest.raises(ValueError, match='component'):
-        aa.plan(components=('apgd-ce', 'fab'), num_classes=10)
-    with pytest.raises(ValueError, match='4 classes'):
-        aa.check_num_classes(('apgd-t',), 3)
-    assert evaluation.parse_attack('pgd250r5')[2] == {'steps': 250, 'restarts': 5}
-    assert evaluation.parse_attack('pgd', pgd_steps=20)[1] == 'pgd20'
+    with pytest.raises(ValueError, match="component"):
+        aa.plan(components=("apgd-ce", "fab"), num_classes=10)
+    with pytest.raises(ValueError, match="4 classes"):
+        aa.check_num_classes(("apgd-t",), 3)
+    assert evaluation.parse_attack("pgd250r5")[2] == {"steps": 250, "restarts": 5}
+    assert evaluation.parse_attack("pgd", pgd_steps=20)[1] == "pgd20"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -408,28 +466,27 @@ def test_bad_input_errors(linear, digits):
 
 def test_write_eval_json_archives_and_merges(tmp_path, conv_eval):
     wd = str(tmp_path)
-    with open(os.path.join(wd, 'report.json'), 'w') as f:
-        json.dump({'train': {'steps': 3}, 'eval': {'old': True}}, f)
+    with open(os.path.join(wd, "report.json"), "w") as f:
+        json.dump({"train": {"steps": 3}, "eval": {"old": True}}, f)
     out = evaluation.write_eval_json(wd, conv_eval)
-    assert out['archived'] == []
-    summary = json.load(open(os.path.join(wd, 'eval.json')))
-    assert summary['robust_accuracy'] == conv_eval['robust_accuracy']
-    assert 'per_example' not in summary and 'adversarial_images' not in summary
-    report = json.load(open(os.path.join(wd, 'report.json')))
-    assert report['train'] == {'steps': 3} and report['eval'] == summary
-    pe = evaluation.load_per_example(os.path.join(wd, 'per_example.npz'))
-    np.testing.assert_array_equal(pe['robust_autoattack'],
-                                  conv_eval['per_example']['robust_autoattack'])
-    cmp = evaluation.compare_per_example(pe, conv_eval['per_example'], 'robust_autoattack')
-    assert cmp['only_a'] == cmp['only_b'] == 0 and cmp['num_examples'] == len(pe['index'])
+    assert out["archived"] == []
+    summary = json.load(open(os.path.join(wd, "eval.json")))
+    assert summary["robust_accuracy"] == conv_eval["robust_accuracy"]
+    assert "per_example" not in summary and "adversarial_images" not in summary
+    report = json.load(open(os.path.join(wd, "report.json")))
+    assert report["train"] == {"steps": 3} and report["eval"] == summary
+    pe = evaluation.load_per_example(os.path.join(wd, "per_example.npz"))
+    np.testing.assert_array_equal(pe["robust_autoattack"], conv_eval["per_example"]["robust_autoattack"])
+    cmp = evaluation.compare_per_example(pe, conv_eval["per_example"], "robust_autoattack")
+    assert cmp["only_a"] == cmp["only_b"] == 0 and cmp["num_examples"] == len(pe["index"])
 
     with pytest.raises(FileExistsError):
-        evaluation.write_eval_json(wd, conv_eval, on_exists='error')
+        evaluation.write_eval_json(wd, conv_eval, on_exists="error")
     out = evaluation.write_eval_json(wd, conv_eval)  # default: archive the old one
-    assert len(out['archived']) == 2
-    assert all(os.path.exists(p) for p in out['archived'])
-    assert sorted(os.listdir(wd)).count('eval.json') == 1
-    evaluation.write_eval_json(wd, conv_eval, on_exists='overwrite')
-    assert len([n for n in os.listdir(wd) if n.startswith('eval.')]) == 2
-    with pytest.raises(ValueError, match='on_exists'):
-        evaluation.write_eval_json(wd, conv_eval, on_exists='replace')
+    assert len(out["archived"]) == 2
+    assert all(os.path.exists(p) for p in out["archived"])
+    assert sorted(os.listdir(wd)).count("eval.json") == 1
+    evaluation.write_eval_json(wd, conv_eval, on_exists="overwrite")
+    assert len([n for n in os.listdir(wd) if n.startswith("eval.")]) == 2
+    with pytest.raises(ValueError, match="on_exists"):
+        evaluation.write_eval_json(wd, conv_eval, on_exists="replace")

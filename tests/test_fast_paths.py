@@ -12,6 +12,7 @@
 Tests that depend on the switch set ``ASCL_JAX_CPU_FAST`` themselves (monkeypatch), so they check the
 same things under either setting of the environment; the others call the fast paths explicitly.
 """
+
 import flax.linen as nn
 import hypothesis.strategies as st
 import jax
@@ -30,8 +31,9 @@ def _conv(x, w, stride, padding, fast):
     """The speed layer's conv2d (fast) or plain ``lax.conv_general_dilated``."""
     if fast:
         return cpu_conv.conv2d(x, w, stride, padding)
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jax.lax.conv_general_dilated(
+        x, w, (stride, stride), padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
 
 
 def _conv_grads(x, w, stride, padding, fast):
@@ -41,24 +43,30 @@ def _conv_grads(x, w, stride, padding, fast):
     return (y,) + vjp(dy)
 
 
-@pytest.mark.parametrize("x_shape,w_shape,stride,padding,kind", [
-    ((4, 8, 8, 3), (3, 3, 3, 5), 1, ((1, 1), (1, 1)), 'stem'),
-    ((2, 9, 7, 1), (3, 3, 1, 4), 1, 'VALID', 'stem'),
-    ((2, 9, 7, 3), (5, 5, 3, 4), 1, 'SAME', 'stem'),
-    ((2, 6, 6, 2), (3, 3, 2, 4), 1, ((0, 2), (1, 0)), 'stem'),
-    ((4, 8, 8, 6), (3, 3, 6, 5), 2, ((1, 1), (1, 1)), 'stride2'),
-    ((3, 10, 6, 4), (3, 3, 4, 7), 2, ((1, 1), (1, 1)), 'stride2'),
-    ((4, 8, 8, 6), (1, 1, 6, 5), 2, ((0, 0), (0, 0)), 'pointwise'),
-    ((2, 9, 9, 6), (1, 1, 6, 5), 3, ((0, 0), (0, 0)), 'pointwise'),
-    ((2, 9, 9, 6), (3, 3, 6, 5), 2, ((1, 1), (1, 1)), None),      # odd size: XLA's gradient
-    ((2, 8, 8, 6), (3, 3, 6, 5), 1, ((1, 1), (1, 1)), None),      # plain conv: XLA's gradient
-])
+@pytest.mark.parametrize(
+    "x_shape,w_shape,stride,padding,kind",
+    [
+        ((4, 8, 8, 3), (3, 3, 3, 5), 1, ((1, 1), (1, 1)), "stem"),
+        ((2, 9, 7, 1), (3, 3, 1, 4), 1, "VALID", "stem"),
+        ((2, 9, 7, 3), (5, 5, 3, 4), 1, "SAME", "stem"),
+        ((2, 6, 6, 2), (3, 3, 2, 4), 1, ((0, 2), (1, 0)), "stem"),
+        ((4, 8, 8, 6), (3, 3, 6, 5), 2, ((1, 1), (1, 1)), "stride2"),
+        ((3, 10, 6, 4), (3, 3, 4, 7), 2, ((1, 1), (1, 1)), "stride2"),
+        ((4, 8, 8, 6), (1, 1, 6, 5), 2, ((0, 0), (0, 0)), "pointwise"),
+        ((2, 9, 9, 6), (1, 1, 6, 5), 3, ((0, 0), (0, 0)), "pointwise"),
+        ((2, 9, 9, 6), (3, 3, 6, 5), 2, ((1, 1), (1, 1)), None),  # odd size: XLA's gradient
+        ((2, 8, 8, 6), (3, 3, 6, 5), 1, ((1, 1), (1, 1)), None),  # plain conv: XLA's gradient
+    ],
+)
 def test_conv2d_custom_gradients_equal_xla(x_shape, w_shape, stride, padding, kind):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
     w = jnp.asarray(rng.standard_normal(w_shape, np.float32))
-    pads = padding if not isinstance(padding, str) else tuple(
-        jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], (stride, stride), padding))
+    pads = (
+        padding
+        if not isinstance(padding, str)
+        else tuple(jax.lax.padtype_to_pads(x_shape[1:3], w_shape[:2], (stride, stride), padding))
+    )
     assert cpu_conv.fast_grad_kind(x_shape, w_shape, stride, pads) == kind
     fast = jax.jit(lambda x, w: _conv_grads(x, w, stride, padding, True))(x, w)
     ref = jax.jit(lambda x, w: _conv_grads(x, w, stride, padding, False))(x, w)
@@ -68,8 +76,14 @@ def test_conv2d_custom_gradients_equal_xla(x_shape, w_shape, stride, padding, ki
 
 
 @settings(max_examples=12, deadline=None)
-@given(b=st.integers(1, 3), h=st.integers(1, 5), w=st.integers(1, 5), c=st.integers(1, 6),
-       o=st.integers(1, 5), seed=st.integers(0, 2**16))
+@given(
+    b=st.integers(1, 3),
+    h=st.integers(1, 5),
+    w=st.integers(1, 5),
+    c=st.integers(1, 6),
+    o=st.integers(1, 5),
+    seed=st.integers(0, 2**16),
+)
 def test_stride2_input_gradient_property(b, h, w, c, o, seed):
     """Any even H, W: the sub-pixel input gradient equals XLA's dilated-conv gradient."""
     rng = np.random.default_rng(seed)
@@ -88,8 +102,8 @@ def test_conv2d_second_order_gradient():
     w = jnp.asarray(rng.standard_normal((3, 3, 3, 4), np.float32))
 
     def gnorm(w, fast):
-        g = jax.grad(lambda x: jnp.sum(jnp.tanh(_conv(x, w, 1, 'SAME', fast))))(x)
-        return jnp.sum(g ** 2)
+        g = jax.grad(lambda x: jnp.sum(jnp.tanh(_conv(x, w, 1, "SAME", fast))))(x)
+        return jnp.sum(g**2)
 
     np.testing.assert_allclose(jax.grad(gnorm)(w, True), jax.grad(gnorm)(w, False), rtol=1e-4, atol=1e-4)
 
@@ -106,8 +120,8 @@ def test_conv2d_gradients_by_argument_and_materialized_input(wrt):
     argnums = {"x": 0, "w": 1, "both": (0, 1)}[wrt]
 
     def loss(x, w, fast):
-        h = jax.nn.relu(x * 1.5 + 0.25)           # an elementwise producer, as BN + ReLU
-        return jnp.sum(jnp.tanh(_conv(h, w, 1, 'SAME', fast)))
+        h = jax.nn.relu(x * 1.5 + 0.25)  # an elementwise producer, as BN + ReLU
+        return jnp.sum(jnp.tanh(_conv(h, w, 1, "SAME", fast)))
 
     fast = jax.jit(jax.grad(lambda x, w: loss(x, w, True), argnums))
     ref = jax.jit(jax.grad(lambda x, w: loss(x, w, False), argnums))
@@ -121,10 +135,12 @@ def test_materialize_is_exact_identity():
     """Bit-identical output for ordinary values, signed zeros, infinities and a NaN first element
     (the case where the loop runs zero times)."""
     rng = np.random.default_rng(3)
-    cases = [rng.standard_normal((3, 4, 5, 2)).astype(np.float32),
-             np.array([[-0.0, 0.0, np.inf, -np.inf, 1e-45]], np.float32),
-             np.array([np.nan, 1.0, -2.0], np.float32),
-             np.array([np.inf, np.nan, 3.0], np.float32)]
+    cases = [
+        rng.standard_normal((3, 4, 5, 2)).astype(np.float32),
+        np.array([[-0.0, 0.0, np.inf, -np.inf, 1e-45]], np.float32),
+        np.array([np.nan, 1.0, -2.0], np.float32),
+        np.array([np.inf, np.nan, 3.0], np.float32),
+    ]
     f = jax.jit(cpu_conv.materialize)
     for c in cases:
         out = np.asarray(f(jnp.asarray(c)))
@@ -139,15 +155,18 @@ def test_materialize_is_exact_identity():
 @pytest.mark.parametrize("shape", [(4, 3, 5, 6), (2, 8, 8, 16), (10, 7)])
 def test_channel_sum_and_broadcast(shape):
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    np.testing.assert_allclose(channel_sum(jnp.asarray(x)), x.reshape(-1, shape[-1]).sum(0), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        channel_sum(jnp.asarray(x)), x.reshape(-1, shape[-1]).sum(0), rtol=1e-5, atol=1e-5
+    )
     v = jnp.arange(shape[-1], dtype=jnp.float32)
     np.testing.assert_array_equal(channel_broadcast(v, shape), np.broadcast_to(np.asarray(v), shape))
 
 
 def _bn_pair(train):
-    return (nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5),
-            BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5))
+    return (
+        nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5),
+        BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5),
+    )
 
 
 @pytest.fixture(params=[True, False], ids=["cpu_fast", "plain"])
@@ -172,10 +191,10 @@ def test_batchnorm_matches_flax(train, shape, cpu_fast):
     weights = jnp.asarray(rng.standard_normal(shape, np.float32))
 
     def loss(m, v, x):
-        y, upd = m.apply(v, x, mutable=['batch_stats'])
-        stats = upd['batch_stats']
+        y, upd = m.apply(v, x, mutable=["batch_stats"])
+        stats = upd["batch_stats"]
         # the loss also reads the updated running statistics, so their cotangents reach the backward
-        return jnp.sum(y * weights) + jnp.sum(stats['mean'] * 50.0) + jnp.sum(stats['var'] * 70.0), (y, upd)
+        return jnp.sum(y * weights) + jnp.sum(stats["mean"] * 50.0) + jnp.sum(stats["var"] * 70.0), (y, upd)
 
     def run(m):
         return jax.jit(jax.value_and_grad(lambda v, x: loss(m, v, x), (0, 1), has_aux=True))(v, x)
@@ -193,10 +212,12 @@ def test_batchnorm_train_against_numpy_float64(cpu_fast):
     x = rng.standard_normal((6, 4, 4, 5)) * 2 + 0.5
     gy = rng.standard_normal(x.shape)
     scale, bias = rng.uniform(0.5, 1.5, 5), rng.standard_normal(5)
-    v = {'params': {'scale': jnp.asarray(scale, jnp.float32), 'bias': jnp.asarray(bias, jnp.float32)},
-         'batch_stats': {'mean': jnp.zeros(5), 'var': jnp.ones(5)}}
+    v = {
+        "params": {"scale": jnp.asarray(scale, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)},
+        "batch_stats": {"mean": jnp.zeros(5), "var": jnp.ones(5)},
+    }
     bn = BatchNorm()
-    f = lambda x: bn.apply(v, x, mutable=['batch_stats'])[0]  # noqa: E731
+    f = lambda x: bn.apply(v, x, mutable=["batch_stats"])[0]  # noqa: E731
     y, vjp = jax.vjp(f, jnp.asarray(x, jnp.float32))
     (dx,) = vjp(jnp.asarray(gy, jnp.float32))
     n = x.size // 5
@@ -204,7 +225,7 @@ def test_batchnorm_train_against_numpy_float64(cpu_fast):
     xhat = (x - mu) / np.sqrt(var + 1e-5)
     np.testing.assert_allclose(y, xhat * scale + bias, rtol=1e-4, atol=1e-4)
     g = gy * scale
-    dx_ref = (g - g.reshape(-1, 5).mean(0) - xhat * (g * xhat).reshape(-1, 5).sum(0) / n)
+    dx_ref = g - g.reshape(-1, 5).mean(0) - xhat * (g * xhat).reshape(-1, 5).sum(0) / n
     dx_ref = dx_ref / np.sqrt(var + 1e-5)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
 
@@ -216,8 +237,10 @@ def test_batchnorm_train_against_numpy_float64(cpu_fast):
 @pytest.fixture(scope="module")
 def resnet20():
     from ascl_jax import models
-    model = models.build_model(dict(arch="resnet20", normalization="cifar10"), num_classes=10,
-                               image_shape=(32, 32, 3))
+
+    model = models.build_model(
+        dict(arch="resnet20", normalization="cifar10"), num_classes=10, image_shape=(32, 32, 3)
+    )
     x = jnp.full((2, 32, 32, 3), 0.5, jnp.float32)
     variables = jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.key(0), x)
     return model, variables, x
@@ -226,9 +249,14 @@ def resnet20():
 def _speed_layer_parts(jaxpr_text: str, hlo: str) -> dict:
     """Which parts of the speed layer a traced program holds."""
     import re
+
     kernel_specs = set(re.findall(r"x\[([0-9a-z, ]+)\]->", hlo))
-    return {"custom_vjp": "custom_vjp_call" in jaxpr_text, "custom_call": "custom_call" in hlo,
-            "while": "stablehlo.while" in hlo, "oi_kernels": "0, 1, o, i" in kernel_specs}
+    return {
+        "custom_vjp": "custom_vjp_call" in jaxpr_text,
+        "custom_call": "custom_call" in hlo,
+        "while": "stablehlo.while" in hlo,
+        "oi_kernels": "0, 1, o, i" in kernel_specs,
+    }
 
 
 def test_switch_off_traces_plain_jax(resnet20, cpu_fast):
@@ -238,31 +266,39 @@ def test_switch_off_traces_plain_jax(resnet20, cpu_fast):
     input-gradient convolutions keep JAX's own kernel layout). Switch on (CPU): they hold them."""
     from ascl_jax import attacks
     from ascl_jax.xla_cpu import kernels
+
     model, variables, x = resnet20
     y = jnp.array([1, 2])
 
     def train_loss(params, x):
-        out, _ = model.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
-                             train=True, mutable=["batch_stats"])
+        out, _ = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
         return jnp.sum(out["logits"] * jnp.arange(10.0))
 
     def forward(params, x):
         return train_loss(params, x)
 
-    def pgd(x, x_init):   # explicit start: the PRNG's own lowering holds a while loop
+    def pgd(x, x_init):  # explicit start: the PRNG's own lowering holds a while loop
         f = attacks.model_forward(model, variables)
-        return attacks.pgd_linf(attacks.ce_objective(f, y), x, None, eps=8 / 255, step_size=2 / 255,
-                                num_steps=3, x_init=x_init)
+        return attacks.pgd_linf(
+            attacks.ce_objective(f, y), x, None, eps=8 / 255, step_size=2 / 255, num_steps=3, x_init=x_init
+        )
 
     grad = jax.value_and_grad(train_loss)
-    step = _speed_layer_parts(str(jax.make_jaxpr(forward)(variables["params"], x)),
-                              jax.jit(grad).lower(variables["params"], x).as_text())
+    step = _speed_layer_parts(
+        str(jax.make_jaxpr(forward)(variables["params"], x)),
+        jax.jit(grad).lower(variables["params"], x).as_text(),
+    )
     attack = _speed_layer_parts(str(jax.make_jaxpr(pgd)(x, x)), jax.jit(pgd).lower(x, x).as_text())
     on = cpu_fast and jax.default_backend() == "cpu"
-    assert step["custom_vjp"] == on     # conv and BN rules (an attack's jaxpr holds them applied)
-    assert step["while"] == on          # materialize before XLA's weight gradients
-    assert attack["while"] == on        # fori_loop over single steps
-    assert attack["oi_kernels"] == (not on)   # canonicalize_convs
+    assert step["custom_vjp"] == on  # conv and BN rules (an attack's jaxpr holds them applied)
+    assert step["while"] == on  # materialize before XLA's weight gradients
+    assert attack["while"] == on  # fori_loop over single steps
+    assert attack["oi_kernels"] == (not on)  # canonicalize_convs
     kernels_on = on and kernels.available()
     assert step["custom_call"] == kernels_on and attack["custom_call"] == kernels_on
 
@@ -274,15 +310,17 @@ def test_evaluation_loop_body_canonicalised(cpu_fast):
     import re
 
     from ascl_jax.evaluation import programs
+
     rng = np.random.default_rng(4)
     w = jnp.asarray(rng.standard_normal((3, 3, 8, 8), np.float32) * 0.3)
 
     def loss(x):
         h = jnp.tile(x, (1, 1, 1, 8))
         for _ in range(2):
-            h = jnp.tanh(jax.lax.conv_general_dilated(h, w, (1, 1), 'SAME',
-                                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC')))
-        return jnp.sum(h ** 2)
+            h = jnp.tanh(
+                jax.lax.conv_general_dilated(h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            )
+        return jnp.sum(h**2)
 
     def step(i, x):
         return jnp.clip(x + 0.01 * jnp.sign(jax.grad(loss)(x)), 0.0, 1.0)

@@ -1,6 +1,7 @@
 """The package layout's contracts (docs/design.md): no import cycle (imports inside functions
 included), no use of another module's private name, modules of a bounded size, and the CPU speed
 layer reached only through `ascl_jax.xla_cpu`."""
+
 from __future__ import annotations
 
 import ast
@@ -81,7 +82,7 @@ def test_no_import_cycles():
         stack.append(n)
         for m in sorted(graph.get(n, ())):
             if state.get(m) == 1:
-                cyc = stack[stack.index(m):] + [m]
+                cyc = stack[stack.index(m) :] + [m]
                 if not all(_is_parent_package(x, y) for x, y in zip(cyc, cyc[1:])):
                     cycles.append(" -> ".join(cyc))
             elif m not in state:
@@ -113,9 +114,13 @@ def _private_uses(path: pathlib.Path, mods) -> list[str]:
                 if a.name.startswith("ascl_jax") and a.asname:
                     aliases[a.asname] = a.name
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in aliases and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
             found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
     return found
 
@@ -123,8 +128,11 @@ def _private_uses(path: pathlib.Path, mods) -> list[str]:
 def test_no_private_names_of_other_modules():
     """ascl_jax, bench/ and scripts/ use only public names of other ascl_jax modules."""
     mods = _modules()
-    files = sorted(PKG.rglob("*.py")) + sorted((ROOT / "bench").glob("*.py")) + sorted(
-        (ROOT / "scripts").glob("*.py"))
+    files = (
+        sorted(PKG.rglob("*.py"))
+        + sorted((ROOT / "bench").glob("*.py"))
+        + sorted((ROOT / "scripts").glob("*.py"))
+    )
     found = [u for p in files for u in _private_uses(p, mods)]
     assert not found, "private names of other modules:\n" + "\n".join(found)
 
@@ -137,19 +145,30 @@ def test_module_sizes():
 
 # The named points where the library consults the CPU speed layer (ascl_jax/xla_cpu/__init__.py).
 SPEED_LAYER_POINTS = {
-    "ascl_jax.main", "ascl_jax.models.layers", "ascl_jax.models.norm", "ascl_jax.attacks",
-    "ascl_jax.evaluation.programs", "ascl_jax.losses.similarity",
+    "ascl_jax.main",
+    "ascl_jax.models.layers",
+    "ascl_jax.models.norm",
+    "ascl_jax.attacks",
+    "ascl_jax.evaluation.programs",
+    "ascl_jax.losses.similarity",
 }
 
 
 def test_speed_layer_reached_only_at_its_named_points():
     """Only the named modules import ascl_jax.xla_cpu, and no module outside it checks the backend."""
     mods, graph = _graph()
-    users = {n for n, deps in graph.items() if not n.startswith("ascl_jax.xla_cpu")
-             and any(d == "ascl_jax.xla_cpu" or d.startswith("ascl_jax.xla_cpu.") for d in deps)}
+    users = {
+        n
+        for n, deps in graph.items()
+        if not n.startswith("ascl_jax.xla_cpu")
+        and any(d == "ascl_jax.xla_cpu" or d.startswith("ascl_jax.xla_cpu.") for d in deps)
+    }
     assert users == SPEED_LAYER_POINTS
-    backend = [n for n, p in mods.items() if not n.startswith("ascl_jax.xla_cpu")
-               and "default_backend()" in p.read_text()]
+    backend = [
+        n
+        for n, p in mods.items()
+        if not n.startswith("ascl_jax.xla_cpu") and "default_backend()" in p.read_text()
+    ]
     assert not backend, backend
 
 
@@ -157,8 +176,21 @@ def test_speed_layer_reached_only_at_its_named_points():
 # It is the data flow config -> data -> model -> loss -> attack -> step/loop -> evaluation ->
 # analysis, with the generic pieces (xla_cpu, parallel, workdir, checkpointing) where they are
 # first needed; train/ holds the loop and what runs after it (train/run_eval), so it comes last.
-LAYERS = ("xla_cpu", "config", "parallel", "data", "models", "losses", "attacks", "workdir",
-          "checkpointing", "evaluation", "analysis", "train", "main")
+LAYERS = (
+    "xla_cpu",
+    "config",
+    "parallel",
+    "data",
+    "models",
+    "losses",
+    "attacks",
+    "workdir",
+    "checkpointing",
+    "evaluation",
+    "analysis",
+    "train",
+    "main",
+)
 
 
 def test_modules_import_only_earlier_layers():
@@ -166,6 +198,11 @@ def test_modules_import_only_earlier_layers():
     top = {n: n.split(".")[1] for n in mods if n != "ascl_jax"}
     assert set(top.values()) == set(LAYERS), set(top.values()) ^ set(LAYERS)
     rank = {name: i for i, name in enumerate(LAYERS)}
-    back = [f"{n} imports {d}" for n, deps in graph.items() if n in top
-            for d in deps if d in top and rank[top[d]] > rank[top[n]]]
+    back = [
+        f"{n} imports {d}"
+        for n, deps in graph.items()
+        if n in top
+        for d in deps
+        if d in top and rank[top[d]] > rank[top[n]]
+    ]
     assert not back, "imports against the layer order:\n" + "\n".join(back)

@@ -5,6 +5,7 @@ SPEC §1.2-1.3 (masks, softmax over positives and selected negatives, 1/max(#pos
 rows), SupContrast's SupConLoss (SPEC §2), ACL's nt_xent formula (SPEC §3.1, including its
 "subtract e^{1/t}" self term), KL / CE / TRADES / distillation (SPEC §1.1, §3.6, §3.7).
 """
+
 import functools
 
 import hypothesis
@@ -19,15 +20,15 @@ from ascl_jax import losses
 
 SIMS = ("cosine", "dot", "neg_l1", "neg_l2", "neg_linf")
 STRATS = ("global", "hard", "soft", "leaked")
-HYP = dict(max_examples=25, deadline=None,
-           suppress_health_check=[hypothesis.HealthCheck.too_slow])
+HYP = dict(max_examples=25, deadline=None, suppress_health_check=[hypothesis.HealthCheck.too_slow])
 
 
 # Jitted entry points (one compilation per shape/config instead of one per primitive in eager mode).
 sel = jax.jit(losses.selection_masks, static_argnames=("strategy", "always_pull_own_view"))
 mcl = jax.jit(losses.masked_contrastive_loss, static_argnames=("similarity", "normalize"))
-ascl = jax.jit(losses.ascl_loss, static_argnames=("strategy", "similarity", "normalize",
-                                                  "always_pull_own_view"))
+ascl = jax.jit(
+    losses.ascl_loss, static_argnames=("strategy", "similarity", "normalize", "always_pull_own_view")
+)
 supcon = jax.jit(losses.supcon_loss, static_argnames=("contrast_mode",))
 ntx = jax.jit(losses.nt_xent_loss)
 kl = jax.jit(losses.kl_divergence, static_argnames=("reduction",))
@@ -146,8 +147,13 @@ def rand(seed, *shape):
 def ascl_batch(seed, b=6, d=5, num_classes=3):
     rng = np.random.default_rng(seed)
     y = rng.integers(0, num_classes, b)
-    return (rng.normal(size=(b, d)), rng.normal(size=(b, d)), y,
-            rng.normal(size=(b, num_classes)), rng.normal(size=(b, num_classes)))
+    return (
+        rng.normal(size=(b, d)),
+        rng.normal(size=(b, d)),
+        y,
+        rng.normal(size=(b, num_classes)),
+        rng.normal(size=(b, num_classes)),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -197,8 +203,7 @@ def test_masks_instance_ids_two_augmentations():
     labels = np.tile([0, 1, 2], 4)
     preds = np.array([0, 1, 2, 1, 1, 2, 2, 0, 2, 0, 0, 1])
     ids = np.tile(np.arange(b), 4)
-    pos, neg = sel(labels, preds, "leaked", instance_ids=ids,
-                                      always_pull_own_view=True)
+    pos, neg = sel(labels, preds, "leaked", instance_ids=ids, always_pull_own_view=True)
     rpos, rneg = np_masks(labels, preds, "leaked", ids=ids, pull=True)
     np.testing.assert_array_equal(pos, rpos)
     np.testing.assert_array_equal(neg, rneg)
@@ -208,8 +213,12 @@ def test_masks_instance_ids_two_augmentations():
 
 
 @hypothesis.settings(**HYP)
-@hypothesis.given(seed=st.integers(0, 2**31 - 1), b=st.sampled_from([2, 3, 5]),
-                  strategy=st.sampled_from(STRATS), pull=st.booleans())
+@hypothesis.given(
+    seed=st.integers(0, 2**31 - 1),
+    b=st.sampled_from([2, 3, 5]),
+    strategy=st.sampled_from(STRATS),
+    pull=st.booleans(),
+)
 def test_masks_property_reference(seed, b, strategy, pull):
     rng = np.random.default_rng(seed)
     labels = np.tile(rng.integers(0, 3, b), 2)
@@ -233,8 +242,7 @@ def test_contrastive_matches_reference_float32(similarity, strategy):
     z = rng.normal(size=(2 * b, d)).astype(np.float32)
     pos, neg = np_masks(labels, preds, strategy)
     normalize = similarity != "cosine"
-    loss, aux = mcl(
-        jnp.asarray(z), pos, neg, similarity=similarity, temperature=0.2, normalize=normalize)
+    loss, aux = mcl(jnp.asarray(z), pos, neg, similarity=similarity, temperature=0.2, normalize=normalize)
     ref, per, npos, nneg = np_contrastive(z, pos, neg, similarity, 0.2, normalize)
     assert loss.dtype == jnp.float32 and loss.shape == ()
     np.testing.assert_allclose(loss, ref, rtol=2e-5, atol=1e-5)
@@ -251,8 +259,7 @@ def test_contrastive_matches_reference_float64(similarity):
     z = rng.normal(size=(14, 4))
     pos, neg = np_masks(labels, preds, "leaked", pull=True)
     with jax.enable_x64(True):
-        loss, aux = mcl(
-            jnp.asarray(z), pos, neg, similarity=similarity, temperature=0.07)
+        loss, aux = mcl(jnp.asarray(z), pos, neg, similarity=similarity, temperature=0.07)
         assert loss.dtype == jnp.float64 and aux["per_anchor"].dtype == jnp.float64
         ref, per, _, _ = np_contrastive(z, pos, neg, similarity, 0.07)
         np.testing.assert_allclose(loss, ref, rtol=1e-12)
@@ -298,9 +305,9 @@ def test_edge_no_legal_entry_leaked_zero_loss_and_grad():
 def test_edge_all_rows_without_legal_entries():
     z = jnp.asarray(rand(2, 4, 3), jnp.float32)
     empty = jnp.zeros((4, 4), bool)
-    (loss, aux), g = jax.value_and_grad(
-        lambda zz: mcl(zz, empty, empty, similarity="neg_l2"),
-        has_aux=True)(z)
+    (loss, aux), g = jax.value_and_grad(lambda zz: mcl(zz, empty, empty, similarity="neg_l2"), has_aux=True)(
+        z
+    )
     assert loss == 0.0 and np.all(np.asarray(g) == 0.0)
     assert np.all(np.asarray(aux["per_anchor"]) == 0.0)
 
@@ -315,8 +322,7 @@ def test_edge_rows_without_negatives(strategy):
     assert not np.asarray(neg).any()
     z = rand(4, 6, 5)
     with jax.enable_x64(True):
-        loss, aux = mcl(jnp.asarray(z), pos, neg, similarity="neg_linf",
-                                                   normalize=True)
+        loss, aux = mcl(jnp.asarray(z), pos, neg, similarity="neg_linf", normalize=True)
         ref, per, _, _ = np_contrastive(z, pos, neg, "neg_linf", 0.07, True)
         np.testing.assert_allclose(aux["per_anchor"], per, rtol=1e-12)
         np.testing.assert_allclose(loss, ref, rtol=1e-12)
@@ -331,13 +337,15 @@ def test_identical_views_neg_l2_finite_gradient():
     y = np.array([0, 1, 0, 1])
     logits = np.eye(2)[y] * 3.0
     with jax.enable_x64(True):
-        f = lambda a, b: ascl(a, b, y, logits, logits, strategy="global",
-                                          similarity="neg_l2", normalize=True, temperature=0.2)[0]
+        f = lambda a, b: ascl(
+            a, b, y, logits, logits, strategy="global", similarity="neg_l2", normalize=True, temperature=0.2
+        )[0]
         f = jax.jit(f)
         ga, gb = jax.jit(jax.grad(f, (0, 1)))(jnp.asarray(zn), jnp.asarray(zn))
         assert np.all(np.isfinite(ga)) and np.all(np.isfinite(gb))
-        ref, *_ = np_contrastive(np.concatenate([zn, zn]), *np_masks(np.tile(y, 2), np.tile(y, 2),
-                                                                    "global"), "neg_l2", 0.2, True)
+        ref, *_ = np_contrastive(
+            np.concatenate([zn, zn]), *np_masks(np.tile(y, 2), np.tile(y, 2), "global"), "neg_l2", 0.2, True
+        )
         np.testing.assert_allclose(f(jnp.asarray(zn), jnp.asarray(zn)), ref, rtol=1e-12)
 
 
@@ -354,9 +362,11 @@ def test_gradient_vs_numpy_finite_differences(similarity):
     z = rng.normal(size=(10, 4))
     normalize = similarity != "cosine"
     with jax.enable_x64(True):
-        g = jax.jit(jax.grad(lambda zz: mcl(
-            zz, pos, neg, similarity=similarity, temperature=0.3, normalize=normalize)[0]))(
-                jnp.asarray(z))
+        g = jax.jit(
+            jax.grad(
+                lambda zz: mcl(zz, pos, neg, similarity=similarity, temperature=0.3, normalize=normalize)[0]
+            )
+        )(jnp.asarray(z))
         g = np.asarray(g)
     assert np.all(g[0] == 0.0)
     h = 1e-6
@@ -371,12 +381,19 @@ def test_gradient_vs_numpy_finite_differences(similarity):
 def test_check_grads_ascl(similarity):
     zn, za, y, ln, la = ascl_batch(2, b=4, d=3)
     with jax.enable_x64(True):
-        f = lambda a, b: ascl(a, b, y, ln, la, strategy="leaked",
-                                          similarity=similarity, temperature=0.5,
-                                          normalize=similarity != "cosine",
-                                          always_pull_own_view=True)[0]
-        check_grads(jax.jit(f), (jnp.asarray(zn), jnp.asarray(za)), order=1, modes=("rev",),
-                    eps=1e-6)
+        f = lambda a, b: ascl(
+            a,
+            b,
+            y,
+            ln,
+            la,
+            strategy="leaked",
+            similarity=similarity,
+            temperature=0.5,
+            normalize=similarity != "cosine",
+            always_pull_own_view=True,
+        )[0]
+        check_grads(jax.jit(f), (jnp.asarray(zn), jnp.asarray(za)), order=1, modes=("rev",), eps=1e-6)
 
 
 def test_other_losses_gradients():
@@ -386,8 +403,7 @@ def test_other_losses_gradients():
         labels = jnp.array([0, 1, 0, 1, 2])
 
         def total(p, q, f):
-            return (kl(p, q) + ntx(p, q)
-                    + supcon(f, labels) + distill(p, q, 2.0))
+            return kl(p, q) + ntx(p, q) + supcon(f, labels) + distill(p, q, 2.0)
 
         check_grads(jax.jit(total), (a, b, feats), 1, modes=("rev",), eps=1e-6)
 
@@ -408,8 +424,9 @@ def test_distances_and_custom_gradients_vs_eager_autodiff():
     w = jnp.asarray(rand(7, 11, 11))
     plain = {
         "neg_l1": lambda v: -jnp.sum(jnp.abs(v[:, None] - v[None]), -1),
-        "neg_l2": lambda v: -jnp.sqrt(jnp.sum(jnp.square(v[:, None] - v[None]), -1)
-                                      + jnp.eye(11)) * (1 - jnp.eye(11)),
+        "neg_l2": lambda v: (
+            -jnp.sqrt(jnp.sum(jnp.square(v[:, None] - v[None]), -1) + jnp.eye(11)) * (1 - jnp.eye(11))
+        ),
         "neg_linf": lambda v: -jnp.max(jnp.abs(v[:, None] - v[None]), -1),
     }
     with jax.enable_x64(True):
@@ -420,8 +437,14 @@ def test_distances_and_custom_gradients_vs_eager_autodiff():
             out = {}
             for similarity in plain:
                 for block in (None, 60):
-                    f = lambda v: jnp.sum(w * jnp.sin(losses.pairwise_similarity(
-                        losses.l2_normalize(v), similarity, max_block_elements=block)))
+                    f = lambda v: jnp.sum(
+                        w
+                        * jnp.sin(
+                            losses.pairwise_similarity(
+                                losses.l2_normalize(v), similarity, max_block_elements=block
+                            )
+                        )
+                    )
                     out[f"{similarity}/{block}"] = jax.value_and_grad(f)(xx)
             return out
 
@@ -440,11 +463,11 @@ def test_distances_and_custom_gradients_vs_eager_autodiff():
 @pytest.mark.parametrize("strategy", STRATS)
 def test_ascl_loss_reference_and_counts(strategy):
     zn, za, y, ln, la = ascl_batch(9, b=8)
-    loss, aux = jax.jit(functools.partial(losses.ascl_loss, strategy=strategy,
-                                          similarity="neg_linf", temperature=0.2,
-                                          normalize=True))(
-        zn.astype(np.float32), za.astype(np.float32), y, ln.astype(np.float32),
-        la.astype(np.float32))
+    loss, aux = jax.jit(
+        functools.partial(
+            losses.ascl_loss, strategy=strategy, similarity="neg_linf", temperature=0.2, normalize=True
+        )
+    )(zn.astype(np.float32), za.astype(np.float32), y, ln.astype(np.float32), la.astype(np.float32))
     labels = np.tile(y, 2)
     preds = np.concatenate([ln.argmax(1), la.argmax(1)])
     pos, neg = np_masks(labels, preds, strategy)
@@ -458,8 +481,12 @@ def test_ascl_loss_reference_and_counts(strategy):
 
 
 @hypothesis.settings(**HYP)
-@hypothesis.given(seed=st.integers(0, 2**31 - 1), strategy=st.sampled_from(STRATS),
-                  similarity=st.sampled_from(SIMS), pull=st.booleans())
+@hypothesis.given(
+    seed=st.integers(0, 2**31 - 1),
+    strategy=st.sampled_from(STRATS),
+    similarity=st.sampled_from(SIMS),
+    pull=st.booleans(),
+)
 def test_property_permutation_equivariance(seed, strategy, similarity, pull):
     rng = np.random.default_rng(seed)
     n = 8
@@ -468,18 +495,13 @@ def test_property_permutation_equivariance(seed, strategy, similarity, pull):
     ids = np.arange(n) % (n // 2)
     z = rng.normal(size=(n, 3)).astype(np.float32)
     perm = rng.permutation(n)
-    pos, neg = sel(labels, preds, strategy, instance_ids=ids,
-                                      always_pull_own_view=pull)
-    ppos, pneg = sel(labels[perm], preds[perm], strategy,
-                                        instance_ids=ids[perm], always_pull_own_view=pull)
+    pos, neg = sel(labels, preds, strategy, instance_ids=ids, always_pull_own_view=pull)
+    ppos, pneg = sel(labels[perm], preds[perm], strategy, instance_ids=ids[perm], always_pull_own_view=pull)
     np.testing.assert_array_equal(ppos, np.asarray(pos)[perm][:, perm])
     np.testing.assert_array_equal(pneg, np.asarray(neg)[perm][:, perm])
-    loss, aux = mcl(z, pos, neg, similarity=similarity,
-                                               temperature=0.5, normalize=True)
-    ploss, paux = mcl(z[perm], ppos, pneg, similarity=similarity,
-                                                 temperature=0.5, normalize=True)
-    np.testing.assert_allclose(paux["per_anchor"], np.asarray(aux["per_anchor"])[perm],
-                               rtol=1e-5, atol=1e-6)
+    loss, aux = mcl(z, pos, neg, similarity=similarity, temperature=0.5, normalize=True)
+    ploss, paux = mcl(z[perm], ppos, pneg, similarity=similarity, temperature=0.5, normalize=True)
+    np.testing.assert_allclose(paux["per_anchor"], np.asarray(aux["per_anchor"])[perm], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ploss, loss, rtol=1e-5, atol=1e-6)
     # counts equal the mask sums
     np.testing.assert_array_equal(aux["num_positives"], np.asarray(pos).sum(1))
@@ -490,13 +512,20 @@ def test_property_permutation_equivariance(seed, strategy, similarity, pull):
 @hypothesis.given(seed=st.integers(0, 2**31 - 1), temperature=st.sampled_from([0.07, 0.2, 0.5]))
 def test_property_global_cosine_equals_supcon(seed, temperature):
     zn, za, y, ln, la = ascl_batch(seed, b=5, d=4)
-    loss, _ = ascl(zn.astype(np.float32), za.astype(np.float32), y,
-                               ln.astype(np.float32), la.astype(np.float32), strategy="global",
-                               similarity="cosine", temperature=temperature)
-    feats = np.stack([zn / np.linalg.norm(zn, axis=1, keepdims=True),
-                      za / np.linalg.norm(za, axis=1, keepdims=True)], 1)
-    sc = supcon(feats.astype(np.float32), y, temperature=temperature,
-                            base_temperature=temperature)
+    loss, _ = ascl(
+        zn.astype(np.float32),
+        za.astype(np.float32),
+        y,
+        ln.astype(np.float32),
+        la.astype(np.float32),
+        strategy="global",
+        similarity="cosine",
+        temperature=temperature,
+    )
+    feats = np.stack(
+        [zn / np.linalg.norm(zn, axis=1, keepdims=True), za / np.linalg.norm(za, axis=1, keepdims=True)], 1
+    )
+    sc = supcon(feats.astype(np.float32), y, temperature=temperature, base_temperature=temperature)
     np.testing.assert_allclose(loss, sc, rtol=3e-5)
     np.testing.assert_allclose(sc, np_supcon(feats, y, temperature, temperature), rtol=3e-5)
 
@@ -506,8 +535,9 @@ def test_property_global_cosine_equals_supcon(seed, temperature):
 def test_property_nt_xent_equals_supcon_simclr(seed, n):
     z1, z2 = rand(seed, n, 4).astype(np.float32), rand(seed + 1, n, 4).astype(np.float32)
     nt = ntx(z1, z2, temperature=0.5)
-    feats = np.stack([z1 / np.linalg.norm(z1, axis=1, keepdims=True),
-                      z2 / np.linalg.norm(z2, axis=1, keepdims=True)], 1)
+    feats = np.stack(
+        [z1 / np.linalg.norm(z1, axis=1, keepdims=True), z2 / np.linalg.norm(z2, axis=1, keepdims=True)], 1
+    )
     sc = supcon(feats, None, temperature=0.5, base_temperature=0.5)
     np.testing.assert_allclose(nt, sc, rtol=2e-5)
     np.testing.assert_allclose(nt, np_nt_xent_acl(z1, z2, 0.5), rtol=2e-5)
@@ -519,8 +549,13 @@ def test_supcon_reference(mode, with_labels):
     feats = rand(8, 6, 3, 4)  # un-normalised on purpose: not normalised inside
     labels = np.array([0, 1, 0, 2, 1, 3]) if with_labels else None
     with jax.enable_x64(True):
-        out = supcon(jnp.asarray(feats), None if labels is None else jnp.asarray(labels),
-                                 temperature=0.1, base_temperature=0.07, contrast_mode=mode)
+        out = supcon(
+            jnp.asarray(feats),
+            None if labels is None else jnp.asarray(labels),
+            temperature=0.1,
+            base_temperature=0.07,
+            contrast_mode=mode,
+        )
         assert out.dtype == jnp.float64
         np.testing.assert_allclose(out, np_supcon(feats, labels, 0.1, 0.07, mode), rtol=1e-12)
     # label 3 occurs once: with a single view its anchor has no positive -> finite (max(.,1) fix)
@@ -532,8 +567,7 @@ def test_supcon_mask_argument_equals_labels():
     feats = jnp.asarray(rand(3, 4, 2, 3), jnp.float32)
     labels = jnp.array([0, 1, 1, 0])
     mask = labels[:, None] == labels[None, :]
-    np.testing.assert_allclose(supcon(feats, mask=mask),
-                               supcon(feats, labels), rtol=1e-6)
+    np.testing.assert_allclose(supcon(feats, mask=mask), supcon(feats, labels), rtol=1e-6)
 
 
 def test_nt_xent_reference_float64_and_optax():
@@ -544,8 +578,9 @@ def test_nt_xent_reference_float64_and_optax():
         np.testing.assert_allclose(nt, np_nt_xent_acl(z1, z2, 0.5), rtol=1e-12)
     optax = pytest.importorskip("optax")
     ids = np.concatenate([np.arange(6), np.arange(6)])
-    ref = jax.jit(optax.losses.ntxent)(jnp.asarray(np.concatenate([z1, z2]), jnp.float32),
-                                       jnp.asarray(ids), temperature=0.5)
+    ref = jax.jit(optax.losses.ntxent)(
+        jnp.asarray(np.concatenate([z1, z2]), jnp.float32), jnp.asarray(ids), temperature=0.5
+    )
     got = ntx(jnp.asarray(z1, jnp.float32), jnp.asarray(z2, jnp.float32))
     np.testing.assert_allclose(got, ref, rtol=1e-5)
 
@@ -575,10 +610,8 @@ def test_kl_divergence_reference(reduction):
     p, q = rand(30, 7, 10), rand(31, 7, 10)
     pp, qq = np_softmax(p), np_softmax(q)
     rows = np.sum(pp * (np.log(pp) - np.log(qq)), 1)
-    ref = {"batchmean": rows.sum() / 7, "mean": rows.sum() / 70, "sum": rows.sum(),
-           "none": rows}[reduction]
-    got = kl(jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32),
-                               reduction=reduction)
+    ref = {"batchmean": rows.sum() / 7, "mean": rows.sum() / 70, "sum": rows.sum(), "none": rows}[reduction]
+    got = kl(jnp.asarray(p, jnp.float32), jnp.asarray(q, jnp.float32), reduction=reduction)
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7)
     trades = jax.jit(losses.trades_kl)(p.astype(np.float32), q.astype(np.float32))
     np.testing.assert_allclose(trades, rows.sum() / 7, rtol=1e-5)
@@ -600,9 +633,7 @@ def test_soft_distillation_reference():
     a, p = rand(50, 6, 5), rand(51, 6, 5)
     for t in (1.0, 4.0):
         ref = np.mean(np.sum(-np.log(np_softmax(a / t)) * np_softmax(p / t), 1))
-        np.testing.assert_allclose(distill(a.astype(np.float32),
-                                                            p.astype(np.float32), t), ref,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(distill(a.astype(np.float32), p.astype(np.float32), t), ref, rtol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -612,51 +643,94 @@ def test_jit_matches_eager_and_traced_temperature():
     zn, za, y, ln, la = ascl_batch(60)
     args = [np.asarray(a, np.float32) if a.dtype.kind == "f" else a for a in (zn, za, y, ln, la)]
     eager, _ = losses.ascl_loss(*args, similarity="dot", normalize=True, temperature=0.2)
-    jitted = jax.jit(lambda t, *a: losses.ascl_loss(*a, similarity="dot", normalize=True,
-                                                    temperature=t)[0])(0.2, *args)
+    jitted = jax.jit(lambda t, *a: losses.ascl_loss(*a, similarity="dot", normalize=True, temperature=t)[0])(
+        0.2, *args
+    )
     np.testing.assert_allclose(jitted, eager, rtol=1e-6)
 
 
 ERRORS = [
-    (lambda: losses.selection_masks(np.zeros(4, int), np.zeros(4, int), "local"),
-     r"strategy 'local'.*global, hard, soft, leaked"),
-    (lambda: losses.selection_masks(np.zeros(5, int), np.zeros(5, int), "global"),
-     r"odd.*instance_ids"),
-    (lambda: losses.selection_masks(np.zeros(4, int), np.zeros(6, int), "global"),
-     r"labels and preds must have the same shape"),
-    (lambda: losses.masked_contrastive_loss(np.zeros((4, 2), np.float32), np.zeros((4, 4), bool),
-                                            np.zeros((4, 4), bool), similarity="l2"),
-     r"similarity 'l2'.*cosine, dot, neg_l1, neg_l2, neg_linf"),
-    (lambda: losses.masked_contrastive_loss(np.zeros((4, 2), np.float32), np.zeros((4, 4), bool),
-                                            np.zeros((4, 4), bool), temperature=0.0),
-     r"temperature must be positive"),
-    (lambda: losses.masked_contrastive_loss(np.zeros((4, 2), np.float32), np.zeros((3, 3), bool),
-                                            np.zeros((4, 4), bool)),
-     r"positive must have shape"),
-    (lambda: losses.ascl_loss(np.zeros((4, 2), np.float32), np.zeros((3, 2), np.float32),
-                              np.zeros(4, int), np.zeros((4, 3)), np.zeros((4, 3))),
-     r"z_nat and z_adv must have the same shape"),
-    (lambda: losses.ascl_loss(np.zeros((4, 2), np.float32), np.zeros((4, 2), np.float32),
-                              np.zeros(3, int), np.zeros((4, 3)), np.zeros((4, 3))),
-     r"labels must have shape"),
-    (lambda: losses.supcon_loss(np.zeros((4, 2, 3), np.float32), contrast_mode="two"),
-     r"contrast_mode 'two'.*all, one"),
+    (
+        lambda: losses.selection_masks(np.zeros(4, int), np.zeros(4, int), "local"),
+        r"strategy 'local'.*global, hard, soft, leaked",
+    ),
+    (lambda: losses.selection_masks(np.zeros(5, int), np.zeros(5, int), "global"), r"odd.*instance_ids"),
+    (
+        lambda: losses.selection_masks(np.zeros(4, int), np.zeros(6, int), "global"),
+        r"labels and preds must have the same shape",
+    ),
+    (
+        lambda: losses.masked_contrastive_loss(
+            np.zeros((4, 2), np.float32), np.zeros((4, 4), bool), np.zeros((4, 4), bool), similarity="l2"
+        ),
+        r"similarity 'l2'.*cosine, dot, neg_l1, neg_l2, neg_linf",
+    ),
+    (
+        lambda: losses.masked_contrastive_loss(
+            np.zeros((4, 2), np.float32), np.zeros((4, 4), bool), np.zeros((4, 4), bool), temperature=0.0
+        ),
+        r"temperature must be positive",
+    ),
+    (
+        lambda: losses.masked_contrastive_loss(
+            np.zeros((4, 2), np.float32), np.zeros((3, 3), bool), np.zeros((4, 4), bool)
+        ),
+        r"positive must have shape",
+    ),
+    (
+        lambda: losses.ascl_loss(
+            np.zeros((4, 2), np.float32),
+            np.zeros((3, 2), np.float32),
+            np.zeros(4, int),
+            np.zeros((4, 3)),
+            np.zeros((4, 3)),
+        ),
+        r"z_nat and z_adv must have the same shape",
+    ),
+    (
+        lambda: losses.ascl_loss(
+            np.zeros((4, 2), np.float32),
+            np.zeros((4, 2), np.float32),
+            np.zeros(3, int),
+            np.zeros((4, 3)),
+            np.zeros((4, 3)),
+        ),
+        r"labels must have shape",
+    ),
+    (
+        lambda: losses.supcon_loss(np.zeros((4, 2, 3), np.float32), contrast_mode="two"),
+        r"contrast_mode 'two'.*all, one",
+    ),
     (lambda: losses.supcon_loss(np.zeros((4, 3), np.float32)), r"features must have shape"),
-    (lambda: losses.supcon_loss(np.zeros((4, 2, 3), np.float32), temperature=-1.0),
-     r"temperature must be positive"),
-    (lambda: losses.nt_xent_loss(np.zeros((4, 3), np.float32), np.zeros((5, 3), np.float32)),
-     r"z1 and z2 must have the same shape"),
-    (lambda: losses.nt_xent_loss(np.ones((4, 3), np.float32), np.ones((4, 3), np.float32),
-                                 temperature=0), r"temperature must be positive"),
-    (lambda: losses.nt_xent_rows(np.zeros((4, 3), np.float32), np.zeros((5, 3), np.float32)),
-     r"z1 and z2 must have the same shape"),
-    (lambda: losses.kl_divergence(np.zeros((4, 3)), np.zeros((4, 3)), reduction="avg"),
-     r"reduction 'avg'.*batchmean, mean, sum, none"),
-    (lambda: losses.cross_entropy(np.zeros((4, 3)), np.zeros(4, int), reduction="batchmean"),
-     r"reduction 'batchmean'.*mean, sum, none"),
+    (
+        lambda: losses.supcon_loss(np.zeros((4, 2, 3), np.float32), temperature=-1.0),
+        r"temperature must be positive",
+    ),
+    (
+        lambda: losses.nt_xent_loss(np.zeros((4, 3), np.float32), np.zeros((5, 3), np.float32)),
+        r"z1 and z2 must have the same shape",
+    ),
+    (
+        lambda: losses.nt_xent_loss(np.ones((4, 3), np.float32), np.ones((4, 3), np.float32), temperature=0),
+        r"temperature must be positive",
+    ),
+    (
+        lambda: losses.nt_xent_rows(np.zeros((4, 3), np.float32), np.zeros((5, 3), np.float32)),
+        r"z1 and z2 must have the same shape",
+    ),
+    (
+        lambda: losses.kl_divergence(np.zeros((4, 3)), np.zeros((4, 3)), reduction="avg"),
+        r"reduction 'avg'.*batchmean, mean, sum, none",
+    ),
+    (
+        lambda: losses.cross_entropy(np.zeros((4, 3)), np.zeros(4, int), reduction="batchmean"),
+        r"reduction 'batchmean'.*mean, sum, none",
+    ),
     (lambda: losses.cross_entropy(np.zeros((4, 3)), np.zeros(5, int)), r"labels must have shape"),
-    (lambda: losses.soft_distillation(np.zeros((4, 3)), np.zeros((4, 3)), 0.0),
-     r"temperature must be positive"),
+    (
+        lambda: losses.soft_distillation(np.zeros((4, 3)), np.zeros((4, 3)), 0.0),
+        r"temperature must be positive",
+    ),
 ]
 
 
@@ -669,7 +743,10 @@ def test_errors(fn, match):
 def test_errors_are_raised_under_jit():
     z = jnp.zeros((4, 2))
     with pytest.raises(ValueError, match="similarity"):
-        jax.jit(lambda zz: losses.masked_contrastive_loss(
-            zz, jnp.zeros((4, 4), bool), jnp.zeros((4, 4), bool), similarity="euclid"))(z)
+        jax.jit(
+            lambda zz: losses.masked_contrastive_loss(
+                zz, jnp.zeros((4, 4), bool), jnp.zeros((4, 4), bool), similarity="euclid"
+            )
+        )(z)
     with pytest.raises(ValueError, match="odd"):
         jax.jit(lambda lab: losses.selection_masks(lab, lab, "leaked"))(jnp.zeros(3, jnp.int32))

@@ -1,4 +1,5 @@
 """ACL semi-supervised: the Eq. 3 loss against a numpy reference, and the 3-stage routine."""
+
 import json
 import os
 
@@ -18,14 +19,14 @@ def _reference(ln, la, y, t, lab, alpha, T, beta):
     b = len(y)
     ce_l, dist_l, dist_u, kl = 0.0, 0.0, 0.0, 0.0
     for i in range(b):
-        lsa = _np_log_softmax(la[i:i + 1])[0]
-        d = -(_np_log_softmax(la[i:i + 1] / T)[0] * np.exp(_np_log_softmax(t[i:i + 1] / T)[0])).sum()
+        lsa = _np_log_softmax(la[i : i + 1])[0]
+        d = -(_np_log_softmax(la[i : i + 1] / T)[0] * np.exp(_np_log_softmax(t[i : i + 1] / T)[0])).sum()
         if lab[i]:
             ce_l += -lsa[y[i]]
             dist_l += d
         else:
             dist_u += d
-        pn = np.exp(_np_log_softmax(ln[i:i + 1])[0])
+        pn = np.exp(_np_log_softmax(ln[i : i + 1])[0])
         kl += (pn * (np.log(pn) - lsa)).sum()
     return ((1 - alpha) * ce_l + alpha * T * T * dist_l + T * T * dist_u) / b + beta * kl / b
 
@@ -44,6 +45,7 @@ def test_semi_supervised_loss_matches_reference(seed, T):
 def test_semi_supervised_routine_runs_and_resumes(tmp_path):
     from test_train import load_config
     from ascl_jax import train
+
     c = load_config("acl_semisup", "smoke")
     for s in ("teacher", "student"):
         c.stages[s].eval.sanity = False

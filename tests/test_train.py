@@ -1,4 +1,5 @@
 """The training system: every method's step, 1 vs 8 devices, resume, workdir guard, NaN guard."""
+
 import json
 import os
 import shutil
@@ -50,12 +51,14 @@ def _step_once(config, mesh, steps=3):
     """Runs `steps` jitted train steps on `mesh` from the same initial state; returns
     (metrics of every step, final params)."""
     from ascl_jax import data
+
     model, info = train.build_model(config)
     spe, n = train.total_steps(config)
     tx, _ = make_optimizer(config.optim, spe, n)
     repl, dsh = parallel.replicated(mesh), parallel.data_sharded(mesh)
-    state = jax.jit(lambda: create_train_state(model, tx, jax.random.key(0), info["image_shape"]),
-                    out_shardings=repl)()
+    state = jax.jit(
+        lambda: create_train_state(model, tx, jax.random.key(0), info["image_shape"]), out_shardings=repl
+    )()
     step_fn = train_steps.make_train_step(config, model, state_sharding=repl, data_sharding=dsh)
     it = data.make_train_iterator(config.data, seed=0, start_step=0)
     out = []
@@ -66,11 +69,14 @@ def _step_once(config, mesh, steps=3):
     return out, jax.device_get(state.params), jax.device_get(state.batch_stats)
 
 
-@pytest.mark.parametrize("method,loss,steps", [
-    ("ascl", dict(strategy="hard", similarity="neg_linf", normalize=True), 2),
-    ("trades", {}, 2),
-    ("acl_pretrain", dict(acl_variant="ds"), 2),
-])
+@pytest.mark.parametrize(
+    "method,loss,steps",
+    [
+        ("ascl", dict(strategy="hard", similarity="neg_linf", normalize=True), 2),
+        ("trades", {}, 2),
+        ("acl_pretrain", dict(acl_variant="ds"), 2),
+    ],
+)
 def test_one_vs_eight_devices(method, loss, steps):
     """The same steps on 1 device and on 8 (batch sharded) give equal losses and parameters."""
     assert jax.device_count() == 8
@@ -90,6 +96,7 @@ def test_one_vs_eight_devices(method, loss, steps):
 def test_supcon_step_equals_manual_loss():
     """orgSCL (ASCL Table 6): the step's loss is CE + SupCon on the normalised two-view features."""
     from ascl_jax import data, losses
+
     c = load_config("ascl_table6", "row=orgscl,smoke")
     c.data.name, c.model.normalization = "digits", "digits"
     c.data.num_train = c.data.num_test = -1
@@ -100,12 +107,14 @@ def test_supcon_step_equals_manual_loss():
     batch = next(data.make_train_iterator(c.data, seed=0))
     _, m = jax.jit(train_steps.make_train_step(c, model, jit=False))(state, batch)
     x = jnp.concatenate([batch["image"][:, 0], batch["image"][:, 1]])
-    out, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats}, x, train=True,
-                         mutable=["batch_stats"])
+    out, _ = model.apply(
+        {"params": state.params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+    )
     f = out["z"] / jnp.linalg.norm(out["z"], axis=1, keepdims=True)
     b = batch["label"].shape[0]
-    want = (losses.cross_entropy(out["logits"], jnp.concatenate([batch["label"]] * 2))
-            + losses.supcon_loss(jnp.stack([f[:b], f[b:]], 1), batch["label"]))
+    want = losses.cross_entropy(out["logits"], jnp.concatenate([batch["label"]] * 2)) + losses.supcon_loss(
+        jnp.stack([f[:b], f[b:]], 1), batch["label"]
+    )
     np.testing.assert_allclose(m["loss"], want, rtol=1e-5)
 
 
@@ -127,6 +136,7 @@ def test_ascl_two_views_and_head_and_no_recompile():
     c.data.num_train = c.data.num_test = -1
     c.data.batch_size = 16
     from ascl_jax import data
+
     model, info = train.build_model(c)
     tx, _ = make_optimizer(c.optim, 10, 100)
     state = create_train_state(model, tx, jax.random.key(0), info["image_shape"])
@@ -154,8 +164,7 @@ def test_train_resume_is_bit_identical(tmp_path):
     assert part.report["stopped_at_step"] == 3
     resumed = train.train_and_evaluate(c, str(tmp_path / "part"), evaluate=False)
     chex.assert_trees_all_equal(params_of(full), params_of(resumed))
-    chex.assert_trees_all_equal(jax.device_get(full.state.opt_state),
-                                jax.device_get(resumed.state.opt_state))
+    chex.assert_trees_all_equal(jax.device_get(full.state.opt_state), jax.device_get(resumed.state.opt_state))
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):
@@ -225,18 +234,21 @@ def test_every_config_file_loads_and_validates():
 
 def test_optimizer_schedules():
     c = config_lib.base_config()
-    c.optim.update(dict(schedule="piecewise", learning_rate=1e-3, decay_epochs=(2, 4),
-                        decay_factors=(0.1, 0.01)))
+    c.optim.update(
+        dict(schedule="piecewise", learning_rate=1e-3, decay_epochs=(2, 4), decay_factors=(0.1, 0.01))
+    )
     _, sched = make_optimizer(c.optim, steps_per_epoch=10, total_steps=100)
     assert np.isclose(sched(0), 1e-3) and np.isclose(sched(19), 1e-3)
     assert np.isclose(sched(20), 1e-4) and np.isclose(sched(40), 1e-5)
-    c.optim.update(dict(name="lars", schedule="warmup_cosine", learning_rate=5.0, warmup_epochs=1,
-                        final_lr=1e-6))
+    c.optim.update(
+        dict(name="lars", schedule="warmup_cosine", learning_rate=5.0, warmup_epochs=1, final_lr=1e-6)
+    )
     tx, sched = make_optimizer(c.optim, steps_per_epoch=10, total_steps=100)
     assert np.isclose(sched(0), 0.5) and np.isclose(sched(9), 5.0)
     assert np.isclose(sched(99), 1e-6, atol=1e-5)
     # LARS matches the reference update rule on one tensor.
-    w = jnp.array([3.0, 4.0]); g = jnp.array([0.3, 0.4])
+    w = jnp.array([3.0, 4.0])
+    g = jnp.array([0.3, 0.4])
     st = tx.init({"w": w})
     upd, _ = tx.update({"w": g}, st, {"w": w})
     wd, eta = c.optim.weight_decay, c.optim.lars_eta
@@ -248,11 +260,14 @@ def test_acl_pretrain_then_finetune_and_linear_eval(tmp_path):
     """ACL Tables 4/5 plumbing: fine-tuning starts from the chosen BN set of the pre-trained
     encoder (head dropped, classifier zero); linear evaluation changes only the classifier."""
     from ascl_jax import models
+
     pre = small("acl_pretrain", acl_variant="ds")
     pre.data.batch_size = 16
     pre_state = train.train_and_evaluate(pre, str(tmp_path / "pre")).state
-    pre_vars = {"params": jax.device_get(pre_state.params),
-                "batch_stats": jax.device_get(pre_state.batch_stats)}
+    pre_vars = {
+        "params": jax.device_get(pre_state.params),
+        "batch_stats": jax.device_get(pre_state.batch_stats),
+    }
     for branch in ("adv", "clean"):
         ft = small("trades_finetune")
         ft.model.update(dict(bn="single", head="identity"))
@@ -288,7 +303,9 @@ def test_report_json_has_one_writer_and_a_schema(tmp_path):
     assert workdir.write_report(wd, {"config": "a", "steps": 3}) is None
     backup = workdir.write_report(wd, {"config": "b"})
     assert os.path.basename(backup).startswith("report.") and json.load(open(backup)) == {
-        "config": "a", "steps": 3}
+        "config": "a",
+        "steps": 3,
+    }
     merged = workdir.update_report(wd, {"clean_accuracy": 0.5})
     assert merged == workdir.read_report(wd) == {"config": "b", "clean_accuracy": 0.5}
     with pytest.raises(KeyError, match="schema"):

@@ -19,9 +19,15 @@ Modules, in the order the end-of-run analysis uses them:
 matplotlib and scikit-learn are imported inside the plot functions, so importing this package costs
 only JAX and numpy.
 """
+
 from ascl_jax.analysis.counts import COUNT_KEYS, selection_counts_over_training
-from ascl_jax.analysis.plots import (PNG_NAMES, plot_rdiv_vs_robust_accuracy, plot_robust_accuracy_vs_eps,
-                                     plot_selection_counts, plot_tsne)
+from ascl_jax.analysis.plots import (
+    PNG_NAMES,
+    plot_rdiv_vs_robust_accuracy,
+    plot_robust_accuracy_vs_eps,
+    plot_selection_counts,
+    plot_tsne,
+)
 from ascl_jax.analysis.rdiv import r_div, r_div_batched
 from ascl_jax.analysis.records import PathLike
 from ascl_jax.analysis.run import run_analysis

@@ -3,6 +3,7 @@
 :func:`selection_counts_over_training` reads the counts the ASCL train step logs (SPEC §1.2 "Counts")
 from the training metrics.
 """
+
 from __future__ import annotations
 
 import math
@@ -53,9 +54,7 @@ def selection_counts_over_training(
       (float64). T = 0 when nothing was logged.
     """
     if isinstance(metrics_history, (str, os.PathLike)):
-        records: Iterable[Mapping[str, Any]] = read_jsonl(
-            resolve_metrics_file(pathlib.Path(metrics_history))
-        )
+        records: Iterable[Mapping[str, Any]] = read_jsonl(resolve_metrics_file(pathlib.Path(metrics_history)))
     else:
         records = metrics_history
     by_step: dict[int, dict[str, float]] = {}

@@ -6,6 +6,7 @@ positives / negatives over training (ASCL Fig. 4), t-SNE of latents with adversa
 Plots are regenerated artifacts: every plot function overwrites an existing file at its path.
 matplotlib and scikit-learn are imported inside the functions that need them.
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -154,8 +155,9 @@ def plot_rdiv_vs_robust_accuracy(
         rdiv, acc, notes = _rdiv_points(value)
         _check_same_size(name, rdiv, acc, "R-DIV values")
         lines.append((name, rdiv, acc, notes, "-" if rdiv.size > 1 else "none"))
-    return _accuracy_plot(lines, out, "R-DIV  d+ / d-  (relative intra-class divergence)",
-                          title or "Robust accuracy vs R-DIV")
+    return _accuracy_plot(
+        lines, out, "R-DIV  d+ / d-  (relative intra-class divergence)", title or "Robust accuracy vs R-DIV"
+    )
 
 
 def plot_selection_counts(
@@ -199,13 +201,17 @@ def plot_selection_counts(
     drawn = draw(ax_tot, "num_positives", "positives", color="tab:blue")
     drawn |= draw(ax_tot, "num_negatives", "negatives", color="tab:red")
     drawn_split = draw(ax_split, "num_positives_nat", "positives (natural)", color="tab:blue")
-    drawn_split |= draw(ax_split, "num_positives_adv", "positives (adversarial)", color="tab:blue",
-                        linestyle="--")
+    drawn_split |= draw(
+        ax_split, "num_positives_adv", "positives (adversarial)", color="tab:blue", linestyle="--"
+    )
     drawn_split |= draw(ax_split, "num_negatives_nat", "negatives (natural)", color="tab:red")
-    drawn_split |= draw(ax_split, "num_negatives_adv", "negatives (adversarial)", color="tab:red",
-                        linestyle="--")
-    for ax, sub, any_drawn in ((ax_tot, "all samples", drawn), (ax_split, "natural vs adversarial",
-                                                                 drawn_split)):
+    drawn_split |= draw(
+        ax_split, "num_negatives_adv", "negatives (adversarial)", color="tab:red", linestyle="--"
+    )
+    for ax, sub, any_drawn in (
+        (ax_tot, "all samples", drawn),
+        (ax_split, "natural vs adversarial", drawn_split),
+    ):
         ax.set_xlabel("training step")
         ax.set_ylabel("mean count per anchor")
         ax.set_title(sub)
@@ -292,8 +298,9 @@ def plot_tsne(
     import matplotlib
 
     classes = np.unique(np.concatenate([lab_nat, lab_adv]))
-    cmap = matplotlib.colormaps["tab10" if classes.size <= 10 else "tab20" if classes.size <= 20 else
-                                "nipy_spectral"]
+    cmap = matplotlib.colormaps[
+        "tab10" if classes.size <= 10 else "tab20" if classes.size <= 20 else "nipy_spectral"
+    ]
     index = {c: i for i, c in enumerate(classes.tolist())}
 
     def colours(lab):
@@ -306,17 +313,32 @@ def plot_tsne(
     ax = fig.add_subplot(1, 1, 1)
     ax.scatter(e_nat[:, 0], e_nat[:, 1], c=colours(lab_nat), s=8, marker="o", alpha=0.6, linewidths=0)
     if n_adv:
-        ax.scatter(e_adv[:, 0], e_adv[:, 1], c=colours(lab_adv), s=60, marker="X", edgecolors="black",
-                   linewidths=0.6)
+        ax.scatter(
+            e_adv[:, 0], e_adv[:, 1], c=colours(lab_adv), s=60, marker="X", edgecolors="black", linewidths=0.6
+        )
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], marker="o", linestyle="none", color="grey", label=f"benign ({n_nat})")]
     if n_adv:
-        handles.append(Line2D([], [], marker="X", linestyle="none", color="grey", markeredgecolor="black",
-                              markersize=9, label=f"adversarial ({n_adv})"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                marker="X",
+                linestyle="none",
+                color="grey",
+                markeredgecolor="black",
+                markersize=9,
+                label=f"adversarial ({n_adv})",
+            )
+        )
     if classes.size <= 20:
-        handles += [Line2D([], [], marker="o", linestyle="none", color=colours(np.asarray([c]))[0],
-                           label=f"class {c}") for c in classes.tolist()]
+        handles += [
+            Line2D(
+                [], [], marker="o", linestyle="none", color=colours(np.asarray([c]))[0], label=f"class {c}"
+            )
+            for c in classes.tolist()
+        ]
     ax.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     ax.set_xlabel("t-SNE dimension 1")
     ax.set_ylabel("t-SNE dimension 2")

@@ -3,6 +3,7 @@
 :func:`r_div` on one batch; :func:`r_div_batched` with the paper's protocol (per mini-batch of 128,
 averaged over mini-batches).
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """Reading run records: numbers from JSON values, and the JSONL metrics file of a run."""
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 :func:`run_analysis` is what the training loop calls at the end of a run (``analysis.enabled``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -14,8 +15,13 @@ from typing import Any
 import numpy as np
 
 from ascl_jax.analysis.counts import selection_counts_over_training
-from ascl_jax.analysis.plots import (PNG_NAMES, plot_rdiv_vs_robust_accuracy, plot_robust_accuracy_vs_eps,
-                                     plot_selection_counts, plot_tsne)
+from ascl_jax.analysis.plots import (
+    PNG_NAMES,
+    plot_rdiv_vs_robust_accuracy,
+    plot_robust_accuracy_vs_eps,
+    plot_selection_counts,
+    plot_tsne,
+)
 from ascl_jax.analysis.rdiv import r_div_batched
 from ascl_jax.analysis.records import PathLike, to_float
 from ascl_jax.analysis.summary import headline_robust_accuracy, text_summary
@@ -118,8 +124,15 @@ def run_analysis(
     # R-DIV (and the R-DIV vs robust accuracy plot).
     rdiv_points = None
     if have_latents and z_adv is not None:
-        scalar_keys = ("intra", "inter", "ratio", "ratio_mean_of_batches", "num_batches", "batch_size",
-                       "num_rows")
+        scalar_keys = (
+            "intra",
+            "inter",
+            "ratio",
+            "ratio_mean_of_batches",
+            "num_batches",
+            "batch_size",
+            "num_rows",
+        )
         if isinstance(z_adv, Mapping):
             by_eps = {}
             for eps, za in z_adv.items():
@@ -134,9 +147,18 @@ def run_analysis(
             accs = [_acc_at(sweep, name, e) for e in eps_sorted]
             if any(math.isfinite(a) for a in accs):
                 keep = [i for i, a in enumerate(accs) if math.isfinite(a)]
-                rdiv_points = {name: ([by_eps[eps_sorted[i]]["ratio"] for i in keep], [accs[i] for i in keep],
-                                      [f"ε={eps_sorted[i] * 255:.3g}/255" if eps_sorted[i] <= 1 else
-                                       f"ε={eps_sorted[i]:.3g}" for i in keep])}
+                rdiv_points = {
+                    name: (
+                        [by_eps[eps_sorted[i]]["ratio"] for i in keep],
+                        [accs[i] for i in keep],
+                        [
+                            f"ε={eps_sorted[i] * 255:.3g}/255"
+                            if eps_sorted[i] <= 1
+                            else f"ε={eps_sorted[i]:.3g}"
+                            for i in keep
+                        ],
+                    )
+                }
         else:
             r = r_div_batched(z_nat, z_adv, labels, batch_size)
             result["r_div"] = {k: r[k] for k in scalar_keys}
@@ -144,16 +166,24 @@ def run_analysis(
             if acc is not None and math.isfinite(to_float(acc)):
                 rdiv_points = {name: (result["r_div"]["ratio"], to_float(acc))}
         if rdiv_points:
-            attempt("rdiv_vs_robust_accuracy", plot_rdiv_vs_robust_accuracy, rdiv_points,
-                    plot_dir / PNG_NAMES["rdiv_vs_robust_accuracy"])
+            attempt(
+                "rdiv_vs_robust_accuracy",
+                plot_rdiv_vs_robust_accuracy,
+                rdiv_points,
+                plot_dir / PNG_NAMES["rdiv_vs_robust_accuracy"],
+            )
         else:
             result["skipped"]["rdiv_vs_robust_accuracy"] = "no robust accuracy to pair with R-DIV"
     else:
         result["skipped"]["rdiv_vs_robust_accuracy"] = "no latents (z_nat, z_adv, labels)"
 
     if sweep:
-        attempt("robust_accuracy_vs_eps", plot_robust_accuracy_vs_eps, sweep,
-                plot_dir / PNG_NAMES["robust_accuracy_vs_eps"])
+        attempt(
+            "robust_accuracy_vs_eps",
+            plot_robust_accuracy_vs_eps,
+            sweep,
+            plot_dir / PNG_NAMES["robust_accuracy_vs_eps"],
+        )
     else:
         result["skipped"]["robust_accuracy_vs_eps"] = "no eps sweep results"
 
@@ -164,8 +194,9 @@ def run_analysis(
             counts = None
             result["skipped"]["selection_counts"] = f"metrics unreadable: {e}"
         if counts is not None and counts["step"].size:
-            attempt("selection_counts", plot_selection_counts, counts,
-                    plot_dir / PNG_NAMES["selection_counts"])
+            attempt(
+                "selection_counts", plot_selection_counts, counts, plot_dir / PNG_NAMES["selection_counts"]
+            )
         elif counts is not None:
             result["skipped"]["selection_counts"] = "no selection counts in the metrics (not an ASCL run?)"
     else:
@@ -179,8 +210,17 @@ def run_analysis(
                 for eps, value in z_adv.items():
                     if abs(float(eps) - float(reference_eps)) <= 1e-9:
                         za = value
-        attempt("tsne", plot_tsne, z_nat, za, labels, plot_dir / PNG_NAMES["tsne"],
-                max_points=tsne_max_points, max_adv=tsne_max_adv, random_state=seed)
+        attempt(
+            "tsne",
+            plot_tsne,
+            z_nat,
+            za,
+            labels,
+            plot_dir / PNG_NAMES["tsne"],
+            max_points=tsne_max_points,
+            max_adv=tsne_max_adv,
+            random_state=seed,
+        )
     else:
         result["skipped"]["tsne"] = "no latents (z_nat, labels)"
 

@@ -16,6 +16,7 @@ The keys read are those the writers of ``report.json`` produce:
 
 Accuracies are fractions in [0, 1].
 """
+
 from __future__ import annotations
 
 import math
@@ -107,8 +108,9 @@ def text_summary(report: Mapping[str, Any]) -> str:
         lines.append("  robust accuracy: " + " | ".join(f"{k} {_fmt_acc(v)}" for k, v in robust.items()))
         overall = report_value(report, "overall_robust_accuracy")
         if overall is not None:
-            lines.append(f"  worst case     : {_fmt_acc(overall)} at eps "
-                         f"{_fmt_eps(report_value(report, 'eval_eps'))}")
+            lines.append(
+                f"  worst case     : {_fmt_acc(overall)} at eps {_fmt_eps(report_value(report, 'eval_eps'))}"
+            )
     elif isinstance(report_value(report, "robust_accuracy"), Mapping):
         lines.append("  robust accuracy: no attack evaluated")
     else:

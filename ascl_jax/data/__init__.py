@@ -13,16 +13,33 @@ Modules, in data-flow order:
 Every function takes the data section of a config (``config.data``, or any subset of the fields of
 ``ascl_jax.config.data_defaults()``; the schema and its checks live in ``ascl_jax.config``).
 """
+
 from ascl_jax.config import AUGMENTS, NUM_VIEWS
 from ascl_jax.config import DATASETS as NAMES
 from ascl_jax.config import data_defaults as default_config
 from ascl_jax.data.pipeline import load_eval_arrays, make_train_iterator, steps_per_epoch
 from ascl_jax.data.semisup import SUBSETS, label_split
-from ascl_jax.data.sources import (SPLIT_SIZES, DatasetNotPreparedError, check_prepared, dataset_info,
-                                   validate_config)
+from ascl_jax.data.sources import (
+    SPLIT_SIZES,
+    DatasetNotPreparedError,
+    check_prepared,
+    dataset_info,
+    validate_config,
+)
 
 __all__ = [
-    "NAMES", "AUGMENTS", "NUM_VIEWS", "SUBSETS", "SPLIT_SIZES", "DatasetNotPreparedError",
-    "default_config", "validate_config", "dataset_info", "check_prepared", "label_split",
-    "make_train_iterator", "steps_per_epoch", "load_eval_arrays",
+    "NAMES",
+    "AUGMENTS",
+    "NUM_VIEWS",
+    "SUBSETS",
+    "SPLIT_SIZES",
+    "DatasetNotPreparedError",
+    "default_config",
+    "validate_config",
+    "dataset_info",
+    "check_prepared",
+    "label_split",
+    "make_train_iterator",
+    "steps_per_epoch",
+    "load_eval_arrays",
 ]

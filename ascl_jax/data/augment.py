@@ -20,6 +20,7 @@ Augmentations of the papers (SPEC §1.7, §3.5):
 
 This module imports TensorFlow at import time; ``ascl_jax.data.pipeline`` imports it lazily.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,7 @@ def _split(seed: tf.Tensor, num: int) -> tf.Tensor:
 
 
 def _uniform(seed: tf.Tensor, shape=(), minval: float = 0.0, maxval: float = 1.0) -> tf.Tensor:
-    return tf.random.stateless_uniform(shape, seed=seed, minval=minval, maxval=maxval,
-                                       dtype=tf.float32)
+    return tf.random.stateless_uniform(shape, seed=seed, minval=minval, maxval=maxval, dtype=tf.float32)
 
 
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -71,8 +71,14 @@ def crop_flip(image: tf.Tensor, seed: tf.Tensor, *, padding: int, flip: bool) ->
     return image
 
 
-def _resized_crop_box(seed: tf.Tensor, height: int, width: int, scale: Sequence[float],
-                      ratio: Sequence[float], attempts: int = 10):
+def _resized_crop_box(
+    seed: tf.Tensor,
+    height: int,
+    width: int,
+    scale: Sequence[float],
+    ratio: Sequence[float],
+    attempts: int = 10,
+):
     """Crop box of torchvision ``RandomResizedCrop.get_params`` (same algorithm, stateless draws).
 
     Up to ``attempts`` candidate boxes: area fraction ~ U(scale), log aspect ratio ~ U(log ratio),
@@ -111,9 +117,14 @@ def _resized_crop_box(seed: tf.Tensor, height: int, width: int, scale: Sequence[
     return top, left, ch, cw
 
 
-def random_resized_crop(image: tf.Tensor, seed: tf.Tensor, *, scale: Sequence[float] = (0.1, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3),
-                        method: str = 'bicubic') -> tf.Tensor:
+def random_resized_crop(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    scale: Sequence[float] = (0.1, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    method: str = "bicubic",
+) -> tf.Tensor:
     """torchvision ``RandomResizedCrop(size=(H, W), scale, ratio, interpolation=BICUBIC)``.
 
     Args:
@@ -137,8 +148,15 @@ def _grayscale_like(image: tf.Tensor) -> tf.Tensor:
     return tf.tile(gray, [1, 1, 3])
 
 
-def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, brightness: float = 0.4,
-                 contrast: float = 0.4, saturation: float = 0.4, hue: float = 0.1) -> tf.Tensor:
+def color_jitter(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    brightness: float = 0.4,
+    contrast: float = 0.4,
+    saturation: float = 0.4,
+    hue: float = 0.1,
+) -> tf.Tensor:
     """torchvision ``ColorJitter(brightness, contrast, saturation, hue)`` on an RGB image.
 
     Factors: brightness, contrast, saturation ~ U[max(0, 1 - v), 1 + v]; hue shift ~ U[-hue, hue]
@@ -173,9 +191,16 @@ def color_jitter(image: tf.Tensor, seed: tf.Tensor, *, brightness: float = 0.4,
     return image
 
 
-def simclr(image: tf.Tensor, seed: tf.Tensor, *, scale: Sequence[float] = (0.1, 1.0),
-           flip: bool = True, jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
-           jitter_prob: float = 0.8, grayscale_prob: float = 0.2) -> tf.Tensor:
+def simclr(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    *,
+    scale: Sequence[float] = (0.1, 1.0),
+    flip: bool = True,
+    jitter: Sequence[float] = (0.4, 0.4, 0.4, 0.1),
+    jitter_prob: float = 0.8,
+    grayscale_prob: float = 0.2,
+) -> tf.Tensor:
     """ACL / SimCLR augmentation (SPEC §3.5), in torchvision's order.
 
     ``RandomResizedCrop(scale, bicubic)`` -> ``RandomHorizontalFlip`` ->
@@ -188,10 +213,13 @@ def simclr(image: tf.Tensor, seed: tf.Tensor, *, scale: Sequence[float] = (0.1, 
         image = random_flip(image, s[1])
     if image.shape[-1] == 3:
         apply_jitter = _uniform(s[2]) < jitter_prob
-        image = tf.cond(apply_jitter,
-                        lambda: color_jitter(image, s[3], brightness=jitter[0], contrast=jitter[1],
-                                             saturation=jitter[2], hue=jitter[3]),
-                        lambda: image)
+        image = tf.cond(
+            apply_jitter,
+            lambda: color_jitter(
+                image, s[3], brightness=jitter[0], contrast=jitter[1], saturation=jitter[2], hue=jitter[3]
+            ),
+            lambda: image,
+        )
         apply_gray = _uniform(s[4]) < grayscale_prob
         image = tf.cond(apply_gray, lambda: _grayscale_like(image), lambda: image)
     return image
@@ -199,10 +227,10 @@ def simclr(image: tf.Tensor, seed: tf.Tensor, *, scale: Sequence[float] = (0.1, 
 
 def augment(image: tf.Tensor, seed: tf.Tensor, *, kind: str, padding: int, flip: bool) -> tf.Tensor:
     """Dispatches on ``kind`` (``AUGMENTS``); float32 [H, W, C] in [0, 1] -> same shape, range."""
-    if kind == 'none':
+    if kind == "none":
         return image
-    if kind == 'crop_flip':
+    if kind == "crop_flip":
         return crop_flip(image, seed, padding=padding, flip=flip)
-    if kind == 'simclr':
+    if kind == "simclr":
         return simclr(image, seed, flip=flip)
-    raise ValueError(f'augment={kind!r}; allowed: {AUGMENTS}')
+    raise ValueError(f"augment={kind!r}; allowed: {AUGMENTS}")

@@ -4,6 +4,7 @@
 the training stream (:mod:`ascl_jax.data.pipeline`) can then serve either subset (``subset=
 'labelled'`` / ``'unlabelled'``), keyed by the example ``index`` (position in ``train_split``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -25,13 +26,13 @@ def num_labelled(r: sources.DataSpec) -> int:
 def pool_size(r: sources.DataSpec, subset: str | None) -> int:
     """Examples of the training pool: ``num_train`` (subset None) or the subset's size."""
     if subset not in SUBSETS:
-        raise ValueError(f'subset={subset!r}; allowed: {SUBSETS}')
+        raise ValueError(f"subset={subset!r}; allowed: {SUBSETS}")
     if subset is None:
         return r.num_train
     if r.label_fraction is None:
         raise ValueError(f"subset={subset!r} needs data.label_fraction (e.g. 0.01 or 0.1)")
     k = num_labelled(r)
-    return k if subset == 'labelled' else r.num_train - k
+    return k if subset == "labelled" else r.num_train - k
 
 
 def label_split(data_cfg: Any, *, seed: int = LABEL_SPLIT_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -47,11 +48,12 @@ def label_split(data_cfg: Any, *, seed: int = LABEL_SPLIT_SEED) -> tuple[np.ndar
     """
     r = sources.resolve(data_cfg)
     if r.label_fraction is None:
-        raise ValueError('label_split needs data.label_fraction (e.g. 0.01 or 0.1)')
+        raise ValueError("label_split needs data.label_fraction (e.g. 0.01 or 0.1)")
     labels = sources.load_labels(r)
     if len(labels) < r.num_train:
-        raise ValueError(f'{r.name} {r.train_split!r} has {len(labels)} examples, '
-                         f'data.num_train={r.num_train}')
+        raise ValueError(
+            f"{r.name} {r.train_split!r} has {len(labels)} examples, data.num_train={r.num_train}"
+        )
     labelled = sources.stratified_choice(labels, num_labelled(r), np.random.default_rng(seed))
     mask = np.zeros(r.num_train, bool)
     mask[labelled] = True

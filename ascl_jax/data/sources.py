@@ -32,6 +32,7 @@ accelerators). tf.data runs on a private thread pool of ``os.cpu_count()`` threa
 ``max_intra_op_parallelism=1`` (per-image ops are tiny; one thread per op avoids TF
 oversubscribing the cores JAX uses).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,13 +48,13 @@ from ascl_jax import config as config_lib
 
 # Known split sizes (tfds cifar10/cifar100 3.0.2; the fixed digits split of this module).
 SPLIT_SIZES = {
-    'digits': {'train': 1437, 'test': 360},
-    'cifar10': {'train': 50_000, 'test': 10_000},
-    'cifar100': {'train': 50_000, 'test': 10_000},
+    "digits": {"train": 1437, "test": 360},
+    "cifar10": {"train": 50_000, "test": 10_000},
+    "cifar100": {"train": 50_000, "test": 10_000},
 }
-_IMAGE_SHAPES = {'digits': (8, 8, 1), 'cifar10': (32, 32, 3), 'cifar100': (32, 32, 3)}
-_NUM_CLASSES = {'digits': 10, 'cifar10': 10, 'cifar100': 100}
-_PIXEL_MAX = {'digits': 16.0, 'cifar10': 255.0, 'cifar100': 255.0}
+_IMAGE_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
+_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+_PIXEL_MAX = {"digits": 16.0, "cifar10": 255.0, "cifar100": 255.0}
 _DIGITS_NUM_TEST = 360
 _DIGITS_SPLIT_SEED = 0
 _TF_DATA_THREADS = max(1, os.cpu_count() or 1)
@@ -70,6 +71,7 @@ class DataSpec:
     data_dir None = tfds' default; num_train / num_test resolved to split sizes; label_fraction
     None = no labelled split; pixel_max: the stored pixel value that maps to 1.0.
     """
+
     name: str
     data_dir: str | None
     batch_size: int
@@ -92,7 +94,7 @@ def _parse_split(spec: str) -> tuple[str, int | None, int | None] | None:
 
     Returns None for forms it does not handle (percent slices, '+').
     """
-    m = re.fullmatch(r'\s*(\w+)\s*(?:\[\s*(\d*)\s*:\s*(\d*)\s*\])?\s*', spec)
+    m = re.fullmatch(r"\s*(\w+)\s*(?:\[\s*(\d*)\s*:\s*(\d*)\s*\])?\s*", spec)
     if m is None:
         return None
     base, a, b = m.group(1), m.group(2), m.group(3)
@@ -118,11 +120,13 @@ def resolve(data_cfg: Any) -> DataSpec:
     ``config.data_defaults``) and adds the dataset's facts. Raises ValueError naming the field."""
     d = config_lib.resolve_data(data_cfg)
     name, train_split = d.name, d.train_split
-    if name == 'digits':
+    if name == "digits":
         parsed = _parse_split(train_split)
-        if parsed is None or parsed[0] not in SPLIT_SIZES['digits']:
-            raise ValueError(f'data.train_split={train_split!r} for digits; allowed: '
-                             "'train', 'test' or an absolute slice such as 'train[:1000]'")
+        if parsed is None or parsed[0] not in SPLIT_SIZES["digits"]:
+            raise ValueError(
+                f"data.train_split={train_split!r} for digits; allowed: "
+                "'train', 'test' or an absolute slice such as 'train[:1000]'"
+            )
 
     def size(field: str, spec: str) -> int:
         value = d[field]
@@ -130,25 +134,40 @@ def resolve(data_cfg: Any) -> DataSpec:
             return value
         known = known_split_size(name, spec)
         if not known:
-            raise ValueError(f'data.{field} is unset and the size of split {spec!r} of {name!r} is '
-                             f'not known; set data.{field} explicitly')
+            raise ValueError(
+                f"data.{field} is unset and the size of split {spec!r} of {name!r} is "
+                f"not known; set data.{field} explicitly"
+            )
         return known
 
-    num_train = size('num_train', train_split)
-    num_test = size('num_test', 'test')
-    if name == 'digits':
+    num_train = size("num_train", train_split)
+    num_test = size("num_test", "test")
+    if name == "digits":
         known = known_split_size(name, train_split)
         if num_train > known:
-            raise ValueError(f'data.num_train={num_train} but digits {train_split!r} has {known}')
+            raise ValueError(f"data.num_train={num_train} but digits {train_split!r} has {known}")
     if d.batch_size > num_train:
-        raise ValueError(f'data.batch_size={d.batch_size} exceeds data.num_train={num_train} '
-                         '(training drops incomplete batches: zero steps per epoch)')
-    return DataSpec(name=name, data_dir=d.data_dir or None, batch_size=d.batch_size,
-                    eval_batch_size=d.eval_batch_size, num_train=num_train, num_test=num_test,
-                    train_split=train_split, augment=d.augment, num_views=d.num_views,
-                    crop_padding=d.crop_padding, flip=d.flip,
-                    label_fraction=d.label_fraction or None, image_shape=_IMAGE_SHAPES[name],
-                    num_classes=_NUM_CLASSES[name], pixel_max=_PIXEL_MAX[name])
+        raise ValueError(
+            f"data.batch_size={d.batch_size} exceeds data.num_train={num_train} "
+            "(training drops incomplete batches: zero steps per epoch)"
+        )
+    return DataSpec(
+        name=name,
+        data_dir=d.data_dir or None,
+        batch_size=d.batch_size,
+        eval_batch_size=d.eval_batch_size,
+        num_train=num_train,
+        num_test=num_test,
+        train_split=train_split,
+        augment=d.augment,
+        num_views=d.num_views,
+        crop_padding=d.crop_padding,
+        flip=d.flip,
+        label_fraction=d.label_fraction or None,
+        image_shape=_IMAGE_SHAPES[name],
+        num_classes=_NUM_CLASSES[name],
+        pixel_max=_PIXEL_MAX[name],
+    )
 
 
 def validate_config(data_cfg: Any) -> None:
@@ -163,8 +182,13 @@ def dataset_info(data_cfg: Any) -> dict[str, Any]:
     normalization=dataset name, the key of the models' per-dataset mean/std table).
     """
     r = resolve(data_cfg)
-    return dict(num_classes=r.num_classes, image_shape=r.image_shape, num_train=r.num_train,
-                num_test=r.num_test, normalization=r.name)
+    return dict(
+        num_classes=r.num_classes,
+        image_shape=r.image_shape,
+        num_train=r.num_train,
+        num_test=r.num_test,
+        normalization=r.name,
+    )
 
 
 def shard_bounds(n: int, process_index: int, process_count: int) -> tuple[int, int]:
@@ -185,11 +209,12 @@ def import_tf():
     """Imports TensorFlow once and keeps it off the GPUs (JAX owns the accelerators)."""
     global _TF_READY
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     if not _TF_READY:
         try:
-            tf.config.set_visible_devices([], 'GPU')
+            tf.config.set_visible_devices([], "GPU")
         except (RuntimeError, ValueError) as e:  # TF runtime already initialised by the caller
-            logging.info('data: TF GPUs left visible (%s)', e)
+            logging.info("data: TF GPUs left visible (%s)", e)
         _TF_READY = True
     return tf
 
@@ -208,6 +233,7 @@ def tf_options():
 def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Fixed digits split: {'train': (uint8 [1437, 8, 8, 1] in 0..16, int32 [1437]), 'test': ..}."""
     from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
+
     d = load_digits()
     images = np.rint(d.images).astype(np.uint8)[..., None]
     labels = d.target.astype(np.int32)
@@ -215,8 +241,7 @@ def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     test_idx = stratified_choice(labels, _DIGITS_NUM_TEST, rng)
     is_test = np.zeros(len(labels), bool)
     is_test[test_idx] = True
-    out = {'train': (images[~is_test], labels[~is_test]),
-           'test': (images[is_test], labels[is_test])}
+    out = {"train": (images[~is_test], labels[~is_test]), "test": (images[is_test], labels[is_test])}
     for v in out.values():
         v[0].setflags(write=False)
         v[1].setflags(write=False)
@@ -229,38 +254,45 @@ def stratified_choice(labels: np.ndarray, k: int, rng: np.random.Generator) -> n
     exact = k * counts / counts.sum()
     quota = np.floor(exact).astype(int)
     short = k - quota.sum()
-    quota[np.argsort(-(exact - quota), kind='stable')[:short]] += 1
+    quota[np.argsort(-(exact - quota), kind="stable")[:short]] += 1
     chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
     return np.sort(np.concatenate(chosen))
 
 
 def _prepare_hint(name: str, root: str) -> str:
-    return (f"tfds dataset {name!r} is not prepared in data_dir={root!r}. This code never "
-            f"downloads (tfds would spend minutes retrying the network on an offline machine). "
-            f"Prepare it on a machine with network access:\n"
-            f"    tfds build {name} --data_dir {root}\n"
-            f"or  python -c \"import tensorflow_datasets as tfds; "
-            f"tfds.builder('{name}', data_dir='{root}').download_and_prepare()\"\n"
-            f"and copy the prepared folder <data_dir>/{name} to {os.path.join(root, name)} here "
-            f"(or set data.data_dir / $TFDS_DATA_DIR to the folder that holds {name}/). "
-            f"The embedded dataset data.name='digits' needs no download.")
+    return (
+        f"tfds dataset {name!r} is not prepared in data_dir={root!r}. This code never "
+        f"downloads (tfds would spend minutes retrying the network on an offline machine). "
+        f"Prepare it on a machine with network access:\n"
+        f"    tfds build {name} --data_dir {root}\n"
+        f'or  python -c "import tensorflow_datasets as tfds; '
+        f"tfds.builder('{name}', data_dir='{root}').download_and_prepare()\"\n"
+        f"and copy the prepared folder <data_dir>/{name} to {os.path.join(root, name)} here "
+        f"(or set data.data_dir / $TFDS_DATA_DIR to the folder that holds {name}/). "
+        f"The embedded dataset data.name='digits' needs no download."
+    )
 
 
 def _tfds_dataset(r: DataSpec, split: Any, *, decode_image: bool = True):
     """tf.data.Dataset of {'image': uint8 [H, W, C], 'label': int64} in canonical (file) order."""
     import_tf()
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
     builder = tfds.builder(r.name, data_dir=r.data_dir)  # local only: no GCS, no download
-    decoders = None if decode_image else {'image': tfds.decode.SkipDecoding()}
+    decoders = None if decode_image else {"image": tfds.decode.SkipDecoding()}
     try:
-        ds = builder.as_dataset(split=split, shuffle_files=False, decoders=decoders,
-                                read_config=tfds.ReadConfig(interleave_cycle_length=1))
+        ds = builder.as_dataset(
+            split=split,
+            shuffle_files=False,
+            decoders=decoders,
+            read_config=tfds.ReadConfig(interleave_cycle_length=1),
+        )
     except AssertionError as e:  # tfds: "Dataset cifar10: could not find data in ..."
-        if 'could not find data' not in str(e):
+        if "could not find data" not in str(e):
             raise
         root = os.path.dirname(os.path.dirname(builder.data_dir))
         raise DatasetNotPreparedError(_prepare_hint(r.name, root)) from None
-    keep = ('image', 'label') if decode_image else ('label',)
+    keep = ("image", "label") if decode_image else ("label",)
     ds = ds.map(lambda ex: {k: ex[k] for k in keep})
     return ds.with_options(tf_options())
 
@@ -268,13 +300,14 @@ def _tfds_dataset(r: DataSpec, split: Any, *, decode_image: bool = True):
 def check_prepared(data_cfg: Any) -> None:
     """Raises DatasetNotPreparedError at once if the tfds dataset is not prepared (no network)."""
     r = resolve(data_cfg)
-    if r.name != 'digits':
+    if r.name != "digits":
         _tfds_dataset(r, r.train_split, decode_image=False)
 
 
 @dataclasses.dataclass
 class Examples:
     """Examples of one process, in memory."""
+
     image: np.ndarray  # uint8 [n, H, W, C]
     label: np.ndarray  # int32 [n]
     index: np.ndarray  # int32 [n], position in the split
@@ -302,47 +335,59 @@ def _first_n(r: DataSpec, split: str, total: int) -> str:
     start = a or 0
     known = known_split_size(r.name, split)
     if b is None and known is not None and total >= known:
-        return f'{base}[{start}:]' if start else base
+        return f"{base}[{start}:]" if start else base
     stop = start + total if b is None else min(b, start + total)
-    return f'{base}[{start}:{stop}]'
+    return f"{base}[{start}:{stop}]"
 
 
-def load_examples(r: DataSpec, split: str, total: int, process_index: int,
-                  process_count: int) -> Examples:
+def load_examples(r: DataSpec, split: str, total: int, process_index: int, process_count: int) -> Examples:
     """The examples of process ``process_index`` in the first ``total`` examples of ``split``."""
     lo, hi = shard_bounds(total, process_index, process_count)
-    if r.name == 'digits':
+    if r.name == "digits":
         base, a, b = _parse_split(split) or (None, None, None)
-        if base not in SPLIT_SIZES['digits']:
-            raise ValueError(f"split={split!r} for digits; allowed: 'train', 'test' or an absolute "
-                             "slice such as 'train[:1000]'")
+        if base not in SPLIT_SIZES["digits"]:
+            raise ValueError(
+                f"split={split!r} for digits; allowed: 'train', 'test' or an absolute "
+                "slice such as 'train[:1000]'"
+            )
         images, labels = _digits_arrays()[base]
         start = a or 0
         stop = min(len(labels) if b is None else b, start + total)
         images, labels = images[start:stop][lo:hi], labels[start:stop][lo:hi]
     else:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-        shard = tfds.split_for_jax_process(_first_n(r, split, total), process_index=process_index,
-                                           process_count=process_count)
-        arrays = _read_numpy(_tfds_dataset(r, shard), ('image', 'label'))
-        images, labels = arrays['image'].astype(np.uint8), arrays['label'].astype(np.int32)
+
+        shard = tfds.split_for_jax_process(
+            _first_n(r, split, total), process_index=process_index, process_count=process_count
+        )
+        arrays = _read_numpy(_tfds_dataset(r, shard), ("image", "label"))
+        images, labels = arrays["image"].astype(np.uint8), arrays["label"].astype(np.int32)
         if len(labels) > hi - lo:  # tfds.testing.mock_data yields num_examples for any split
-            images, labels = images[:hi - lo], labels[:hi - lo]
+            images, labels = images[: hi - lo], labels[: hi - lo]
     if len(labels) != hi - lo:
-        logging.warning('data: %s split %r gave %d examples on process %d/%d, the config '
-                        'implies %d (num_train/num_test or num_examples may be wrong)', r.name,
-                        split, len(labels), process_index, process_count, hi - lo)
+        logging.warning(
+            "data: %s split %r gave %d examples on process %d/%d, the config "
+            "implies %d (num_train/num_test or num_examples may be wrong)",
+            r.name,
+            split,
+            len(labels),
+            process_index,
+            process_count,
+            hi - lo,
+        )
     if images.shape[1:] != r.image_shape:
-        raise ValueError(f'{r.name} images have shape {images.shape[1:]}, expected {r.image_shape}')
-    return Examples(image=np.asarray(images), label=np.asarray(labels, np.int32),
-                    index=np.arange(lo, lo + len(labels), dtype=np.int32))
+        raise ValueError(f"{r.name} images have shape {images.shape[1:]}, expected {r.image_shape}")
+    return Examples(
+        image=np.asarray(images),
+        label=np.asarray(labels, np.int32),
+        index=np.arange(lo, lo + len(labels), dtype=np.int32),
+    )
 
 
 def load_labels(r: DataSpec) -> np.ndarray:
     """All labels of ``train_split`` (first ``num_train``), int32 [num_train], canonical order."""
-    if r.name == 'digits':
+    if r.name == "digits":
         return load_examples(r, r.train_split, r.num_train, 0, 1).label
     spec = _first_n(r, r.train_split, r.num_train)
-    labels = _read_numpy(_tfds_dataset(r, spec, decode_image=False), ('label',))['label']
-    return labels[:r.num_train].astype(np.int32)
-
+    labels = _read_numpy(_tfds_dataset(r, spec, decode_image=False), ("label",))["label"]
+    return labels[: r.num_train].astype(np.int32)

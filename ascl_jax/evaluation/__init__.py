@@ -17,20 +17,52 @@ sharding, compiled stages), ``autoattack_driver`` (AutoAttack over host arrays),
 PGD and mPGD stages), ``sanity`` (gradient-masking checks), ``runner`` (``evaluate``), ``report``
 (eval.json, per_example.npz, report.json).
 """
-from ascl_jax.evaluation import (apgd, autoattack, autoattack_driver, engine, fab, pgd, programs,
-                                 report, runner, sanity, square)
-from ascl_jax.evaluation.autoattack import (COMPONENTS, VERSIONS, apgd_linf, dlr_loss,
-                                            fab_targeted_linf, square_linf, targeted_dlr_loss)
+
+from ascl_jax.evaluation import (
+    apgd,
+    autoattack,
+    autoattack_driver,
+    engine,
+    fab,
+    pgd,
+    programs,
+    report,
+    runner,
+    sanity,
+    square,
+)
+from ascl_jax.evaluation.autoattack import (
+    COMPONENTS,
+    VERSIONS,
+    apgd_linf,
+    dlr_loss,
+    fab_targeted_linf,
+    square_linf,
+    targeted_dlr_loss,
+)
 from ascl_jax.evaluation.autoattack_driver import run_autoattack
 from ascl_jax.evaluation.engine import Engine
-from ascl_jax.evaluation.report import (compare_per_example, load_per_example, summary,
-                                        write_eval_json)
+from ascl_jax.evaluation.report import compare_per_example, load_per_example, summary, write_eval_json
 from ascl_jax.evaluation.runner import ATTACK_HELP, DEFAULT_ATTACKS, evaluate, parse_attack
 from ascl_jax.parallel import make_mesh as default_mesh
 
 __all__ = [
-    'COMPONENTS', 'VERSIONS', 'ATTACK_HELP', 'DEFAULT_ATTACKS', 'Engine', 'apgd_linf',
-    'compare_per_example', 'default_mesh', 'dlr_loss', 'evaluate', 'fab_targeted_linf',
-    'load_per_example', 'parse_attack', 'run_autoattack', 'square_linf', 'summary',
-    'targeted_dlr_loss', 'write_eval_json',
+    "COMPONENTS",
+    "VERSIONS",
+    "ATTACK_HELP",
+    "DEFAULT_ATTACKS",
+    "Engine",
+    "apgd_linf",
+    "compare_per_example",
+    "default_mesh",
+    "dlr_loss",
+    "evaluate",
+    "fab_targeted_linf",
+    "load_per_example",
+    "parse_attack",
+    "run_autoattack",
+    "square_linf",
+    "summary",
+    "targeted_dlr_loss",
+    "write_eval_json",
 ]

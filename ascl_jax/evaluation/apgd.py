@@ -11,6 +11,7 @@ window compares the first loss with 0, as the reference's zero-initialised histo
 result is the *first* misclassified point found (the reference keeps the last). The per-batch
 function is ``autoattack.apgd_linf``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -19,13 +20,12 @@ import numpy as np
 
 from ascl_jax import attacks, losses
 from ascl_jax.attacks import project_linf
-from ascl_jax.evaluation.programs import (Program, broadcast_rows, example_keys, linf_norms,
-                                          ranked_target)
+from ascl_jax.evaluation.programs import Program, broadcast_rows, example_keys, linf_norms, ranked_target
 
 
 def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
     """CE per row in float32: logits [B, K], y [B] int -> [B] (``losses.cross_entropy``)."""
-    return losses.cross_entropy(logits.astype(jnp.float32), y, reduction='none')
+    return losses.cross_entropy(logits.astype(jnp.float32), y, reduction="none")
 
 
 def dlr_loss(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -49,16 +49,17 @@ def targeted_dlr_loss(logits: jax.Array, y: jax.Array, y_target: jax.Array) -> j
 
 
 def _loss_fn(name: str):
-    if name == 'ce':
+    if name == "ce":
         return lambda logits, y, t: cross_entropy(logits, y)
-    if name == 'dlr':
+    if name == "dlr":
         return lambda logits, y, t: dlr_loss(logits, y)
-    if name == 'dlr-targeted':
+    if name == "dlr-targeted":
         return targeted_dlr_loss
-    if name == 'ce-targeted':
+    if name == "ce-targeted":
         return lambda logits, y, t: -cross_entropy(logits, t)
-    raise ValueError(f"unknown APGD loss {name!r}; choose one of ['ce', 'dlr', 'dlr-targeted', "
-                     "'ce-targeted']")
+    raise ValueError(
+        f"unknown APGD loss {name!r}; choose one of ['ce', 'dlr', 'dlr-targeted', 'ce-targeted']"
+    )
 
 
 def apgd_checkpoints(n_iter: int) -> list[tuple[int, int]]:
@@ -79,15 +80,16 @@ def apgd_checkpoints(n_iter: int) -> list[tuple[int, int]]:
     return out
 
 
-def apgd_program(*, n_iter: int = 100, loss: str = 'ce', rho: float = 0.75,
-                 y_target: jax.Array | None = None) -> Program:
+def apgd_program(
+    *, n_iter: int = 100, loss: str = "ce", rho: float = 0.75, y_target: jax.Array | None = None
+) -> Program:
     """APGD (L-inf, one restart) as a Program; see ``autoattack.apgd_linf``.
 
     For the targeted losses the target is ``y_target`` if given, else the class ranked ``rank`` by
     the clean logits (``init``'s rank argument).
     """
     crit = _loss_fn(loss)
-    targeted = loss in ('dlr-targeted', 'ce-targeted')
+    targeted = loss in ("dlr-targeted", "ce-targeted")
     ck = apgd_checkpoints(n_iter)
     is_ck_np = np.zeros(n_iter, bool)
     k_of_np = np.ones(n_iter, np.float32)
@@ -99,6 +101,7 @@ def apgd_program(*, n_iter: int = 100, loss: str = 'ce', rho: float = 0.75,
             logits = lf(z)
             per = crit(logits, y, t)
             return jnp.sum(per), (per, logits)
+
         (_, (per, logits)), g = jax.value_and_grad(total, has_aux=True)(xa)
         return per, jnp.argmax(logits, axis=-1) == y, g
 
@@ -113,43 +116,53 @@ def apgd_program(*, n_iter: int = 100, loss: str = 'ce', rho: float = 0.75,
         x_adv = jnp.clip(x + eps * u / (broadcast_rows(linf_norms(u), x) + 1e-12), 0.0, 1.0)
         l0, ok0, g0 = loss_grad(lf, x_adv, y, t)
         return dict(
-            target=t, x_adv=x_adv, x_old=x_adv, g=g0, x_best=x_adv, g_best=g0, loss_best=l0,
-            step=jnp.full((b,), 2.0 * eps, jnp.float32), ok=ok0, x_found=x_adv,
+            target=t,
+            x_adv=x_adv,
+            x_old=x_adv,
+            g=g0,
+            x_best=x_adv,
+            g_best=g0,
+            loss_best=l0,
+            step=jnp.full((b,), 2.0 * eps, jnp.float32),
+            ok=ok0,
+            x_found=x_adv,
             n_incr=jnp.zeros((b,), jnp.float32),
             # The reference compares the first loss with an all-zero history row; kept.
             loss_prev=jnp.zeros((b,), jnp.float32),
-            reduced_last=jnp.ones((b,), bool), loss_best_last=l0)
+            reduced_last=jnp.ones((b,), bool),
+            loss_best_last=l0,
+        )
 
     def step(lf, x, y, eps, i, s):
         is_ck, k_of = jnp.asarray(is_ck_np), jnp.asarray(k_of_np)
         a = jnp.where(i == 0, 1.0, 0.75)
-        momentum = s['x_adv'] - s['x_old']
-        z = project_linf(s['x_adv'] + broadcast_rows(s['step'], x) * jnp.sign(s['g']), x, eps)
-        z = project_linf(s['x_adv'] + a * (z - s['x_adv']) + (1.0 - a) * momentum, x, eps)
-        l, ok, g = loss_grad(lf, z, y, s['target'])
-        s = dict(s, x_old=s['x_adv'], x_adv=z, g=g)
-        s['x_found'] = jnp.where(broadcast_rows(~ok & s['ok'], x), z, s['x_found'])
-        s['ok'] = s['ok'] & ok
-        s['n_incr'] = s['n_incr'] + (l > s['loss_prev']).astype(jnp.float32)
-        s['loss_prev'] = l
-        better = l > s['loss_best']
-        s['x_best'] = jnp.where(broadcast_rows(better, x), z, s['x_best'])
-        s['g_best'] = jnp.where(broadcast_rows(better, x), g, s['g_best'])
-        s['loss_best'] = jnp.where(better, l, s['loss_best'])
+        momentum = s["x_adv"] - s["x_old"]
+        z = project_linf(s["x_adv"] + broadcast_rows(s["step"], x) * jnp.sign(s["g"]), x, eps)
+        z = project_linf(s["x_adv"] + a * (z - s["x_adv"]) + (1.0 - a) * momentum, x, eps)
+        l, ok, g = loss_grad(lf, z, y, s["target"])
+        s = dict(s, x_old=s["x_adv"], x_adv=z, g=g)
+        s["x_found"] = jnp.where(broadcast_rows(~ok & s["ok"], x), z, s["x_found"])
+        s["ok"] = s["ok"] & ok
+        s["n_incr"] = s["n_incr"] + (l > s["loss_prev"]).astype(jnp.float32)
+        s["loss_prev"] = l
+        better = l > s["loss_best"]
+        s["x_best"] = jnp.where(broadcast_rows(better, x), z, s["x_best"])
+        s["g_best"] = jnp.where(broadcast_rows(better, x), g, s["g_best"])
+        s["loss_best"] = jnp.where(better, l, s["loss_best"])
         # Step-size checkpoint: halve and restart from the best point on oscillation / no progress.
         c = is_ck[i]
-        osc = s['n_incr'] <= k_of[i] * rho
-        no_impr = (~s['reduced_last']) & (s['loss_best_last'] >= s['loss_best'])
+        osc = s["n_incr"] <= k_of[i] * rho
+        no_impr = (~s["reduced_last"]) & (s["loss_best_last"] >= s["loss_best"])
         red = c & (osc | no_impr)
-        s['step'] = jnp.where(red, 0.5 * s['step'], s['step'])
-        s['x_adv'] = jnp.where(broadcast_rows(red, x), s['x_best'], s['x_adv'])
-        s['g'] = jnp.where(broadcast_rows(red, x), s['g_best'], s['g'])
-        s['reduced_last'] = jnp.where(c, osc | no_impr, s['reduced_last'])
-        s['loss_best_last'] = jnp.where(c, s['loss_best'], s['loss_best_last'])
-        s['n_incr'] = jnp.where(c, 0.0, s['n_incr'])
+        s["step"] = jnp.where(red, 0.5 * s["step"], s["step"])
+        s["x_adv"] = jnp.where(broadcast_rows(red, x), s["x_best"], s["x_adv"])
+        s["g"] = jnp.where(broadcast_rows(red, x), s["g_best"], s["g"])
+        s["reduced_last"] = jnp.where(c, osc | no_impr, s["reduced_last"])
+        s["loss_best_last"] = jnp.where(c, s["loss_best"], s["loss_best_last"])
+        s["n_incr"] = jnp.where(c, 0.0, s["n_incr"])
         return s
 
     def finish(lf, x, y, eps, s):
-        return project_linf(s['x_found'], x, eps), ~s['ok']
+        return project_linf(s["x_found"], x, eps), ~s["ok"]
 
-    return Program(n_iter, init, step, finish, running=lambda s: s['ok'])
+    return Program(n_iter, init, step, finish, running=lambda s: s["ok"])

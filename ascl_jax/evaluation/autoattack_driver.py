@@ -5,6 +5,7 @@ its (target rank, restart) stages from ``autoattack.plan`` run one after the oth
 robust, with the key ``fold_in(key, autoattack.stage_seed(...))``. A row counts as broken only on a
 verified adversarial example (``Engine.stage``), and stays broken.
 """
+
 from __future__ import annotations
 
 import jax
@@ -14,13 +15,29 @@ from ascl_jax.evaluation import autoattack as aa
 from ascl_jax.evaluation import engine as engine_lib
 
 
-def run_on_engine(eng: engine_lib.Engine, x, y, key, *, eps: float,
-                  version: str | None = 'standard', components=None, n_iter: int = 100,
-                  n_queries: int = 5000, n_targets: int = 9, apgd_ce_restarts: int = 1,
-                  target_restarts: int = 1, square_restarts: int = 1, unroll: int | None = None,
-                  early_stop: bool = True, robust: np.ndarray | None = None,
-                  index: np.ndarray | None = None, keep_adv: bool = True,
-                  clean: np.ndarray | None = None, num_classes: int | None = None) -> dict:
+def run_on_engine(
+    eng: engine_lib.Engine,
+    x,
+    y,
+    key,
+    *,
+    eps: float,
+    version: str | None = "standard",
+    components=None,
+    n_iter: int = 100,
+    n_queries: int = 5000,
+    n_targets: int = 9,
+    apgd_ce_restarts: int = 1,
+    target_restarts: int = 1,
+    square_restarts: int = 1,
+    unroll: int | None = None,
+    early_stop: bool = True,
+    robust: np.ndarray | None = None,
+    index: np.ndarray | None = None,
+    keep_adv: bool = True,
+    clean: np.ndarray | None = None,
+    num_classes: int | None = None,
+) -> dict:
     """AutoAttack on host arrays with the stages of ``eng`` (result dict: ``run_autoattack``).
 
     ``clean`` (bool [N]) and ``num_classes``, when both given, skip the clean pass; ``keep_adv=False``
@@ -31,26 +48,33 @@ def run_on_engine(eng: engine_lib.Engine, x, y, key, *, eps: float,
     n = x.shape[0]
     if components is None:
         if version not in aa.VERSIONS:
-            raise ValueError(f"unknown AutoAttack version {version!r}; choose one of "
-                             f"{list(aa.VERSIONS)}")
+            raise ValueError(f"unknown AutoAttack version {version!r}; choose one of {list(aa.VERSIONS)}")
         components = aa.VERSIONS[version]
     components = tuple(components)
     index = np.arange(n) if index is None else np.asarray(index)
     if clean is None or num_classes is None:
-        pred, num_classes = eng.predict(x, y=y, desc='clean')
+        pred, num_classes = eng.predict(x, y=y, desc="clean")
         clean = pred == y
     aa.check_num_classes(components, num_classes)
-    stages = aa.plan(components=components, num_classes=num_classes,
-                     apgd_ce_restarts=apgd_ce_restarts, n_targets=n_targets,
-                     target_restarts=target_restarts, square_restarts=square_restarts)
+    stages = aa.plan(
+        components=components,
+        num_classes=num_classes,
+        apgd_ce_restarts=apgd_ce_restarts,
+        n_targets=n_targets,
+        target_restarts=target_restarts,
+        square_restarts=square_restarts,
+    )
     rob = clean.copy() if robust is None else (np.asarray(robust, bool) & clean)
     x_adv = x.copy() if keep_adv else None
     broken_by = np.full(n, -1, np.int32)
-    acc = {'clean': float(clean.mean())}
+    acc = {"clean": float(clean.mean())}
     for ci, comp in enumerate(components):
-        fn = eng.stage(('aa', comp, n_iter, n_queries),
-                       aa.component_program(comp, n_iter=n_iter, n_queries=n_queries),
-                       unroll=unroll, early_stop=early_stop)
+        fn = eng.stage(
+            ("aa", comp, n_iter, n_queries),
+            aa.component_program(comp, n_iter=n_iter, n_queries=n_queries),
+            unroll=unroll,
+            early_stop=early_stop,
+        )
         bar = eng.progress_bar(comp)
         for name, rank, restart in (s for s in stages if s[0] == comp):
             rows = np.flatnonzero(rob)
@@ -58,11 +82,23 @@ def run_on_engine(eng: engine_lib.Engine, x, y, key, *, eps: float,
                 break
             engine_lib.grow(bar, len(rows))
             k = jax.random.fold_in(key, aa.stage_seed(name, rank, restart))
-            desc = name + (f' target {rank - 1}/{min(n_targets, num_classes - 1)}' if rank else '')
-            desc += f' restart {restart + 1}' if restart else ''
-            fooled, xa = eng.run_stage(fn, x, y, index, rows, k, eps=eps, rank=rank,
-                                       desc=desc, robust_count=int(rob.sum()), total=n,
-                                       keep_adv=keep_adv, bar=bar)
+            desc = name + (f" target {rank - 1}/{min(n_targets, num_classes - 1)}" if rank else "")
+            desc += f" restart {restart + 1}" if restart else ""
+            fooled, xa = eng.run_stage(
+                fn,
+                x,
+                y,
+                index,
+                rows,
+                k,
+                eps=eps,
+                rank=rank,
+                desc=desc,
+                robust_count=int(rob.sum()),
+                total=n,
+                keep_adv=keep_adv,
+                bar=bar,
+            )
             hit = rows[fooled]
             rob[hit] = False
             broken_by[hit] = ci
@@ -71,17 +107,40 @@ def run_on_engine(eng: engine_lib.Engine, x, y, key, *, eps: float,
         if bar is not None:
             bar.close()
         acc[comp] = float(rob.mean())
-    return dict(clean=clean, robust=rob, x_adv=x_adv, broken_by=broken_by,
-                components=components, accuracy=acc, num_classes=num_classes)
+    return dict(
+        clean=clean,
+        robust=rob,
+        x_adv=x_adv,
+        broken_by=broken_by,
+        components=components,
+        accuracy=acc,
+        num_classes=num_classes,
+    )
 
 
-def run_autoattack(logits_fn, x, y, key: jax.Array, *, eps: float, version: str = 'standard',
-                   components=None, params=None, batch_size: int = 128, mesh=None,
-                   n_iter: int = aa.STANDARD['apgd_iters'],
-                   n_queries: int = aa.STANDARD['square_queries'],
-                   n_targets: int = 9, apgd_ce_restarts: int = 1, target_restarts: int = 1,
-                   unroll: int | None = None, early_stop: bool = True, progress: bool = True,
-                   robust: np.ndarray | None = None, index: np.ndarray | None = None) -> dict:
+def run_autoattack(
+    logits_fn,
+    x,
+    y,
+    key: jax.Array,
+    *,
+    eps: float,
+    version: str = "standard",
+    components=None,
+    params=None,
+    batch_size: int = 128,
+    mesh=None,
+    n_iter: int = aa.STANDARD["apgd_iters"],
+    n_queries: int = aa.STANDARD["square_queries"],
+    n_targets: int = 9,
+    apgd_ce_restarts: int = 1,
+    target_restarts: int = 1,
+    unroll: int | None = None,
+    early_stop: bool = True,
+    progress: bool = True,
+    robust: np.ndarray | None = None,
+    index: np.ndarray | None = None,
+) -> dict:
     """AutoAttack on host arrays, batched and sharded over ``mesh`` ('data' axis).
 
     Args:
@@ -98,9 +157,24 @@ def run_autoattack(logits_fn, x, y, key: jax.Array, *, eps: float, version: str 
       component that broke the row, -1 for robust or clean-misclassified rows), 'components',
       'accuracy' ({'clean': acc, component: robust accuracy after it (cumulative)}).
     """
-    eng = engine_lib.get_engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh,
-                                progress=progress, unroll=unroll)
-    return run_on_engine(eng, x, y, key, eps=eps, version=version, components=components,
-                         n_iter=n_iter, n_queries=n_queries, n_targets=n_targets,
-                         apgd_ce_restarts=apgd_ce_restarts, target_restarts=target_restarts,
-                         unroll=unroll, early_stop=early_stop, robust=robust, index=index)
+    eng = engine_lib.get_engine(
+        logits_fn, params=params, batch_size=batch_size, mesh=mesh, progress=progress, unroll=unroll
+    )
+    return run_on_engine(
+        eng,
+        x,
+        y,
+        key,
+        eps=eps,
+        version=version,
+        components=components,
+        n_iter=n_iter,
+        n_queries=n_queries,
+        n_targets=n_targets,
+        apgd_ce_restarts=apgd_ce_restarts,
+        target_restarts=target_restarts,
+        unroll=unroll,
+        early_stop=early_stop,
+        robust=robust,
+        index=index,
+    )

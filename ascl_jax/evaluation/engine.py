@@ -13,6 +13,7 @@ counts as broken on a verified adversarial example.
 The model parameters are an explicit (replicated) argument of the compiled functions rather than
 captured constants.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,7 @@ from ascl_jax.evaluation import programs
 from ascl_jax.parallel import DATA_AXIS
 
 
-def check_eps(eps, name: str = 'eps') -> float:
+def check_eps(eps, name: str = "eps") -> float:
     """eps must be a number in (0, 1] (images live in [0, 1])."""
     try:
         e = float(eps)
@@ -53,8 +54,10 @@ def check_inputs(x, y) -> tuple[np.ndarray, np.ndarray]:
     x = x.astype(np.float32, copy=False)
     lo, hi = float(x.min()), float(x.max())
     if lo < 0.0 or hi > 1.0 or not np.isfinite(x).all():
-        raise ValueError(f"images must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}); "
-                         "normalisation is the model's first operation")
+        raise ValueError(
+            f"images must lie in [0, 1] (got min {lo:.4g}, max {hi:.4g}); "
+            "normalisation is the model's first operation"
+        )
     return x, y.astype(np.int32)
 
 
@@ -77,7 +80,7 @@ def _progress(total: int, desc: str, enabled: bool):
         from tqdm import auto as tqdm_auto
     except ImportError:  # tqdm is a dependency; stay silent without it
         return None
-    return tqdm_auto.tqdm(total=total, desc=desc, unit='ex', leave=True, dynamic_ncols=True)
+    return tqdm_auto.tqdm(total=total, desc=desc, unit="ex", leave=True, dynamic_ncols=True)
 
 
 _ENGINES: dict = {}
@@ -89,7 +92,7 @@ def _hashable(v):
         hash(v)
         return v
     except TypeError:
-        return ('id', id(v))
+        return ("id", id(v))
 
 
 def _fn_key(fn):
@@ -100,18 +103,30 @@ def _fn_key(fn):
     arguments.
     """
     import functools
+
     if isinstance(fn, functools.partial):
-        return ('partial', _fn_key(fn.func), tuple(_hashable(a) for a in fn.args),
-                tuple(sorted((k, _hashable(v)) for k, v in fn.keywords.items())))
-    code = getattr(fn, '__code__', None)
+        return (
+            "partial",
+            _fn_key(fn.func),
+            tuple(_hashable(a) for a in fn.args),
+            tuple(sorted((k, _hashable(v)) for k, v in fn.keywords.items())),
+        )
+    code = getattr(fn, "__code__", None)
     if code is None:
         return _hashable(fn)
     cells = tuple(_hashable(c.cell_contents) for c in (fn.__closure__ or ()))
-    return ('code', code, cells, _hashable(getattr(fn, '__defaults__', None)))
+    return ("code", code, cells, _hashable(getattr(fn, "__defaults__", None)))
 
 
-def get_engine(logits_fn: Callable, *, params=None, batch_size: int = 128, mesh=None,
-               progress: bool = True, unroll: int | None = None) -> 'Engine':
+def get_engine(
+    logits_fn: Callable,
+    *,
+    params=None,
+    batch_size: int = 128,
+    mesh=None,
+    progress: bool = True,
+    unroll: int | None = None,
+) -> "Engine":
     """An Engine for ``logits_fn``, reused across calls so that its compiled stages are too.
 
     The cache key is the function (its code and the objects its closure holds, see ``_fn_key``), the
@@ -124,12 +139,14 @@ def get_engine(logits_fn: Callable, *, params=None, batch_size: int = 128, mesh=
     try:
         hash(key)
     except TypeError:  # something unhashable in the closure: a fresh, uncached engine
-        return Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh,
-                      unroll=unroll, progress=progress)
+        return Engine(
+            logits_fn, params=params, batch_size=batch_size, mesh=mesh, unroll=unroll, progress=progress
+        )
     eng = _ENGINES.pop(key, None)
     if eng is None:
-        eng = Engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh,
-                     unroll=unroll, progress=progress)
+        eng = Engine(
+            logits_fn, params=params, batch_size=batch_size, mesh=mesh, unroll=unroll, progress=progress
+        )
     else:
         eng.set_params(params)
         eng.progress = progress
@@ -155,8 +172,16 @@ class Engine:
         as one compiled call per batch.
     """
 
-    def __init__(self, logits_fn: Callable, *, params=None, batch_size: int = 128, mesh=None,
-                 progress: bool = True, unroll: int | None = None):
+    def __init__(
+        self,
+        logits_fn: Callable,
+        *,
+        params=None,
+        batch_size: int = 128,
+        mesh=None,
+        progress: bool = True,
+        unroll: int | None = None,
+    ):
         if not callable(logits_fn):
             raise ValueError("logits_fn must be callable: x -> logits (or (params, x) -> logits)")
         if int(batch_size) <= 0:
@@ -178,8 +203,11 @@ class Engine:
     def set_params(self, params) -> None:
         """Replaces the model parameters (same structure: no recompilation)."""
         if (params is not None) != self._has_params:
-            raise ValueError("this engine was built with" + ("" if self._has_params else "out") +
-                             " params; pass them consistently")
+            raise ValueError(
+                "this engine was built with"
+                + ("" if self._has_params else "out")
+                + " params; pass them consistently"
+            )
         self.params = () if params is None else jax.device_put(params, self.repl)
 
     # -- compiled functions ----------------------------------------------------------------------
@@ -189,16 +217,18 @@ class Engine:
         return lambda x: self._fn(params, x)
 
     def _predict_jit(self):
-        if 'predict' not in self._cache:
+        if "predict" not in self._cache:
+
             def predict(params, x):
                 logits = self._fn(params, x)
                 return jnp.argmax(logits, -1).astype(jnp.int32), jnp.asarray(logits.shape[-1])
-            self._cache['predict'] = jax.jit(
-                predict, in_shardings=(self.repl, self.data), out_shardings=(self.data, self.repl))
-        return self._cache['predict']
 
-    def stage(self, cache_key, prog: programs.Program, *, unroll: int | None = None,
-              early_stop: bool = True):
+            self._cache["predict"] = jax.jit(
+                predict, in_shardings=(self.repl, self.data), out_shardings=(self.data, self.repl)
+            )
+        return self._cache["predict"]
+
+    def stage(self, cache_key, prog: programs.Program, *, unroll: int | None = None, early_stop: bool = True):
         """A stage ``f(params, x, y, index, active, key, rank, eps) -> (x_adv, fooled)`` for a Program.
 
         The result is re-projected onto the eps-ball and [0, 1] and ``fooled`` is recomputed there as
@@ -216,9 +246,21 @@ class Engine:
 
         def run(params, x, y, index, active, key, rank, eps):
             lf = self.logits_fn(params)
-            x_adv, _ = programs.run_program(prog, lf, x, y, index=index, active=active, key=key,
-                                            rank=rank, eps=eps, unroll=unroll, early_stop=early_stop)
+            x_adv, _ = programs.run_program(
+                prog,
+                lf,
+                x,
+                y,
+                index=index,
+                active=active,
+                key=key,
+                rank=rank,
+                eps=eps,
+                unroll=unroll,
+                early_stop=early_stop,
+            )
             return verify(params, x, y, active, eps, x_adv)
+
         fn = jax.jit(run)
         self._cache[full_key] = fn
         return fn
@@ -229,14 +271,17 @@ class Engine:
         ``cache_key``; runs with ``run_stage``."""
         if cache_key not in self._cache:
             self._cache[cache_key] = jax.jit(
-                fn, in_shardings=(self.repl,) + (self.data,) * 4 + (self.repl,) * 3,
-                out_shardings=(self.data, self.data))
+                fn,
+                in_shardings=(self.repl,) + (self.data,) * 4 + (self.repl,) * 3,
+                out_shardings=(self.data, self.data),
+            )
         return self._cache[cache_key]
 
     # -- host loops ------------------------------------------------------------------------------
 
-    def predict(self, x: np.ndarray, *, desc: str = 'clean', y: np.ndarray | None = None,
-                progress: bool | None = None) -> tuple[np.ndarray, int]:
+    def predict(
+        self, x: np.ndarray, *, desc: str = "clean", y: np.ndarray | None = None, progress: bool | None = None
+    ) -> tuple[np.ndarray, int]:
         """Predicted classes [N] and the number of classes K."""
         fn = self._predict_jit()
         out = np.zeros(x.shape[0], np.int32)
@@ -258,9 +303,23 @@ class Engine:
             bar.close()
         return out, n_cls
 
-    def run_stage(self, fn, x: np.ndarray, y: np.ndarray, index: np.ndarray, rows: np.ndarray, key,
-                  *, eps: float, rank: int = 0, desc: str = '', robust_count: int | None = None,
-                  total: int | None = None, keep_adv: bool = True, bar=None):
+    def run_stage(
+        self,
+        fn,
+        x: np.ndarray,
+        y: np.ndarray,
+        index: np.ndarray,
+        rows: np.ndarray,
+        key,
+        *,
+        eps: float,
+        rank: int = 0,
+        desc: str = "",
+        robust_count: int | None = None,
+        total: int | None = None,
+        keep_adv: bool = True,
+        bar=None,
+    ):
         """Runs a compiled stage on ``rows``; returns (fooled [len(rows)] bool, x_adv or None).
 
         ``robust_count``/``total`` drive the running robust accuracy shown in the progress bar;
@@ -282,12 +341,20 @@ class Engine:
         put = lambda a: parallel.put_global(a, self.data)  # noqa: E731
         for r, valid, n in parallel.padded_index_batches(rows, self.batch_size):
             # Padding rows repeat a real row; `valid` masks them out of the results.
-            out_x, out_f = fn(self.params, put(x[r]), put(y[r]), put(index[r].astype(np.int32)),
-                              put(valid), key_r, rank_r, eps_r)
+            out_x, out_f = fn(
+                self.params,
+                put(x[r]),
+                put(y[r]),
+                put(index[r].astype(np.int32)),
+                put(valid),
+                key_r,
+                rank_r,
+                eps_r,
+            )
             f = _get(out_f)[:n]
-            fooled[done:done + n] = f
+            fooled[done : done + n] = f
             if keep_adv:
-                x_adv[done:done + n] = _get(out_x)[:n]
+                x_adv[done : done + n] = _get(out_x)[:n]
             done += n
             if bar is not None:
                 if robust_count is not None:

@@ -7,14 +7,14 @@ combined with weight ``alpha <= alpha_max = 0.1``, overshoot ``eta = 1.05``, bac
 ``beta = 0.9`` after each success. Success: a point of norm <= eps. Targeted form only (the one
 AutoAttack-standard uses), one restart. The per-batch function is ``autoattack.fab_targeted_linf``.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
 from ascl_jax.attacks import project_linf
-from ascl_jax.evaluation.programs import (Program, broadcast_rows, example_keys, linf_norms,
-                                          ranked_target)
+from ascl_jax.evaluation.programs import Program, broadcast_rows, example_keys, linf_norms, ranked_target
 
 
 def project_linf_hyperplane_box(t: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
@@ -53,9 +53,15 @@ def project_linf_hyperplane_box(t: jax.Array, w: jax.Array, b: jax.Array) -> jax
     return -jnp.sign(w2) * jnp.minimum(lam[:, None], room)
 
 
-def fab_program(*, n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05,
-                beta: float = 0.9, random_start: bool = False,
-                y_target: jax.Array | None = None) -> Program:
+def fab_program(
+    *,
+    n_iter: int = 100,
+    alpha_max: float = 0.1,
+    eta: float = 1.05,
+    beta: float = 0.9,
+    random_start: bool = False,
+    y_target: jax.Array | None = None,
+) -> Program:
     """FAB-T (L-inf, one restart) as a Program; see ``autoattack.fab_targeted_linf``."""
 
     def diff_grad(lf, x1, y, t):
@@ -65,6 +71,7 @@ def fab_program(*, n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05,
             z_t = jnp.take_along_axis(logits, t[:, None], -1)[:, 0]
             df = -(z_y - z_t)
             return jnp.sum(df), df
+
         (_, df), g = jax.value_and_grad(total, has_aux=True)(x1)
         return df, g.reshape(x1.shape[0], -1)
 
@@ -76,14 +83,19 @@ def fab_program(*, n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05,
             keys = example_keys(key, index)
             u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], jnp.float32, -1.0, 1.0))(keys)
             x1 = jnp.clip(x + 0.5 * eps * u / (broadcast_rows(linf_norms(u), x) + 1e-12), 0.0, 1.0)
-        return dict(target=t, x1=x1.reshape(b, -1), adv=x.reshape(b, -1),
-                    res=jnp.full((b,), 1e10, jnp.float32), eps=jnp.full((b,), eps, jnp.float32))
+        return dict(
+            target=t,
+            x1=x1.reshape(b, -1),
+            adv=x.reshape(b, -1),
+            res=jnp.full((b,), 1e10, jnp.float32),
+            eps=jnp.full((b,), eps, jnp.float32),
+        )
 
     def step(lf, x, y, eps, i, s):
         b = x.shape[0]
         x0 = x.reshape(b, -1)
-        x1 = s['x1']
-        df, w = diff_grad(lf, x1.reshape(x.shape), y, s['target'])
+        x1 = s["x1"]
+        df, w = diff_grad(lf, x1.reshape(x.shape), y, s["target"])
         bb = -df + jnp.sum(w * x1, axis=-1)
         d1 = project_linf_hyperplane_box(x1, w, bb)
         d2 = project_linf_hyperplane_box(x0, w, bb)
@@ -93,16 +105,19 @@ def fab_program(*, n_iter: int = 100, alpha_max: float = 0.1, eta: float = 1.05,
         xn = jnp.clip((x1 + eta * d1) * (1.0 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
         is_adv = jnp.argmax(lf(xn.reshape(x.shape)), axis=-1) != y
         nrm = jnp.max(jnp.abs(xn - x0), axis=-1)
-        better = is_adv & (nrm < s['res'])
-        return dict(s, adv=jnp.where(better[:, None], xn, s['adv']),
-                    res=jnp.where(better, nrm, s['res']),
-                    x1=jnp.where(is_adv[:, None], x0 + (xn - x0) * beta, xn))
+        better = is_adv & (nrm < s["res"])
+        return dict(
+            s,
+            adv=jnp.where(better[:, None], xn, s["adv"]),
+            res=jnp.where(better, nrm, s["res"]),
+            x1=jnp.where(is_adv[:, None], x0 + (xn - x0) * beta, xn),
+        )
 
     def finish(lf, x, y, eps, s):
-        found = s['res'] <= eps
-        x_adv = jnp.where(found[:, None], s['adv'], x.reshape(x.shape[0], -1)).reshape(x.shape)
+        found = s["res"] <= eps
+        x_adv = jnp.where(found[:, None], s["adv"], x.reshape(x.shape[0], -1)).reshape(x.shape)
         return project_linf(x_adv, x, eps), found
 
     # A row is done once a point within eps is found; FAB would keep shrinking its norm, which
     # does not change the robustness verdict at this eps.
-    return Program(n_iter, init, step, finish, running=lambda s: s['res'] > s['eps'])
+    return Program(n_iter, init, step, finish, running=lambda s: s["res"] > s["eps"])

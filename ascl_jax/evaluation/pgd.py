@@ -19,6 +19,7 @@ module adds what evaluation needs on top: a random start drawn per example from 
 (passed as ``x_init``, so results do not depend on batching or devices) and the state-machine form
 (``programs.Program``) that the engine runs as a stage.
 """
+
 from __future__ import annotations
 
 import jax
@@ -38,24 +39,23 @@ def uniform_start(x, key, index, eps):
     return jnp.clip(x + eps * u, 0.0, 1.0)
 
 
-def pgd_program(*, num_steps: int, step_ratio: float, objective: str = 'ce',
-                y_target=None) -> Program:
+def pgd_program(*, num_steps: int, step_ratio: float, objective: str = "ce", y_target=None) -> Program:
     """PGD-k as a Program; step = step_ratio * eps (so one compiled program serves every eps).
 
     objective 'ce': maximise the cross-entropy (untargeted). 'margin-targeted': maximise
     ``z_t - z_y`` for ``y_target`` or, if None, the wrong class ranked ``rank - 1`` by the clean
     logits (rank 2 = the most likely wrong class; ``attacks.mpgd_targets``).
     """
-    if objective not in ('ce', 'margin-targeted'):
+    if objective not in ("ce", "margin-targeted"):
         raise ValueError(f"unknown PGD objective {objective!r}")
 
     def make_objective(lf, y, t):
-        if objective == 'ce':
+        if objective == "ce":
             return attacks.ce_objective(lf, y)
         return attacks.margin_objective(lf, y, t)
 
     def init(lf, x, y, index, key, rank, eps):
-        if objective == 'ce':
+        if objective == "ce":
             t = y
         elif y_target is not None:
             t = y_target.astype(jnp.int32)
@@ -66,26 +66,47 @@ def pgd_program(*, num_steps: int, step_ratio: float, objective: str = 'ce',
 
     def step(lf, x, y, eps, i, s):
         # One PGD step = attacks.pgd_linf with one step from the current iterate.
-        xa = attacks.pgd_linf(make_objective(lf, y, s['target']), x, None, eps=eps,
-                              step_size=step_ratio * eps, num_steps=1, random_start=False,
-                              x_init=s['x_adv'], unroll=1)
+        xa = attacks.pgd_linf(
+            make_objective(lf, y, s["target"]),
+            x,
+            None,
+            eps=eps,
+            step_size=step_ratio * eps,
+            num_steps=1,
+            random_start=False,
+            x_init=s["x_adv"],
+            unroll=1,
+        )
         return dict(s, x_adv=xa)
 
     def finish(lf, x, y, eps, s):
-        x_adv = attacks.project_linf(s['x_adv'], x, eps)
+        x_adv = attacks.project_linf(s["x_adv"], x, eps)
         return x_adv, jnp.argmax(lf(x_adv), -1) != y
 
     return Program(num_steps, init, step, finish, running=None)
 
 
-def pgd_linf_eval(logits_fn, x, y, key, *, eps, step_size, num_steps: int, objective: str = 'ce',
-                  y_target=None, index=None, unroll: int | None = None):
+def pgd_linf_eval(
+    logits_fn,
+    x,
+    y,
+    key,
+    *,
+    eps,
+    step_size,
+    num_steps: int,
+    objective: str = "ce",
+    y_target=None,
+    index=None,
+    unroll: int | None = None,
+):
     """PGD-k with a per-example uniform start (see module docstring), as one pure function.
 
     x [B, H, W, C] in [0, 1], y [B]. Returns (x_adv [B, H, W, C] = the last iterate, fooled [B]).
     """
-    prog = pgd_program(num_steps=num_steps, step_ratio=float(step_size) / float(eps),
-                       objective=objective, y_target=y_target)
+    prog = pgd_program(
+        num_steps=num_steps, step_ratio=float(step_size) / float(eps), objective=objective, y_target=y_target
+    )
     return aa.run_program(prog, logits_fn, x, y, index=index, key=key, eps=eps, unroll=unroll)
 
 
@@ -105,9 +126,21 @@ def _survivor_rounds(eng, fn, x, y, index, clean, rounds, *, eps, name, keep_adv
         if len(rows) == 0:
             break
         engine_lib.grow(bar, len(rows))
-        fooled, xa = eng.run_stage(fn, x, y, index, rows, k, eps=eps, desc=desc,
-                                   robust_count=int(rob.sum()), total=len(rob),
-                                   keep_adv=keep_adv, bar=bar, **extra)
+        fooled, xa = eng.run_stage(
+            fn,
+            x,
+            y,
+            index,
+            rows,
+            k,
+            eps=eps,
+            desc=desc,
+            robust_count=int(rob.sum()),
+            total=len(rob),
+            keep_adv=keep_adv,
+            bar=bar,
+            **extra,
+        )
         rob[rows[fooled]] = False
         if keep_adv:
             x_adv[rows[fooled]] = xa[fooled]
@@ -116,9 +149,24 @@ def _survivor_rounds(eng, fn, x, y, index, clean, rounds, *, eps, name, keep_adv
     return rob, x_adv
 
 
-def run_pgd(eng, x, y, index, clean, key, *, eps: float, step_size: float | None = None,
-            steps: int, restarts: int = 1, name: str = 'pgd', keep_adv: bool = False,
-            check: bool = True, unroll: int | None = None, step_ratio: float | None = None):
+def run_pgd(
+    eng,
+    x,
+    y,
+    index,
+    clean,
+    key,
+    *,
+    eps: float,
+    step_size: float | None = None,
+    steps: int,
+    restarts: int = 1,
+    name: str = "pgd",
+    keep_adv: bool = False,
+    check: bool = True,
+    unroll: int | None = None,
+    step_ratio: float | None = None,
+):
     """PGD-k with restarts on the clean-correct rows; returns (robust [N] bool, x_adv or None).
 
     The step is ``step_size``, or ``step_ratio * eps`` when ``step_ratio`` is given.
@@ -126,24 +174,41 @@ def run_pgd(eng, x, y, index, clean, key, *, eps: float, step_size: float | None
     if check:
         engine_lib.check_eps(eps)
     ratio = _ratio(eps, step_size) if step_ratio is None else float(step_ratio)
-    fn = eng.stage(('pgd', ratio), pgd_program(num_steps=steps, step_ratio=ratio),
-                   unroll=unroll)
-    rounds = [(jax.random.fold_in(key, r), name + (f' restart {r + 1}/{restarts}' if restarts > 1 else ''),
-               {}) for r in range(restarts)]
-    return _survivor_rounds(eng, fn, x, y, index, clean, rounds, eps=eps, name=name,
-                            keep_adv=keep_adv)
+    fn = eng.stage(("pgd", ratio), pgd_program(num_steps=steps, step_ratio=ratio), unroll=unroll)
+    rounds = [
+        (jax.random.fold_in(key, r), name + (f" restart {r + 1}/{restarts}" if restarts > 1 else ""), {})
+        for r in range(restarts)
+    ]
+    return _survivor_rounds(eng, fn, x, y, index, clean, rounds, eps=eps, name=name, keep_adv=keep_adv)
 
 
-def run_mpgd(eng, x, y, index, clean, key, *, eps: float, step_size: float, steps: int,
-             num_classes: int, num_targets: int | None = None, name: str = 'mpgd',
-             keep_adv: bool = False, unroll: int | None = None):
+def run_mpgd(
+    eng,
+    x,
+    y,
+    index,
+    clean,
+    key,
+    *,
+    eps: float,
+    step_size: float,
+    steps: int,
+    num_classes: int,
+    num_targets: int | None = None,
+    name: str = "mpgd",
+    keep_adv: bool = False,
+    unroll: int | None = None,
+):
     """Multi-targeted PGD on the clean-correct rows; returns (robust [N] bool, x_adv or None)."""
     ratio = _ratio(eps, step_size)
     n_t = num_classes - 1 if num_targets is None else max(0, min(int(num_targets), num_classes - 1))
-    fn = eng.stage(('mpgd', ratio),
-                   pgd_program(num_steps=steps, step_ratio=ratio, objective='margin-targeted'),
-                   unroll=unroll)
-    rounds = [(jax.random.fold_in(key, rank), f'{name} target {rank - 1}/{n_t}', {'rank': rank})
-              for rank in range(2, n_t + 2)]
-    return _survivor_rounds(eng, fn, x, y, index, clean, rounds, eps=eps, name=name,
-                            keep_adv=keep_adv)
+    fn = eng.stage(
+        ("mpgd", ratio),
+        pgd_program(num_steps=steps, step_ratio=ratio, objective="margin-targeted"),
+        unroll=unroll,
+    )
+    rounds = [
+        (jax.random.fold_in(key, rank), f"{name} target {rank - 1}/{n_t}", {"rank": rank})
+        for rank in range(2, n_t + 2)
+    ]
+    return _survivor_rounds(eng, fn, x, y, index, clean, rounds, eps=eps, name=name, keep_adv=keep_adv)

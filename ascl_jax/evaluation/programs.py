@@ -6,6 +6,7 @@ loop body's convolutions are canonicalised: ``xla_cpu.loops.loop_body``). Every 
 on a batch:
 ``logits_fn: x [B, H, W, C] in [0, 1] -> logits [B, K]``, labels ``y`` int [B].
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,6 +30,7 @@ class Program:
     the rows not yet finished (the loop may stop once no active row is running). Everything an
     iteration needs (targets, keys, ...) lives in the state.
     """
+
     n_steps: int
     init: Callable
     step: Callable
@@ -109,8 +111,20 @@ def default_unroll() -> int:
     return 1
 
 
-def run_program_state(prog: Program, logits_fn: LogitsFn, x, y, *, index=None, active=None,
-                      key=None, rank=2, eps, unroll: int | None = None, early_stop: bool = True):
+def run_program_state(
+    prog: Program,
+    logits_fn: LogitsFn,
+    x,
+    y,
+    *,
+    index=None,
+    active=None,
+    key=None,
+    rank=2,
+    eps,
+    unroll: int | None = None,
+    early_stop: bool = True,
+):
     """Runs a Program's init and loop in one compiled while loop; returns the final state."""
     b = x.shape[0]
     index = jnp.arange(b, dtype=jnp.int32) if index is None else index
@@ -121,8 +135,9 @@ def run_program_state(prog: Program, logits_fn: LogitsFn, x, y, *, index=None, a
     active_fn = None
     if early_stop and prog.running is not None:
         active_fn = lambda s: jnp.any(prog.running(s) & active)
-    return chunked_loop(prog.n_steps, unroll,
-                        lambda i, s: prog.step(logits_fn, x, y, eps, i, s), state, active_fn)
+    return chunked_loop(
+        prog.n_steps, unroll, lambda i, s: prog.step(logits_fn, x, y, eps, i, s), state, active_fn
+    )
 
 
 def run_program(prog: Program, logits_fn: LogitsFn, x, y, *, eps, **kw):

@@ -11,6 +11,7 @@ other on the rows still robust (compacted on the host between them; see ``engine
 results are kept so that the ``overall`` robust accuracy is the worst case over all attacks run,
 per example. Every process must pass the same full ``images``/``labels`` arrays.
 """
+
 from __future__ import annotations
 
 import re
@@ -26,49 +27,53 @@ from ascl_jax.evaluation import engine as engine_lib
 from ascl_jax.evaluation import pgd as pgd_lib
 from ascl_jax.evaluation import sanity as sanity_lib
 
-DEFAULT_ATTACKS = ('clean', 'pgd', 'mpgd', 'autoattack')
-ATTACK_HELP = ("'clean', 'pgd' (pgd_steps steps, pgd_restarts restarts), 'pgd<k>' e.g. 'pgd20', "
-               "'pgd<k>r<R>' e.g. 'pgd250r5', 'mpgd' (mpgd_steps), 'mpgd<k>', 'autoattack' "
-               "(version), 'autoattack-standard', 'autoattack-fast', or one AutoAttack component "
-               f"{list(aa.COMPONENTS)}")
-_PGD_RE = re.compile(r'^pgd(\d+)(?:r(\d+))?$')
-_MPGD_RE = re.compile(r'^mpgd(\d+)$')
+DEFAULT_ATTACKS = ("clean", "pgd", "mpgd", "autoattack")
+ATTACK_HELP = (
+    "'clean', 'pgd' (pgd_steps steps, pgd_restarts restarts), 'pgd<k>' e.g. 'pgd20', "
+    "'pgd<k>r<R>' e.g. 'pgd250r5', 'mpgd' (mpgd_steps), 'mpgd<k>', 'autoattack' "
+    "(version), 'autoattack-standard', 'autoattack-fast', or one AutoAttack component "
+    f"{list(aa.COMPONENTS)}"
+)
+_PGD_RE = re.compile(r"^pgd(\d+)(?:r(\d+))?$")
+_MPGD_RE = re.compile(r"^mpgd(\d+)$")
 
 
-def parse_attack(name: str, *, pgd_steps: int = 20, pgd_restarts: int = 1, mpgd_steps: int = 20,
-                 version: str = 'standard') -> tuple[str, str, dict]:
+def parse_attack(
+    name: str, *, pgd_steps: int = 20, pgd_restarts: int = 1, mpgd_steps: int = 20, version: str = "standard"
+) -> tuple[str, str, dict]:
     """An attack name -> (kind, canonical result key, options). Unknown names raise ValueError."""
     if not isinstance(name, str):
         raise ValueError(f"attack names are strings; got {name!r}. Allowed: {ATTACK_HELP}")
     n = name.strip().lower()
-    if n == 'clean':
-        return 'clean', 'clean', {}
-    if n == 'pgd':
-        n = f'pgd{pgd_steps}' + (f'r{pgd_restarts}' if pgd_restarts != 1 else '')
+    if n == "clean":
+        return "clean", "clean", {}
+    if n == "pgd":
+        n = f"pgd{pgd_steps}" + (f"r{pgd_restarts}" if pgd_restarts != 1 else "")
     m = _PGD_RE.match(n)
     if m:
         steps, restarts = int(m.group(1)), int(m.group(2) or 1)
         if steps < 1 or restarts < 1:
             raise ValueError(f"attack {name!r}: steps and restarts must be >= 1")
-        return 'pgd', n, dict(steps=steps, restarts=restarts)
-    if n == 'mpgd':
-        n = f'mpgd{mpgd_steps}'
+        return "pgd", n, dict(steps=steps, restarts=restarts)
+    if n == "mpgd":
+        n = f"mpgd{mpgd_steps}"
     m = _MPGD_RE.match(n)
     if m:
         steps = int(m.group(1))
         if steps < 1:
             raise ValueError(f"attack {name!r}: steps must be >= 1")
-        return 'mpgd', 'mpgd' if steps == mpgd_steps else n, dict(steps=steps)
-    if n in ('autoattack', 'aa'):
-        n = f'autoattack-{version}'
-    if n.startswith('autoattack-'):
-        v = n[len('autoattack-'):]
+        return "mpgd", "mpgd" if steps == mpgd_steps else n, dict(steps=steps)
+    if n in ("autoattack", "aa"):
+        n = f"autoattack-{version}"
+    if n.startswith("autoattack-"):
+        v = n[len("autoattack-") :]
         if v not in aa.VERSIONS:
-            raise ValueError(f"unknown AutoAttack version {v!r} in {name!r}; choose one of "
-                             f"{list(aa.VERSIONS)}")
-        return 'autoattack', 'autoattack' if v == version else n, dict(version=v)
+            raise ValueError(
+                f"unknown AutoAttack version {v!r} in {name!r}; choose one of {list(aa.VERSIONS)}"
+            )
+        return "autoattack", "autoattack" if v == version else n, dict(version=v)
     if n in aa.COMPONENTS:
-        return 'component', n, dict(component=n)
+        return "component", n, dict(component=n)
     raise ValueError(f"unknown attack {name!r}; allowed: {ATTACK_HELP}")
 
 
@@ -76,15 +81,36 @@ def _key_for(base, name: str):
     return jax.random.fold_in(base, zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
-def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
-             eps: float = 8 / 255, step_size: float | None = 2 / 255, pgd_steps: int = 20,
-             pgd_restarts: int = 1, mpgd_steps: int = 20, mpgd_targets: int | None = None,
-             version: str = 'standard', batch_size: int = 128, num_examples: int | None = None,
-             autoattack_examples: int | None = None, seed: int = 0, mesh=None,
-             progress: bool = True, sanity: bool = True, sanity_examples: int = 256,
-             sanity_steps: int = 10, sanity_square_queries: int = 1000,
-             sanity_tolerance: float = 0.01, eps_sweep=None, aa_options: dict | None = None,
-             keep_adv: bool = False, unroll: int | None = None) -> dict:
+def evaluate(
+    logits_fn,
+    images,
+    labels,
+    *,
+    params=None,
+    attacks=DEFAULT_ATTACKS,
+    eps: float = 8 / 255,
+    step_size: float | None = 2 / 255,
+    pgd_steps: int = 20,
+    pgd_restarts: int = 1,
+    mpgd_steps: int = 20,
+    mpgd_targets: int | None = None,
+    version: str = "standard",
+    batch_size: int = 128,
+    num_examples: int | None = None,
+    autoattack_examples: int | None = None,
+    seed: int = 0,
+    mesh=None,
+    progress: bool = True,
+    sanity: bool = True,
+    sanity_examples: int = 256,
+    sanity_steps: int = 10,
+    sanity_square_queries: int = 1000,
+    sanity_tolerance: float = 0.01,
+    eps_sweep=None,
+    aa_options: dict | None = None,
+    keep_adv: bool = False,
+    unroll: int | None = None,
+) -> dict:
     """Robust accuracy of a classifier under L-inf attacks; worst case per example.
 
     Args:
@@ -123,73 +149,126 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
         raise ValueError(f"step_size={step_size!r} must be > 0")
     if isinstance(attacks, str):
         attacks = (attacks,)
-    parsed = [parse_attack(a, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts,
-                           mpgd_steps=mpgd_steps, version=version) for a in attacks]
+    parsed = [
+        parse_attack(
+            a, pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, mpgd_steps=mpgd_steps, version=version
+        )
+        for a in attacks
+    ]
     if not parsed:
         raise ValueError(f"no attacks given; allowed: {ATTACK_HELP}")
     x, y = engine_lib.check_inputs(images, labels)
     if num_examples is not None and int(num_examples) > 0:
-        x, y = x[:int(num_examples)], y[:int(num_examples)]
+        x, y = x[: int(num_examples)], y[: int(num_examples)]
     n = x.shape[0]
-    n_aa = n if autoattack_examples is None or int(autoattack_examples) <= 0 else min(
-        n, int(autoattack_examples))
+    n_aa = (
+        n
+        if autoattack_examples is None or int(autoattack_examples) <= 0
+        else min(n, int(autoattack_examples))
+    )
     aa_opts = dict(aa_options or {})
-    unknown = set(aa_opts) - {'n_iter', 'n_queries', 'n_targets', 'apgd_ce_restarts',
-                              'target_restarts', 'unroll', 'early_stop'}
+    unknown = set(aa_opts) - {
+        "n_iter",
+        "n_queries",
+        "n_targets",
+        "apgd_ce_restarts",
+        "target_restarts",
+        "unroll",
+        "early_stop",
+    }
     if unknown:
         raise ValueError(f"unknown aa_options {sorted(unknown)}")
 
-    eng = engine_lib.get_engine(logits_fn, params=params, batch_size=batch_size, mesh=mesh,
-                                progress=progress, unroll=unroll)
+    eng = engine_lib.get_engine(
+        logits_fn, params=params, batch_size=batch_size, mesh=mesh, progress=progress, unroll=unroll
+    )
     base_key = jax.random.key(seed)
     index = np.arange(n)
     timing = {}
 
     t0 = time.perf_counter()
-    pred, num_classes = eng.predict(x, y=y, desc='clean')
+    pred, num_classes = eng.predict(x, y=y, desc="clean")
     clean = pred == y
-    timing['clean'] = time.perf_counter() - t0
+    timing["clean"] = time.perf_counter() - t0
     if int(y.max()) >= num_classes or int(y.min()) < 0:
-        raise ValueError(f"labels must lie in [0, {num_classes}) for a model with {num_classes} "
-                         f"logits; got [{int(y.min())}, {int(y.max())}]")
+        raise ValueError(
+            f"labels must lie in [0, {num_classes}) for a model with {num_classes} "
+            f"logits; got [{int(y.min())}, {int(y.max())}]"
+        )
 
     robust_acc, counts, per_example = {}, {}, {}
     adv_images = {}
     aa_details = {}
     covered = {}
     for kind, key_name, opts in parsed:
-        if kind == 'clean' or key_name in robust_acc:
+        if kind == "clean" or key_name in robust_acc:
             continue
         t0 = time.perf_counter()
         # AutoAttack and its single components share one key, and each stage folds in its own
         # fixed seed: a component run alone repeats, row for row, what it does inside AutoAttack,
         # so AutoAttack's robust accuracy is never above a component's.
-        k = _key_for(base_key, 'autoattack' if kind in ('autoattack', 'component') else key_name)
-        if kind == 'pgd':
-            rob, xa = pgd_lib.run_pgd(eng, x, y, index, clean, k, eps=eps, step_size=step_size,
-                                      steps=opts['steps'], restarts=opts['restarts'],
-                                      name=key_name, keep_adv=keep_adv)
+        k = _key_for(base_key, "autoattack" if kind in ("autoattack", "component") else key_name)
+        if kind == "pgd":
+            rob, xa = pgd_lib.run_pgd(
+                eng,
+                x,
+                y,
+                index,
+                clean,
+                k,
+                eps=eps,
+                step_size=step_size,
+                steps=opts["steps"],
+                restarts=opts["restarts"],
+                name=key_name,
+                keep_adv=keep_adv,
+            )
             m = n
-        elif kind == 'mpgd':
-            rob, xa = pgd_lib.run_mpgd(eng, x, y, index, clean, k, eps=eps, step_size=step_size,
-                                       steps=opts['steps'], num_classes=num_classes,
-                                       num_targets=mpgd_targets, name=key_name, keep_adv=keep_adv)
+        elif kind == "mpgd":
+            rob, xa = pgd_lib.run_mpgd(
+                eng,
+                x,
+                y,
+                index,
+                clean,
+                k,
+                eps=eps,
+                step_size=step_size,
+                steps=opts["steps"],
+                num_classes=num_classes,
+                num_targets=mpgd_targets,
+                name=key_name,
+                keep_adv=keep_adv,
+            )
             m = n
         else:
             m = n_aa
-            comps = None if kind == 'autoattack' else (opts['component'],)
+            comps = None if kind == "autoattack" else (opts["component"],)
             res = autoattack_driver.run_on_engine(
-                eng, x[:m], y[:m], k, eps=eps, version=opts.get('version'), components=comps,
-                clean=clean[:m], num_classes=num_classes, index=index[:m], keep_adv=keep_adv,
-                **aa_opts)
-            rob, xa = res['robust'], res['x_adv']
-            if kind == 'autoattack':
+                eng,
+                x[:m],
+                y[:m],
+                k,
+                eps=eps,
+                version=opts.get("version"),
+                components=comps,
+                clean=clean[:m],
+                num_classes=num_classes,
+                index=index[:m],
+                keep_adv=keep_adv,
+                **aa_opts,
+            )
+            rob, xa = res["robust"], res["x_adv"]
+            if kind == "autoattack":
                 aa_details[key_name] = dict(
-                    version=opts['version'], components=list(res['components']),
-                    accuracy_after=res['accuracy'], num_examples=m)
+                    version=opts["version"],
+                    components=list(res["components"]),
+                    accuracy_after=res["accuracy"],
+                    num_examples=m,
+                )
                 broken = np.full(n, -2, np.int8)  # -2: not evaluated (beyond autoattack_examples)
-                broken[:m] = res['broken_by']
-                per_example[f'{key_name}_broken_by'] = broken
+                broken[:m] = res["broken_by"]
+                per_example[f"{key_name}_broken_by"] = broken
         timing[key_name] = time.perf_counter() - t0
         robust_acc[key_name] = float(rob.mean())
         counts[key_name] = m
@@ -203,38 +282,64 @@ def evaluate(logits_fn, images, labels, *, params=None, attacks=DEFAULT_ATTACKS,
     for v in covered.values():
         overall &= v[:n_common]
     results = dict(
-        eps=eps, step_size=step_size, seed=int(seed), num_classes=int(num_classes),
-        attacks=[p[1] for p in parsed], num_evaluated=n,
+        eps=eps,
+        step_size=step_size,
+        seed=int(seed),
+        num_classes=int(num_classes),
+        attacks=[p[1] for p in parsed],
+        num_evaluated=n,
         clean_accuracy=float(clean.mean()),
-        robust_accuracy=robust_acc, num_examples=counts,
-        overall=dict(robust_accuracy=float(overall.mean()) if covered else float(clean.mean()),
-                     num_examples=int(n_common), attacks=sorted(covered)),
-        settings=dict(pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, mpgd_steps=mpgd_steps,
-                      mpgd_targets=mpgd_targets, version=version, batch_size=eng.batch_size,
-                      devices=int(eng.mesh.devices.size), aa_options=aa_opts,
-                      unroll=eng.unroll,
-                      autoattack_examples=n_aa),
+        robust_accuracy=robust_acc,
+        num_examples=counts,
+        overall=dict(
+            robust_accuracy=float(overall.mean()) if covered else float(clean.mean()),
+            num_examples=int(n_common),
+            attacks=sorted(covered),
+        ),
+        settings=dict(
+            pgd_steps=pgd_steps,
+            pgd_restarts=pgd_restarts,
+            mpgd_steps=mpgd_steps,
+            mpgd_targets=mpgd_targets,
+            version=version,
+            batch_size=eng.batch_size,
+            devices=int(eng.mesh.devices.size),
+            aa_options=aa_opts,
+            unroll=eng.unroll,
+            autoattack_examples=n_aa,
+        ),
         timing_s=timing,
     )
     if aa_details:
-        results['autoattack'] = aa_details
+        results["autoattack"] = aa_details
     per_example.update(index=index, label=y, prediction=pred, clean_correct=clean)
     for name, v in covered.items():
         flags = np.full(n, -1, np.int8)
-        flags[:len(v)] = v
-        per_example[f'robust_{name}'] = flags
+        flags[: len(v)] = v
+        per_example[f"robust_{name}"] = flags
     flags = np.full(n, -1, np.int8)
     flags[:n_common] = overall
-    per_example['robust_overall'] = flags
-    results['per_example'] = per_example
+    per_example["robust_overall"] = flags
+    results["per_example"] = per_example
     if keep_adv:
-        results['adversarial_images'] = adv_images
+        results["adversarial_images"] = adv_images
 
     if sanity:
         t0 = time.perf_counter()
-        results['sanity'] = sanity_lib.run_checks(
-            eng, x, y, clean, _key_for(base_key, 'sanity'), eps=eps, step_size=step_size,
-            n_examples=sanity_examples, steps=sanity_steps, square_queries=sanity_square_queries,
-            tolerance=sanity_tolerance, eps_sweep=eps_sweep, results=results)
-        timing['sanity'] = time.perf_counter() - t0
+        results["sanity"] = sanity_lib.run_checks(
+            eng,
+            x,
+            y,
+            clean,
+            _key_for(base_key, "sanity"),
+            eps=eps,
+            step_size=step_size,
+            n_examples=sanity_examples,
+            steps=sanity_steps,
+            square_queries=sanity_square_queries,
+            tolerance=sanity_tolerance,
+            eps_sweep=eps_sweep,
+            results=results,
+        )
+        timing["sanity"] = time.perf_counter() - t0
     return results

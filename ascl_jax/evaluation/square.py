@@ -6,6 +6,7 @@ Score-based (logits only), margin loss, vertical-stripe initialisation, squares 
 draws one square per batch) and the position covers every valid offset ``0..H-s`` (the reference
 never picks the last). The per-batch function is ``autoattack.square_linf``.
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,8 +27,7 @@ def square_p(i: jax.Array, p_init: float, n_queries: int, rescale: bool = False)
     return p_init / (2.0 ** halvings.astype(jnp.float32))
 
 
-def square_program(*, n_queries: int = 5000, p_init: float = 0.8,
-                   rescale_schedule: bool = False) -> Program:
+def square_program(*, n_queries: int = 5000, p_init: float = 0.8, rescale_schedule: bool = False) -> Program:
     """Square Attack (L-inf, margin loss, one restart) as a Program; see ``autoattack.square_linf``."""
 
     def init(lf, x, y, index, key, rank, eps):
@@ -37,8 +37,9 @@ def square_program(*, n_queries: int = 5000, p_init: float = 0.8,
         stripes = jax.vmap(lambda k: jax.random.rademacher(k, (1, w, ch), jnp.float32))(init_keys)
         x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
         m0 = robust_margin(lf(x_best), y)
-        return dict(x_best=x_best, margin=m0, loss=m0,
-                    keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
+        return dict(
+            x_best=x_best, margin=m0, loss=m0, keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+        )
 
     def step(lf, x, y, eps, i, s):
         b, h, w, ch = x.shape
@@ -55,16 +56,19 @@ def square_program(*, n_queries: int = 5000, p_init: float = 0.8,
             inside = (rows >= vh) & (rows < vh + side) & (cols >= vw) & (cols < vw + side)
             return inside[:, :, None] * (2.0 * eps) * col[None, None, :]
 
-        x_new = project_linf(s['x_best'] + jax.vmap(draw)(s['keys']), x, eps)
+        x_new = project_linf(s["x_best"] + jax.vmap(draw)(s["keys"]), x, eps)
         m = robust_margin(lf(x_new), y)
-        todo = s['margin'] > 0
-        improved = m < s['loss']
+        todo = s["margin"] > 0
+        improved = m < s["loss"]
         take = todo & (improved | (m <= 0))
-        return dict(s, x_best=jnp.where(broadcast_rows(take, x), x_new, s['x_best']),
-                    margin=jnp.where(take, m, s['margin']),
-                    loss=jnp.where(todo & improved, m, s['loss']))
+        return dict(
+            s,
+            x_best=jnp.where(broadcast_rows(take, x), x_new, s["x_best"]),
+            margin=jnp.where(take, m, s["margin"]),
+            loss=jnp.where(todo & improved, m, s["loss"]),
+        )
 
     def finish(lf, x, y, eps, s):
-        return project_linf(s['x_best'], x, eps), s['margin'] <= 0
+        return project_linf(s["x_best"], x, eps), s["margin"] <= 0
 
-    return Program(n_queries, init, step, finish, running=lambda s: s['margin'] > 0)
+    return Program(n_queries, init, step, finish, running=lambda s: s["margin"] > 0)

@@ -34,15 +34,32 @@ Row convention of the contrastive batch (SPEC notation): with ``b`` natural imag
 ``n = 2b`` rows ``[natural; adversarial]``; row ``i`` and row ``b + i`` are views of one image.
 Masks are ``[n, n]`` with entry ``[i, j]`` meaning "row j for anchor row i".
 """
+
 from ascl_jax.losses.checks import Array
-from ascl_jax.losses.classification import (CE_REDUCTIONS, KL_REDUCTIONS, acl_semi_supervised_loss,
-                                            cross_entropy, kl_divergence, soft_distillation,
-                                            trades_kl)
-from ascl_jax.losses.contrastive import (CONTRAST_MODES, ascl_loss, masked_contrastive_loss,
-                                         nt_xent_loss, nt_xent_rows, supcon_loss)
+from ascl_jax.losses.classification import (
+    CE_REDUCTIONS,
+    KL_REDUCTIONS,
+    acl_semi_supervised_loss,
+    cross_entropy,
+    kl_divergence,
+    soft_distillation,
+    trades_kl,
+)
+from ascl_jax.losses.contrastive import (
+    CONTRAST_MODES,
+    ascl_loss,
+    masked_contrastive_loss,
+    nt_xent_loss,
+    nt_xent_rows,
+    supcon_loss,
+)
 from ascl_jax.losses.selection import STRATEGIES, selection_masks
-from ascl_jax.losses.similarity import (DEFAULT_MAX_BLOCK_ELEMENTS, SIMILARITIES, l2_normalize,
-                                        pairwise_similarity)
+from ascl_jax.losses.similarity import (
+    DEFAULT_MAX_BLOCK_ELEMENTS,
+    SIMILARITIES,
+    l2_normalize,
+    pairwise_similarity,
+)
 
 __all__ = [
     "Array",

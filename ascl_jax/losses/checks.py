@@ -3,6 +3,7 @@
 Every check looks only at shapes, dtypes and Python values, so it raises ``ValueError`` at trace time
 under ``jax.jit``; a traced value that cannot be inspected passes.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,7 +46,8 @@ def check_same_shape(field_a: str, a: Array, field_b: str, b: Array) -> None:
     if jnp.shape(a) != jnp.shape(b):
         raise ValueError(
             f"{field_a} and {field_b} must have the same shape, got {tuple(jnp.shape(a))} "
-            f"and {tuple(jnp.shape(b))}")
+            f"and {tuple(jnp.shape(b))}"
+        )
 
 
 def float_dtype(x: Array) -> Any:

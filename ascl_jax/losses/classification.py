@@ -4,13 +4,20 @@ ASCL Eq. 4 (adversarial training CE) and Eq. 5 (VAT KL); TRADES fine-tuning (SPE
 semi-supervised distillation (ACL Eq. 3, SPEC §3.7). Logits are ``[N, C]``, labels int ``[N]``; every
 loss works under ``jax.jit`` and ``jax.grad`` and computes in the floating dtype of the logits.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from ascl_jax.losses.checks import (Array, check_choice, check_ndim, check_positive, check_same_shape,
-                                    float_dtype)
+from ascl_jax.losses.checks import (
+    Array,
+    check_choice,
+    check_ndim,
+    check_positive,
+    check_same_shape,
+    float_dtype,
+)
 
 KL_REDUCTIONS = ("batchmean", "mean", "sum", "none")
 CE_REDUCTIONS = ("mean", "sum", "none")
@@ -64,8 +71,10 @@ def cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> A
     check_ndim("logits", logits, 2, "[N, C]")
     float_dtype(logits)
     if jnp.shape(labels) != logits.shape[:1]:
-        raise ValueError(f"labels must have shape [N] = ({logits.shape[0]},) for logits of shape "
-                         f"{logits.shape}, got {tuple(jnp.shape(labels))}")
+        raise ValueError(
+            f"labels must have shape [N] = ({logits.shape[0]},) for logits of shape "
+            f"{logits.shape}, got {tuple(jnp.shape(labels))}"
+        )
     if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
         raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
     log_p = jax.nn.log_softmax(logits, axis=-1)
@@ -91,8 +100,9 @@ def trades_kl(logits_nat: Array, logits_adv: Array) -> Array:
 
 def _distillation_rows(logits: Array, teacher_logits: Array, t: Array) -> Array:
     """``D(a, p) = sum_c -log_softmax(a/T)_c softmax(p/T)_c`` per row: [N, C], [N, C] -> [N]."""
-    return jnp.sum(-jax.nn.log_softmax(logits / t, axis=-1) * jax.nn.softmax(teacher_logits / t, axis=-1),
-                   axis=-1)
+    return jnp.sum(
+        -jax.nn.log_softmax(logits / t, axis=-1) * jax.nn.softmax(teacher_logits / t, axis=-1), axis=-1
+    )
 
 
 def soft_distillation(logits: Array, teacher_logits: Array, temperature: float = 1.0) -> Array:
@@ -119,9 +129,17 @@ def soft_distillation(logits: Array, teacher_logits: Array, temperature: float =
     return jnp.mean(_distillation_rows(logits, teacher_logits, t))
 
 
-def acl_semi_supervised_loss(logits_nat: Array, logits_adv: Array, labels: Array,
-                             teacher_logits: Array, labelled: Array, *, alpha: float = 0.5,
-                             temperature: float = 1.0, beta: float = 6.0) -> tuple[Array, dict]:
+def acl_semi_supervised_loss(
+    logits_nat: Array,
+    logits_adv: Array,
+    labels: Array,
+    teacher_logits: Array,
+    labelled: Array,
+    *,
+    alpha: float = 0.5,
+    temperature: float = 1.0,
+    beta: float = 6.0,
+) -> tuple[Array, dict]:
     """ACL Eq. 3 (semi-supervised step iii; the authors' code as in SPEC §3.7).
 
     ``[(1-alpha) sum_l CE(a_l, y_l) + alpha T^2 sum_l D(a_l, p_l) + T^2 sum_u D(a_u, p_u)] / b

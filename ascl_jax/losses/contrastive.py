@@ -10,13 +10,22 @@
 Every loss is vectorised, works under ``jax.jit`` and ``jax.grad`` and computes in the floating dtype
 of its input (:func:`nt_xent_rows`: in float32).
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from ascl_jax.losses.checks import (PRECISION, Array, check_choice, check_ndim, check_positive,
-                                    check_same_shape, float_dtype, mask_value)
+from ascl_jax.losses.checks import (
+    PRECISION,
+    Array,
+    check_choice,
+    check_ndim,
+    check_positive,
+    check_same_shape,
+    float_dtype,
+    mask_value,
+)
 from ascl_jax.losses.selection import selection_masks
 from ascl_jax.losses.similarity import SIMILARITIES, l2_normalize, pairwise_similarity
 
@@ -67,8 +76,10 @@ def masked_contrastive_loss(
     n = z.shape[0]
     for field, mask in (("positive", positive), ("negative", negative)):
         if jnp.shape(mask) != (n, n):
-            raise ValueError(f"{field} must have shape [n, n] = {(n, n)} for z of shape {z.shape}, "
-                             f"got {tuple(jnp.shape(mask))}")
+            raise ValueError(
+                f"{field} must have shape [n, n] = {(n, n)} for z of shape {z.shape}, "
+                f"got {tuple(jnp.shape(mask))}"
+            )
     off_diag = ~jnp.eye(n, dtype=bool)
     positive = jnp.asarray(positive, bool) & off_diag
     negative = jnp.asarray(negative, bool) & off_diag & ~positive
@@ -127,28 +138,32 @@ def ascl_loss(
     check_same_shape("z_nat", z_nat, "z_adv", z_adv)
     check_ndim("labels", labels, 1, "[b]")
     if labels.shape[0] != z_nat.shape[0]:
-        raise ValueError(f"labels must have shape [b] = ({z_nat.shape[0]},) to match z_nat of "
-                         f"shape {z_nat.shape}, got {labels.shape}")
+        raise ValueError(
+            f"labels must have shape [b] = ({z_nat.shape[0]},) to match z_nat of "
+            f"shape {z_nat.shape}, got {labels.shape}"
+        )
     check_ndim("logits_nat", logits_nat, 2, "[b, C]")
     check_same_shape("logits_nat", logits_nat, "logits_adv", logits_adv)
     if logits_nat.shape[0] != z_nat.shape[0]:
-        raise ValueError(f"logits_nat must have shape [b, C] with b = {z_nat.shape[0]}, "
-                         f"got {logits_nat.shape}")
+        raise ValueError(
+            f"logits_nat must have shape [b, C] with b = {z_nat.shape[0]}, got {logits_nat.shape}"
+        )
     b = z_nat.shape[0]
     if instance_ids is not None and jnp.shape(instance_ids) != (2 * b,):
-        raise ValueError(f"instance_ids must have shape [2b] = ({2 * b},), "
-                         f"got {tuple(jnp.shape(instance_ids))}")
+        raise ValueError(
+            f"instance_ids must have shape [2b] = ({2 * b},), got {tuple(jnp.shape(instance_ids))}"
+        )
     preds_nat = jnp.argmax(jax.lax.stop_gradient(logits_nat), axis=-1)
     preds_adv = jnp.argmax(jax.lax.stop_gradient(logits_adv), axis=-1)
     preds = jnp.concatenate([preds_nat, preds_adv]).astype(jnp.int32)
     rows_labels = jnp.concatenate([labels, labels]).astype(jnp.int32)
     z = jnp.concatenate([z_nat, z_adv], axis=0)
     positive, negative = selection_masks(
-        rows_labels, preds, strategy, instance_ids=instance_ids,
-        always_pull_own_view=always_pull_own_view)
+        rows_labels, preds, strategy, instance_ids=instance_ids, always_pull_own_view=always_pull_own_view
+    )
     loss, aux = masked_contrastive_loss(
-        z, positive, negative, similarity=similarity, temperature=temperature,
-        normalize=normalize)
+        z, positive, negative, similarity=similarity, temperature=temperature, normalize=normalize
+    )
     num_pos = aux["num_positives"].astype(jnp.float32)
     num_neg = aux["num_negatives"].astype(jnp.float32)
     aux = dict(aux)
@@ -200,8 +215,7 @@ def supcon_loss(
     check_positive("temperature", temperature)
     check_positive("base_temperature", base_temperature)
     if jnp.ndim(features) < 3:
-        raise ValueError(
-            f"features must have shape [bsz, n_views, ...], got {tuple(jnp.shape(features))}")
+        raise ValueError(f"features must have shape [bsz, n_views, ...], got {tuple(jnp.shape(features))}")
     bsz, n_views = features.shape[:2]
     features = jnp.reshape(features, (bsz, n_views, -1))
     dtype = float_dtype(features)
@@ -209,14 +223,12 @@ def supcon_loss(
         raise ValueError("pass at most one of labels and mask")
     if labels is not None:
         if jnp.shape(labels) != (bsz,):
-            raise ValueError(f"labels must have shape [bsz] = ({bsz},), "
-                             f"got {tuple(jnp.shape(labels))}")
+            raise ValueError(f"labels must have shape [bsz] = ({bsz},), got {tuple(jnp.shape(labels))}")
         labels = jnp.asarray(labels)
         pos = labels[:, None] == labels[None, :]
     elif mask is not None:
         if jnp.shape(mask) != (bsz, bsz):
-            raise ValueError(f"mask must have shape [bsz, bsz] = {(bsz, bsz)}, "
-                             f"got {tuple(jnp.shape(mask))}")
+            raise ValueError(f"mask must have shape [bsz, bsz] = {(bsz, bsz)}, got {tuple(jnp.shape(mask))}")
         pos = jnp.asarray(mask).astype(dtype)
     else:
         pos = jnp.eye(bsz, dtype=bool)

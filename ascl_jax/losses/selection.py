@@ -4,6 +4,7 @@ Row convention of the contrastive batch (SPEC notation): with ``b`` natural imag
 ``n = 2b`` rows ``[natural; adversarial]``; row ``i`` and row ``b + i`` are views of one image.
 Masks are bool ``[n, n]`` with entry ``[i, j]`` meaning "row j for anchor row i".
 """
+
 from __future__ import annotations
 
 import jax.numpy as jnp
@@ -62,7 +63,8 @@ def selection_masks(
         if n % 2:
             raise ValueError(
                 f"the number of rows n={n} is odd: the default row pairing [natural; adversarial] "
-                "needs an even n; pass instance_ids to define which rows are views of one image")
+                "needs an even n; pass instance_ids to define which rows are views of one image"
+            )
         instance_ids = jnp.arange(n) % (n // 2)
     else:
         check_same_shape("labels", labels, "instance_ids", instance_ids)

@@ -4,6 +4,7 @@
 differences in row blocks (``_self_distance``, custom reverse-mode gradient), plus cosine and dot
 product. All functions keep the floating dtype of their input.
 """
+
 from __future__ import annotations
 
 import functools
@@ -112,7 +113,8 @@ def _self_distance_bwd(kind: str, max_block_elements: int, res, g: Array):
         else:  # sign(diff) at the coordinates where |diff| reaches the max (within tolerance)
             threshold = (dk - 8 * eps * (dk + sk + scale))[:, None]
             coef = jnp.where(diff >= threshold, 1, 0).astype(x.dtype) - jnp.where(
-                diff <= -threshold, 1, 0).astype(x.dtype)
+                diff <= -threshold, 1, 0
+            ).astype(x.dtype)
             ak = ak / jnp.maximum(jnp.sum(jnp.abs(coef), axis=-1), 1)
         return jnp.matmul(ak, coef, precision=PRECISION)
 

@@ -28,15 +28,41 @@ acl_mlp +790,016 with single BN (512*512 + 512 + 2*512*512 + 3 BN * 1,024) and +
 The cnn count depends on the input size (flatten): 8x8x1 digits give 158,602.
 These numbers are checked in ``tests/test_models.py``.
 """
+
 from ascl_jax.models.heads import HEADS, ProjectionHead
 from ascl_jax.models.layers import CONV_INITS
-from ascl_jax.models.model import (ARCHS, DEFAULT_CONV_INIT, FEATURE_DIMS, NORMALIZATION, ASCLModel,
-                                   build_model, check_images, count_params, reset_classifier,
-                                   strip_head)
+from ascl_jax.models.model import (
+    ARCHS,
+    DEFAULT_CONV_INIT,
+    FEATURE_DIMS,
+    NORMALIZATION,
+    ASCLModel,
+    build_model,
+    check_images,
+    count_params,
+    reset_classifier,
+    strip_head,
+)
 from ascl_jax.models.norm import BN_BRANCHES, BN_TYPES, DualBatchNorm, Norm, has_dual_bn, select_bn_branch
 
 __all__ = [
-    'ARCHS', 'HEADS', 'BN_TYPES', 'BN_BRANCHES', 'CONV_INITS', 'NORMALIZATION', 'FEATURE_DIMS',
-    'DEFAULT_CONV_INIT', 'ASCLModel', 'ProjectionHead', 'DualBatchNorm', 'Norm', 'build_model',
-    'check_images', 'count_params', 'select_bn_branch', 'has_dual_bn', 'strip_head', 'reset_classifier',
+    "ARCHS",
+    "HEADS",
+    "BN_TYPES",
+    "BN_BRANCHES",
+    "CONV_INITS",
+    "NORMALIZATION",
+    "FEATURE_DIMS",
+    "DEFAULT_CONV_INIT",
+    "ASCLModel",
+    "ProjectionHead",
+    "DualBatchNorm",
+    "Norm",
+    "build_model",
+    "check_images",
+    "count_params",
+    "select_bn_branch",
+    "has_dual_bn",
+    "strip_head",
+    "reset_classifier",
 ]

@@ -15,6 +15,7 @@ second FC200 (after its ReLU), the penultimate layer.
 - Init as TRADES: convs kaiming normal (fan_in, ReLU gain), zero conv bias; FC layers PyTorch default.
   (TRADES also zero-inits fc3; our classifier uses the PyTorch default like every other arch.)
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -25,14 +26,14 @@ from ascl_jax.models import layers
 from ascl_jax.models.norm import Norm
 
 
-
 class SmallCNN(nn.Module):
     """C&W / TRADES small CNN trunk: [B, H, W, C] -> z [B, 200]."""
+
     conv_widths: tuple[int, int, int, int] = (32, 32, 64, 64)
     fc_width: int = 200
-    padding: str = 'auto'
-    norm: Norm = Norm()          # unused: the network has no BN (kept for a uniform signature)
-    conv_init: str = 'kaiming_fan_in'
+    padding: str = "auto"
+    norm: Norm = Norm()  # unused: the network has no BN (kept for a uniform signature)
+    conv_init: str = "kaiming_fan_in"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
@@ -40,18 +41,20 @@ class SmallCNN(nn.Module):
         if self.padding not in CNN_PADDINGS:
             raise ValueError(f"cnn_padding must be one of {CNN_PADDINGS}, got {self.padding!r}")
         pad = self.padding
-        if pad == 'auto':
-            pad = 'VALID' if min(x.shape[1], x.shape[2]) >= 16 else 'SAME'
+        if pad == "auto":
+            pad = "VALID" if min(x.shape[1], x.shape[2]) >= 16 else "SAME"
         for i, w in enumerate(self.conv_widths):
-            x = nn.relu(layers.conv(x, w, padding=pad, use_bias=True, conv_init=self.conv_init,
-                                    name=f'conv{i + 1}'))
+            x = nn.relu(
+                layers.conv(x, w, padding=pad, use_bias=True, conv_init=self.conv_init, name=f"conv{i + 1}")
+            )
             if i % 2 == 1:
                 x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = x.reshape(x.shape[0], -1)
-        x = nn.relu(layers.linear(x, self.fc_width, name='fc1'))
-        return nn.relu(layers.linear(x, self.fc_width, name='fc2'))
+        x = nn.relu(layers.linear(x, self.fc_width, name="fc1"))
+        return nn.relu(layers.linear(x, self.fc_width, name="fc2"))
 
 
-def cnn(norm: Norm, conv_init: str = 'kaiming_fan_in', padding: str = 'auto',
-        name: str | None = None) -> SmallCNN:
+def cnn(
+    norm: Norm, conv_init: str = "kaiming_fan_in", padding: str = "auto", name: str | None = None
+) -> SmallCNN:
     return SmallCNN(padding=padding, norm=norm, conv_init=conv_init, name=name)

@@ -13,6 +13,7 @@ All heads map the penultimate features z [B, h] to the contrastive space [B, p]:
 
 Linear layers use PyTorch's default init (references set none).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -25,30 +26,31 @@ from ascl_jax.models.norm import Norm
 
 class ProjectionHead(nn.Module):
     """z [B, h] -> proj [B, p]; see module docstring for the four kinds."""
-    kind: str = 'identity'
+
+    kind: str = "identity"
     proj_dim: int = 128
-    hidden_dim: int = 200          # p2 hidden width
-    mlp_dim: int | None = None     # acl_mlp width (None -> h)
-    mlp_layers: int = 3            # acl_mlp: 3 (default) or 2 (--twoLayerProj)
+    hidden_dim: int = 200  # p2 hidden width
+    mlp_dim: int | None = None  # acl_mlp width (None -> h)
+    mlp_layers: int = 3  # acl_mlp: 3 (default) or 2 (--twoLayerProj)
     norm: Norm = Norm()
 
     @nn.compact
     def __call__(self, z: jax.Array, *, train: bool, bn: str) -> jax.Array:
-        if self.kind == 'identity':
+        if self.kind == "identity":
             return z
-        if self.kind == 'p1':
-            return layers.linear(z, self.proj_dim, use_bias=True, name='fc1')
-        if self.kind == 'p2':
-            h = nn.relu(layers.linear(z, self.hidden_dim, use_bias=False, name='fc1'))
-            return layers.linear(h, self.proj_dim, use_bias=False, name='fc2')
-        if self.kind == 'acl_mlp':
+        if self.kind == "p1":
+            return layers.linear(z, self.proj_dim, use_bias=True, name="fc1")
+        if self.kind == "p2":
+            h = nn.relu(layers.linear(z, self.hidden_dim, use_bias=False, name="fc1"))
+            return layers.linear(h, self.proj_dim, use_bias=False, name="fc2")
+        if self.kind == "acl_mlp":
             m = self.mlp_dim or z.shape[-1]
-            h = layers.linear(z, m, use_bias=True, name='fc1')
-            h = nn.relu(self.norm(h, train=train, bn=bn, name='bn1'))
-            h = layers.linear(h, m, use_bias=False, name='fc2')
-            h = self.norm(h, train=train, bn=bn, name='bn2')
+            h = layers.linear(z, m, use_bias=True, name="fc1")
+            h = nn.relu(self.norm(h, train=train, bn=bn, name="bn1"))
+            h = layers.linear(h, m, use_bias=False, name="fc2")
+            h = self.norm(h, train=train, bn=bn, name="bn2")
             if self.mlp_layers == 2:
                 return h
-            h = layers.linear(nn.relu(h), m, use_bias=False, name='fc3')
-            return self.norm(h, train=train, bn=bn, name='bn3')
+            h = layers.linear(nn.relu(h), m, use_bias=False, name="fc3")
+            return self.norm(h, train=train, bn=bn, name="bn3")
         raise ValueError(f"head must be one of {HEADS}, got {self.kind!r}")

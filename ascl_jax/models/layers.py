@@ -19,6 +19,7 @@ Initialisations (``conv_init`` names used across ``ascl_jax.models``):
 Linear layers always use the PyTorch default (``'torch'``) unless a caller passes ``zero=True``
 (ACL zero-initialises the fine-tuning FC, SPEC §3.2).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,13 +48,13 @@ def uniform_bound(bound: float) -> Initializer:
 
 def conv_kernel_init(conv_init: str) -> Initializer:
     """Kernel initializer for a named scheme (see module docstring)."""
-    if conv_init == 'kaiming_fan_out':
-        return nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
-    if conv_init == 'kaiming_fan_in':
-        return nn.initializers.variance_scaling(2.0, 'fan_in', 'normal')
-    if conv_init == 'torch':
+    if conv_init == "kaiming_fan_out":
+        return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    if conv_init == "kaiming_fan_in":
+        return nn.initializers.variance_scaling(2.0, "fan_in", "normal")
+    if conv_init == "torch":
         # kaiming_uniform_(a=sqrt(5)): gain^2 = 2/(1+5) = 1/3, bound = sqrt(3 * gain^2 / fan_in).
-        return nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+        return nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
     raise ValueError(f"conv_init must be one of {CONV_INITS}, got {conv_init!r}")
 
 
@@ -62,6 +63,7 @@ class Conv(nn.Module):
     ``lax.conv_general_dilated``, or, when the CPU speed layer is on (:func:`ascl_jax.xla_cpu.enabled`),
     the same convolution by :func:`ascl_jax.xla_cpu.conv.conv2d` (equal up to float rounding).
     ``padding``: (low, high) pairs or 'SAME' / 'VALID'."""
+
     features: int
     kernel_size: int
     stride: int = 1
@@ -73,19 +75,33 @@ class Conv(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
-        kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
+        kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
         if xla_cpu.enabled():
             y = cpu_conv.conv2d(x, kernel, self.stride, self.padding)
         else:
-            y = jax.lax.conv_general_dilated(x, kernel, (self.stride, self.stride), self.padding,
-                                             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+            y = jax.lax.conv_general_dilated(
+                x,
+                kernel,
+                (self.stride, self.stride),
+                self.padding,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            )
         if self.use_bias:
-            y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32)
+            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
         return y
 
 
-def conv(x: jax.Array, features: int, *, kernel: int = 3, stride: int = 1, padding: int | str = 1,
-         use_bias: bool = False, conv_init: str = 'kaiming_fan_out', name: str) -> jax.Array:
+def conv(
+    x: jax.Array,
+    features: int,
+    *,
+    kernel: int = 3,
+    stride: int = 1,
+    padding: int | str = 1,
+    use_bias: bool = False,
+    conv_init: str = "kaiming_fan_out",
+    name: str,
+) -> jax.Array:
     """``k x k`` convolution on NHWC ``x`` [B, H, W, C] -> [B, H', W', features].
 
     ``padding`` is an int (symmetric zero padding, PyTorch ``padding=p`` semantics, so a stride-2
@@ -94,13 +110,20 @@ def conv(x: jax.Array, features: int, *, kernel: int = 3, stride: int = 1, paddi
     """
     pad = ((padding, padding), (padding, padding)) if isinstance(padding, int) else padding
     fan_in = kernel * kernel * x.shape[-1]
-    bias_init = uniform_bound(1.0 / math.sqrt(fan_in)) if conv_init == 'torch' else nn.initializers.zeros
-    return Conv(features, kernel, stride, pad, use_bias=use_bias, kernel_init=conv_kernel_init(conv_init),
-                bias_init=bias_init, name=name)(x)
+    bias_init = uniform_bound(1.0 / math.sqrt(fan_in)) if conv_init == "torch" else nn.initializers.zeros
+    return Conv(
+        features,
+        kernel,
+        stride,
+        pad,
+        use_bias=use_bias,
+        kernel_init=conv_kernel_init(conv_init),
+        bias_init=bias_init,
+        name=name,
+    )(x)
 
 
-def linear(x: jax.Array, features: int, *, use_bias: bool = True, zero: bool = False,
-           name: str) -> jax.Array:
+def linear(x: jax.Array, features: int, *, use_bias: bool = True, zero: bool = False, name: str) -> jax.Array:
     """``nn.Linear``-initialised dense layer: [..., D] -> [..., features].
 
     Weight and bias ``U(-1/sqrt(D), 1/sqrt(D))`` (PyTorch default); all zeros with ``zero=True``.
@@ -109,7 +132,10 @@ def linear(x: jax.Array, features: int, *, use_bias: bool = True, zero: bool = F
         k_init = b_init = nn.initializers.zeros
     else:
         bound = 1.0 / math.sqrt(x.shape[-1])
-        k_init, b_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform'), uniform_bound(bound)
+        k_init, b_init = (
+            nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+            uniform_bound(bound),
+        )
     return nn.Dense(features, use_bias=use_bias, kernel_init=k_init, bias_init=b_init, name=name)(x)
 
 

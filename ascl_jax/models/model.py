@@ -18,6 +18,7 @@ always use these; SPEC §1.7).
 Variable tree: ``params/{encoder, head, classifier}`` (no ``head`` for ``'identity'``) and
 ``batch_stats/{encoder, head}``. The classifier is ``Linear(h, C)`` with PyTorch's default init.
 """
+
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -37,41 +38,52 @@ from ascl_jax.models.heads import ProjectionHead
 from ascl_jax.models.norm import Norm, check_branch
 
 # Width h of z per architecture.
-FEATURE_DIMS = {'cnn': 200, 'resnet20': 64, 'resnet18': 512, 'preact_resnet18': 512,
-                'wrn34_10': 640, 'tiny': 16}
+FEATURE_DIMS = {
+    "cnn": 200,
+    "resnet20": 64,
+    "resnet18": 512,
+    "preact_resnet18": 512,
+    "wrn34_10": 640,
+    "tiny": 16,
+}
 
 # Default conv initialisation per architecture (see models/layers.py and each encoder's docstring).
-DEFAULT_CONV_INIT = {'cnn': 'kaiming_fan_in', 'resnet20': 'kaiming_fan_out',
-                     'resnet18': 'kaiming_fan_out', 'preact_resnet18': 'torch',
-                     'wrn34_10': 'kaiming_fan_out', 'tiny': 'kaiming_fan_out'}
+DEFAULT_CONV_INIT = {
+    "cnn": "kaiming_fan_in",
+    "resnet20": "kaiming_fan_out",
+    "resnet18": "kaiming_fan_out",
+    "preact_resnet18": "torch",
+    "wrn34_10": "kaiming_fan_out",
+    "tiny": "kaiming_fan_out",
+}
 
 # Per-dataset (mean, std) of the [0, 1] images, channel order RGB; one row per
 # config.NORMALIZATIONS name.
 # digits: sklearn ``load_digits`` (1797 images, 8x8, 1 channel) scaled by 1/16; mean and std over all
 # pixels of all images (0.305260..., 0.376049...).
 NORMALIZATION = {
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
-    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    'digits': ((0.30526,), (0.37605,)),
-    'none': ((0.0,), (1.0,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "digits": ((0.30526,), (0.37605,)),
+    "none": ((0.0,), (1.0,)),
 }
 
 
 def _make_encoder(arch: str, norm: Norm, conv_init: str, cnn_padding: str) -> nn.Module:
     """Creates the encoder as child 'encoder' of the module whose compact method calls this."""
-    if arch == 'cnn':
-        return cnn_lib.cnn(norm, conv_init, padding=cnn_padding, name='encoder')
-    if arch == 'resnet20':
-        return resnet_lib.resnet20(norm, conv_init, name='encoder')
-    if arch == 'resnet18':
-        return resnet_lib.resnet18(norm, conv_init, name='encoder')
-    if arch == 'preact_resnet18':
-        return resnet_lib.preact_resnet18(norm, conv_init, name='encoder')
-    if arch == 'wrn34_10':
-        return wrn_lib.wrn34_10(norm, conv_init, name='encoder')
-    if arch == 'tiny':
-        return resnet_lib.tiny(norm, conv_init, name='encoder')
+    if arch == "cnn":
+        return cnn_lib.cnn(norm, conv_init, padding=cnn_padding, name="encoder")
+    if arch == "resnet20":
+        return resnet_lib.resnet20(norm, conv_init, name="encoder")
+    if arch == "resnet18":
+        return resnet_lib.resnet18(norm, conv_init, name="encoder")
+    if arch == "preact_resnet18":
+        return resnet_lib.preact_resnet18(norm, conv_init, name="encoder")
+    if arch == "wrn34_10":
+        return wrn_lib.wrn34_10(norm, conv_init, name="encoder")
+    if arch == "tiny":
+        return resnet_lib.tiny(norm, conv_init, name="encoder")
     raise ValueError(f"model.arch must be one of {ARCHS}, got {arch!r}")
 
 
@@ -82,10 +94,11 @@ def _is_tracer(x: Any) -> bool:
 def check_images(x: Any, channels: int) -> None:
     """Raises ValueError unless x is a float [B, H, W, channels] array; if x is concrete (not traced)
     its values must also lie in [0, 1]."""
-    shape = getattr(x, 'shape', None)
+    shape = getattr(x, "shape", None)
     if shape is None or len(shape) != 4:
-        raise ValueError(f"images must have rank 4 [batch, height, width, channels] (NHWC), "
-                         f"got shape {shape}")
+        raise ValueError(
+            f"images must have rank 4 [batch, height, width, channels] (NHWC), got shape {shape}"
+        )
     if shape[-1] != channels:
         raise ValueError(f"images must have {channels} channels (last axis, NHWC), got shape {tuple(shape)}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -93,29 +106,32 @@ def check_images(x: Any, channels: int) -> None:
     if not _is_tracer(x) and x.size:
         lo, hi = float(jnp.min(x)), float(jnp.max(x))
         if not (lo >= 0.0 and hi <= 1.0):  # also catches NaN
-            raise ValueError(f"image values must lie in [0, 1] (normalisation is done inside the "
-                             f"model), got min {lo} and max {hi}")
+            raise ValueError(
+                f"image values must lie in [0, 1] (normalisation is done inside the "
+                f"model), got min {lo} and max {hi}"
+            )
 
 
 class ASCLModel(nn.Module):
     """Encoder + projection head + linear classifier; see the module docstring for the call."""
-    arch: str = 'resnet18'
-    head: str = 'identity'
+
+    arch: str = "resnet18"
+    head: str = "identity"
     num_classes: int = 10
     image_shape: tuple[int, int, int] = (32, 32, 3)
     proj_dim: int = 128
     proj_hidden: int = 200
     mlp_dim: int | None = None
     mlp_layers: int = 3
-    bn_type: str = 'single'
+    bn_type: str = "single"
     bn_momentum: float = 0.9
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     conv_init: str | None = None
-    cnn_padding: str = 'auto'
+    cnn_padding: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool, bn: str = 'clean') -> dict[str, jax.Array]:
+    def __call__(self, x: jax.Array, *, train: bool, bn: str = "clean") -> dict[str, jax.Array]:
         check_branch(bn)
         check_images(x, self.image_shape[-1])
         x = x.astype(jnp.float32)
@@ -127,13 +143,14 @@ class ASCLModel(nn.Module):
         conv_init = self.conv_init or DEFAULT_CONV_INIT[self.arch]
         encoder = _make_encoder(self.arch, norm, conv_init, self.cnn_padding)
         z = encoder(x, train=train, bn=bn)
-        if self.head == 'identity':
+        if self.head == "identity":
             proj = z
         else:
-            proj = ProjectionHead(self.head, self.proj_dim, self.proj_hidden, self.mlp_dim,
-                                  self.mlp_layers, norm, name='head')(z, train=train, bn=bn)
-        logits = layers.linear(z, self.num_classes, name='classifier')
-        return {'z': z, 'proj': proj, 'logits': logits}
+            proj = ProjectionHead(
+                self.head, self.proj_dim, self.proj_hidden, self.mlp_dim, self.mlp_layers, norm, name="head"
+            )(z, train=train, bn=bn)
+        logits = layers.linear(z, self.num_classes, name="classifier")
+        return {"z": z, "proj": proj, "logits": logits}
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -153,23 +170,37 @@ def build_model(model_cfg: Any, *, num_classes: int, image_shape: Sequence[int])
     Raises ValueError naming the field and the allowed values for anything unknown.
     """
     m = config_lib.resolve_model(model_cfg)
-    num_classes = _positive_int(num_classes, 'num_classes')
+    num_classes = _positive_int(num_classes, "num_classes")
     image_shape = tuple(int(d) for d in image_shape)
     if len(image_shape) != 3 or min(image_shape) <= 0:
         raise ValueError(f"image_shape must be (height, width, channels), got {image_shape}")
     mean, std = NORMALIZATION[m.normalization]
     channels = image_shape[-1]
     if len(mean) not in (1, channels):
-        raise ValueError(f"model.normalization={m.normalization!r} has {len(mean)} channels but "
-                         f"image_shape {image_shape} has {channels}")
-    return ASCLModel(arch=m.arch, head=m.head, num_classes=num_classes, image_shape=image_shape,
-                     proj_dim=m.proj_dim, proj_hidden=m.proj_hidden, mlp_dim=m.mlp_dim,
-                     mlp_layers=m.mlp_layers, bn_type=m.bn, bn_momentum=m.bn_momentum,
-                     mean=tuple(mean), std=tuple(std), conv_init=m.conv_init,
-                     cnn_padding=m.cnn_padding)
+        raise ValueError(
+            f"model.normalization={m.normalization!r} has {len(mean)} channels but "
+            f"image_shape {image_shape} has {channels}"
+        )
+    return ASCLModel(
+        arch=m.arch,
+        head=m.head,
+        num_classes=num_classes,
+        image_shape=image_shape,
+        proj_dim=m.proj_dim,
+        proj_hidden=m.proj_hidden,
+        mlp_dim=m.mlp_dim,
+        mlp_layers=m.mlp_layers,
+        bn_type=m.bn,
+        bn_momentum=m.bn_momentum,
+        mean=tuple(mean),
+        std=tuple(std),
+        conv_init=m.conv_init,
+        cnn_padding=m.cnn_padding,
+    )
 
 
 # ----------------------------------------------------------------------------- variable utilities
+
 
 def count_params(params: Any) -> int:
     """Number of scalars in a pytree of arrays (or of ``jax.ShapeDtypeStruct`` from ``eval_shape``)."""
@@ -179,7 +210,7 @@ def count_params(params: Any) -> int:
 def strip_head(variables: Mapping[str, Any]) -> dict:
     """Removes the projection head (``head`` subtree) from every collection (ACL fine-tuning drops
     the pretraining head, SPEC §3.2). Returns plain dicts."""
-    return {col: {k: v for k, v in tree.items() if k != 'head'} for col, tree in variables.items()}
+    return {col: {k: v for k, v in tree.items() if k != "head"} for col, tree in variables.items()}
 
 
 def reset_classifier(variables: Mapping[str, Any], num_classes: int | None = None) -> dict:
@@ -187,9 +218,11 @@ def reset_classifier(variables: Mapping[str, Any], num_classes: int | None = Non
     (``train_trades.py``, SPEC §3.2). ``num_classes`` changes its output width (kernel [h, C],
     bias [C]); default keeps the current width. Returns plain dicts; other variables are shared."""
     variables = {col: dict(tree) for col, tree in variables.items()}
-    clf = variables['params']['classifier']
-    h, c = clf['kernel'].shape
-    c = c if num_classes is None else _positive_int(num_classes, 'num_classes')
-    variables['params']['classifier'] = {'kernel': jnp.zeros((h, c), clf['kernel'].dtype),
-                                         'bias': jnp.zeros((c,), clf['bias'].dtype)}
+    clf = variables["params"]["classifier"]
+    h, c = clf["kernel"].shape
+    c = c if num_classes is None else _positive_int(num_classes, "num_classes")
+    variables["params"]["classifier"] = {
+        "kernel": jnp.zeros((h, c), clf["kernel"].dtype),
+        "bias": jnp.zeros((c,), clf["bias"].dtype),
+    }
     return variables

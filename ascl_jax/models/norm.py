@@ -24,6 +24,7 @@ variance, ``(x - mean) * scale * rsqrt(var + eps) + bias``). For NHWC input, whe
 layer is on (:func:`ascl_jax.xla_cpu.enabled`), the same arithmetic is computed by
 :mod:`ascl_jax.xla_cpu.batch_norm` (equal up to float rounding); otherwise it is plain JAX.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,7 +37,6 @@ import jax.numpy as jnp
 from ascl_jax import xla_cpu
 from ascl_jax.config import BN_BRANCHES, BN_TYPES
 from ascl_jax.xla_cpu import batch_norm as cpu_batch_norm
-
 
 
 def _normalize(x, mean, var, scale, bias, eps):
@@ -62,6 +62,7 @@ class BatchNorm(nn.Module):
     (zeros, ones). Train mode normalises with the batch's biased statistics and, outside ``init``,
     sets ``running = momentum * running + (1 - momentum) * batch``. Input [..., C], float32.
     """
+
     use_running_average: bool = False
     momentum: float = 0.9
     epsilon: float = 1e-5
@@ -69,10 +70,10 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = x.shape[-1]
-        scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
-        bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-        ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
-        ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+        ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
         fast = x.ndim == 4 and xla_cpu.enabled()
         if self.use_running_average:
             normalize = cpu_batch_norm.normalize if fast else _normalize
@@ -100,15 +101,17 @@ class DualBatchNorm(nn.Module):
     sets of affine parameters and running statistics. In train mode only the selected branch's
     ``batch_stats`` change. Input [..., C] (normalised over all axes but the last).
     """
+
     momentum: float = 0.9
     epsilon: float = 1e-5
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
         check_branch(bn)
-        norms = {k: BatchNorm(use_running_average=not train, momentum=self.momentum,
-                                 epsilon=self.epsilon, name=k)
-                 for k in BN_BRANCHES}
+        norms = {
+            k: BatchNorm(use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon, name=k)
+            for k in BN_BRANCHES
+        }
         if self.is_initializing():
             for k, m in norms.items():
                 if k != bn:
@@ -123,7 +126,8 @@ class Norm:
     ``norm(x, train=..., bn=..., name='bn1')`` creates the BN layer ``name`` as a child of the
     calling module (call it from inside a compact method) and applies it.
     """
-    bn_type: str = 'single'
+
+    bn_type: str = "single"
     momentum: float = 0.9
     epsilon: float = 1e-5
 
@@ -132,11 +136,11 @@ class Norm:
             raise ValueError(f"bn must be one of {BN_TYPES}, got {self.bn_type!r}")
 
     def __call__(self, x: jax.Array, *, train: bool, bn: str, name: str) -> jax.Array:
-        if self.bn_type == 'single':
-            return BatchNorm(use_running_average=not train, momentum=self.momentum,
-                                epsilon=self.epsilon, name=name)(x)
-        return DualBatchNorm(momentum=self.momentum, epsilon=self.epsilon, name=name)(
-            x, train=train, bn=bn)
+        if self.bn_type == "single":
+            return BatchNorm(
+                use_running_average=not train, momentum=self.momentum, epsilon=self.epsilon, name=name
+            )(x)
+        return DualBatchNorm(momentum=self.momentum, epsilon=self.epsilon, name=name)(x, train=train, bn=bn)
 
 
 def _is_dual_node(node: Any) -> bool:

@@ -22,6 +22,7 @@ normal fan_out (He init; torchvision / ACL ``resnet_multi_bn.py``); PreAct ResNe
 PyTorch's default conv init (Kuang-Liu sets none). Note that the Kuang-Liu ResNet-18 used by ASCL also
 sets no init; pass ``conv_init='torch'`` in the model config to reproduce that instead.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -35,110 +36,131 @@ from ascl_jax.models.norm import Norm
 
 class BasicBlock(nn.Module):
     """Post-activation residual block: relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
+
     features: int
     stride: int = 1
     norm: Norm = Norm()
-    conv_init: str = 'kaiming_fan_out'
+    conv_init: str = "kaiming_fan_out"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
-        y = layers.conv(x, self.features, stride=self.stride, conv_init=self.conv_init, name='conv1')
-        y = nn.relu(self.norm(y, train=train, bn=bn, name='bn1'))
-        y = layers.conv(y, self.features, conv_init=self.conv_init, name='conv2')
-        y = self.norm(y, train=train, bn=bn, name='bn2')
+        y = layers.conv(x, self.features, stride=self.stride, conv_init=self.conv_init, name="conv1")
+        y = nn.relu(self.norm(y, train=train, bn=bn, name="bn1"))
+        y = layers.conv(y, self.features, conv_init=self.conv_init, name="conv2")
+        y = self.norm(y, train=train, bn=bn, name="bn2")
         if self.stride != 1 or x.shape[-1] != self.features:
-            x = layers.conv(x, self.features, kernel=1, stride=self.stride, padding=0,
-                            conv_init=self.conv_init, name='shortcut_conv')
-            x = self.norm(x, train=train, bn=bn, name='shortcut_bn')
+            x = layers.conv(
+                x,
+                self.features,
+                kernel=1,
+                stride=self.stride,
+                padding=0,
+                conv_init=self.conv_init,
+                name="shortcut_conv",
+            )
+            x = self.norm(x, train=train, bn=bn, name="shortcut_bn")
         return nn.relu(y + x)
 
 
 class CifarResNet(nn.Module):
     """3x3 stride-1 stem + stages of BasicBlocks + global average pool. [B,H,W,C] -> z [B, widths[-1]]."""
+
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     widths: Sequence[int] = (64, 128, 256, 512)
     norm: Norm = Norm()
-    conv_init: str = 'kaiming_fan_out'
+    conv_init: str = "kaiming_fan_out"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
-        x = layers.conv(x, self.widths[0], conv_init=self.conv_init, name='conv1')
-        x = nn.relu(self.norm(x, train=train, bn=bn, name='bn1'))
+        x = layers.conv(x, self.widths[0], conv_init=self.conv_init, name="conv1")
+        x = nn.relu(self.norm(x, train=train, bn=bn, name="bn1"))
         for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                x = BasicBlock(w, stride, norm=self.norm, conv_init=self.conv_init,
-                               name=f'layer{i + 1}_{j}')(x, train=train, bn=bn)
+                x = BasicBlock(w, stride, norm=self.norm, conv_init=self.conv_init, name=f"layer{i + 1}_{j}")(
+                    x, train=train, bn=bn
+                )
         return layers.global_avg_pool(x)
 
 
 class PreActBlock(nn.Module):
     """Pre-activation block: out = conv2(relu(bn2(conv1(relu(bn1(x)))))) + shortcut."""
+
     features: int
     stride: int = 1
     norm: Norm = Norm()
-    conv_init: str = 'torch'
+    conv_init: str = "torch"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
-        out = nn.relu(self.norm(x, train=train, bn=bn, name='bn1'))
+        out = nn.relu(self.norm(x, train=train, bn=bn, name="bn1"))
         if self.stride != 1 or x.shape[-1] != self.features:
-            shortcut = layers.conv(out, self.features, kernel=1, stride=self.stride, padding=0,
-                                   conv_init=self.conv_init, name='shortcut_conv')
+            shortcut = layers.conv(
+                out,
+                self.features,
+                kernel=1,
+                stride=self.stride,
+                padding=0,
+                conv_init=self.conv_init,
+                name="shortcut_conv",
+            )
         else:
             shortcut = x
-        y = layers.conv(out, self.features, stride=self.stride, conv_init=self.conv_init, name='conv1')
-        y = nn.relu(self.norm(y, train=train, bn=bn, name='bn2'))
-        y = layers.conv(y, self.features, conv_init=self.conv_init, name='conv2')
+        y = layers.conv(out, self.features, stride=self.stride, conv_init=self.conv_init, name="conv1")
+        y = nn.relu(self.norm(y, train=train, bn=bn, name="bn2"))
+        y = layers.conv(y, self.features, conv_init=self.conv_init, name="conv2")
         return y + shortcut
 
 
 class PreActResNet(nn.Module):
     """Kuang-Liu PreActResNet: conv stem, PreActBlocks, final BN + ReLU, global average pool."""
+
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     widths: Sequence[int] = (64, 128, 256, 512)
     norm: Norm = Norm()
-    conv_init: str = 'torch'
+    conv_init: str = "torch"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
-        x = layers.conv(x, self.widths[0], conv_init=self.conv_init, name='conv1')
+        x = layers.conv(x, self.widths[0], conv_init=self.conv_init, name="conv1")
         for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
-                x = PreActBlock(w, stride, norm=self.norm, conv_init=self.conv_init,
-                                name=f'layer{i + 1}_{j}')(x, train=train, bn=bn)
-        x = nn.relu(self.norm(x, train=train, bn=bn, name='bn_final'))
+                x = PreActBlock(
+                    w, stride, norm=self.norm, conv_init=self.conv_init, name=f"layer{i + 1}_{j}"
+                )(x, train=train, bn=bn)
+        x = nn.relu(self.norm(x, train=train, bn=bn, name="bn_final"))
         return layers.global_avg_pool(x)
 
 
 class TinyEncoder(nn.Module):
     """Small BN encoder for tests: conv(w) -> BN -> ReLU -> conv(2w, stride 2) -> BN -> ReLU -> GAP."""
+
     width: int = 8
     norm: Norm = Norm()
-    conv_init: str = 'kaiming_fan_out'
+    conv_init: str = "kaiming_fan_out"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
-        x = layers.conv(x, self.width, conv_init=self.conv_init, name='conv1')
-        x = nn.relu(self.norm(x, train=train, bn=bn, name='bn1'))
-        x = layers.conv(x, 2 * self.width, stride=2, conv_init=self.conv_init, name='conv2')
-        x = nn.relu(self.norm(x, train=train, bn=bn, name='bn2'))
+        x = layers.conv(x, self.width, conv_init=self.conv_init, name="conv1")
+        x = nn.relu(self.norm(x, train=train, bn=bn, name="bn1"))
+        x = layers.conv(x, 2 * self.width, stride=2, conv_init=self.conv_init, name="conv2")
+        x = nn.relu(self.norm(x, train=train, bn=bn, name="bn2"))
         return layers.global_avg_pool(x)
 
 
 # Factories: ``name`` lets a parent create the encoder inside its compact method as child ``name``.
-def resnet20(norm: Norm, conv_init: str = 'kaiming_fan_out', name: str | None = None) -> CifarResNet:
+def resnet20(norm: Norm, conv_init: str = "kaiming_fan_out", name: str | None = None) -> CifarResNet:
     return CifarResNet((3, 3, 3), (16, 32, 64), norm=norm, conv_init=conv_init, name=name)
 
 
-def resnet18(norm: Norm, conv_init: str = 'kaiming_fan_out', name: str | None = None) -> CifarResNet:
+def resnet18(norm: Norm, conv_init: str = "kaiming_fan_out", name: str | None = None) -> CifarResNet:
     return CifarResNet((2, 2, 2, 2), (64, 128, 256, 512), norm=norm, conv_init=conv_init, name=name)
 
 
-def preact_resnet18(norm: Norm, conv_init: str = 'torch', name: str | None = None) -> PreActResNet:
+def preact_resnet18(norm: Norm, conv_init: str = "torch", name: str | None = None) -> PreActResNet:
     return PreActResNet((2, 2, 2, 2), (64, 128, 256, 512), norm=norm, conv_init=conv_init, name=name)
 
 
-def tiny(norm: Norm, conv_init: str = 'kaiming_fan_out', name: str | None = None) -> TinyEncoder:
+def tiny(norm: Norm, conv_init: str = "kaiming_fan_out", name: str | None = None) -> TinyEncoder:
     return TinyEncoder(8, norm=norm, conv_init=conv_init, name=name)

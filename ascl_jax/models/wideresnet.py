@@ -17,6 +17,7 @@ Init as the reference: conv ``N(0, 2/(k*k*out))`` (kaiming normal fan_out), BN 1
 zeroes the FC bias and keeps PyTorch's default FC weight; our classifier uses the PyTorch default for
 both (see ``models/model.py``).
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -30,29 +31,37 @@ class WideBasicBlock(nn.Module):
     features: int
     stride: int = 1
     norm: Norm = Norm()
-    conv_init: str = 'kaiming_fan_out'
+    conv_init: str = "kaiming_fan_out"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
         equal_in_out = x.shape[-1] == self.features
-        act = nn.relu(self.norm(x, train=train, bn=bn, name='bn1'))
-        y = layers.conv(act, self.features, stride=self.stride, conv_init=self.conv_init, name='conv1')
-        y = nn.relu(self.norm(y, train=train, bn=bn, name='bn2'))
-        y = layers.conv(y, self.features, conv_init=self.conv_init, name='conv2')
+        act = nn.relu(self.norm(x, train=train, bn=bn, name="bn1"))
+        y = layers.conv(act, self.features, stride=self.stride, conv_init=self.conv_init, name="conv1")
+        y = nn.relu(self.norm(y, train=train, bn=bn, name="bn2"))
+        y = layers.conv(y, self.features, conv_init=self.conv_init, name="conv2")
         if equal_in_out:
             # The reference has no stride-2 equal-width block, so no projection is needed here.
             return x + y
-        shortcut = layers.conv(act, self.features, kernel=1, stride=self.stride, padding=0,
-                               conv_init=self.conv_init, name='shortcut_conv')
+        shortcut = layers.conv(
+            act,
+            self.features,
+            kernel=1,
+            stride=self.stride,
+            padding=0,
+            conv_init=self.conv_init,
+            name="shortcut_conv",
+        )
         return shortcut + y
 
 
 class WideResNet(nn.Module):
     """TRADES WideResNet. [B, H, W, C] -> z [B, 64 * widen_factor]."""
+
     depth: int = 34
     widen_factor: int = 10
     norm: Norm = Norm()
-    conv_init: str = 'kaiming_fan_out'
+    conv_init: str = "kaiming_fan_out"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
@@ -60,14 +69,15 @@ class WideResNet(nn.Module):
             raise ValueError(f"WideResNet depth must be 6n+4, got {self.depth}")
         n = (self.depth - 4) // 6
         widths = (16 * self.widen_factor, 32 * self.widen_factor, 64 * self.widen_factor)
-        x = layers.conv(x, 16, conv_init=self.conv_init, name='conv1')
+        x = layers.conv(x, 16, conv_init=self.conv_init, name="conv1")
         for g, (w, s) in enumerate(zip(widths, (1, 2, 2))):
             for j in range(n):
-                x = WideBasicBlock(w, s if j == 0 else 1, norm=self.norm, conv_init=self.conv_init,
-                                   name=f'block{g + 1}_{j}')(x, train=train, bn=bn)
-        x = nn.relu(self.norm(x, train=train, bn=bn, name='bn_final'))
+                x = WideBasicBlock(
+                    w, s if j == 0 else 1, norm=self.norm, conv_init=self.conv_init, name=f"block{g + 1}_{j}"
+                )(x, train=train, bn=bn)
+        x = nn.relu(self.norm(x, train=train, bn=bn, name="bn_final"))
         return layers.global_avg_pool(x)
 
 
-def wrn34_10(norm: Norm, conv_init: str = 'kaiming_fan_out', name: str | None = None) -> WideResNet:
+def wrn34_10(norm: Norm, conv_init: str = "kaiming_fan_out", name: str | None = None) -> WideResNet:
     return WideResNet(34, 10, norm=norm, conv_init=conv_init, name=name)

@@ -6,17 +6,26 @@ one config into one workdir), `run_eval` (evaluation and analysis of a trained s
 
 `run(config, workdir)` is the entry point for every method; it returns the run's report.
 """
+
 from ascl_jax.train import semisup
 from ascl_jax.train.loop import NonFiniteLossError, RunResult, train_and_evaluate
 from ascl_jax.train.run_eval import analyze_workdir, evaluate_workdir
-from ascl_jax.train.setup import (abstract_state, build_model, pretrained_variables, restore_run,
-                                  total_steps)
+from ascl_jax.train.setup import abstract_state, build_model, pretrained_variables, restore_run, total_steps
 from ascl_jax.train.state import init_variables
 
 __all__ = [
-    "NonFiniteLossError", "RunResult", "abstract_state", "analyze_workdir", "build_model",
-    "evaluate_workdir", "init_variables", "pretrained_variables", "restore_run", "run",
-    "total_steps", "train_and_evaluate",
+    "NonFiniteLossError",
+    "RunResult",
+    "abstract_state",
+    "analyze_workdir",
+    "build_model",
+    "evaluate_workdir",
+    "init_variables",
+    "pretrained_variables",
+    "restore_run",
+    "run",
+    "total_steps",
+    "train_and_evaluate",
 ]
 
 

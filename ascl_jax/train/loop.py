@@ -4,6 +4,7 @@ mesh -> data (per-process, deterministic, resumable) -> state (replicated, or re
 jitted step loop (metrics fetched every `log_every_steps`, NaN/Inf guard, orbax checkpoints every
 `checkpoint_every_steps` and at the end) -> evaluation (clean, PGD, ...) -> report.json.
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,8 +18,13 @@ from ascl_jax import checkpointing, parallel, workdir as workdir_lib
 from ascl_jax import config as config_lib
 from ascl_jax.train import run_eval
 from ascl_jax.train import steps as train_steps
-from ascl_jax.train.setup import (build_model, initial_state_fn, pretrained_variables, total_steps,
-                                  train_batches)
+from ascl_jax.train.setup import (
+    build_model,
+    initial_state_fn,
+    pretrained_variables,
+    total_steps,
+    train_batches,
+)
 from ascl_jax.train.state import TrainState
 
 log = logging.getLogger("ascl_jax")
@@ -33,12 +39,14 @@ class NonFiniteLossError(FloatingPointError):
 class RunResult(NamedTuple):
     """report: the run's report (`workdir.Report` keys; on process 0 what report.json holds).
     state: the final TrainState, replicated over the mesh."""
+
     report: dict
     state: TrainState
 
 
-def train_and_evaluate(config, workdir: str, *, mesh=None, stop_after_steps: int | None = None,
-                       evaluate: bool = True) -> RunResult:
+def train_and_evaluate(
+    config, workdir: str, *, mesh=None, stop_after_steps: int | None = None, evaluate: bool = True
+) -> RunResult:
     """Trains `config` into `workdir` (resuming if it holds a checkpoint) and evaluates it.
 
     mesh: the ('data',) mesh (default: all devices). stop_after_steps: stop (with a checkpoint)
@@ -47,8 +55,9 @@ def train_and_evaluate(config, workdir: str, *, mesh=None, stop_after_steps: int
     evaluate: run `config.eval` (and the analysis) after training. A finished run writes
     report.json (keeping a previous one as report.<timestamp>.json)."""
     if config.method == "semi_supervised":
-        raise config_lib.ConfigError("config.method='semi_supervised' runs three stages: use "
-                                     "ascl_jax.train.run(config, workdir)")
+        raise config_lib.ConfigError(
+            "config.method='semi_supervised' runs three stages: use ascl_jax.train.run(config, workdir)"
+        )
     t_start = time.time()
     config_lib.validate(config)
     mesh = mesh or parallel.make_mesh()
@@ -63,8 +72,9 @@ def train_and_evaluate(config, workdir: str, *, mesh=None, stop_after_steps: int
         variables = pretrained_variables(config, model, info["image_shape"])
     state_fn, schedule = initial_state_fn(config, model, info["image_shape"], variables)
     state = jax.jit(state_fn, out_shardings=repl)()
-    mngr = checkpointing.make_manager(workdir, save_every=config.checkpoint_every_steps,
-                                      max_to_keep=config.max_checkpoints)
+    mngr = checkpointing.make_manager(
+        workdir, save_every=config.checkpoint_every_steps, max_to_keep=config.max_checkpoints
+    )
     start = 0
     if mngr.latest_step() is not None:
         state = checkpointing.restore(mngr, state)
@@ -80,6 +90,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None, stop_after_steps: int
     bar = None
     if config.progress_bar and is_main and start < n_steps:
         from tqdm import tqdm
+
         bar = tqdm(total=n_steps, initial=start, desc=config.name, dynamic_ncols=True)
 
     buffer, summary, last_good = [], {}, start
@@ -135,9 +146,15 @@ def _train_report(config, workdir, n_steps, throughput, summary) -> dict:
     previous = workdir_lib.read_report(workdir) if throughput is None or not summary else {}
     if throughput is None:
         throughput = previous.get("train_images_per_second")
-    report = dict(config=config.name, method=config.method, dataset=config.data.name,
-                  arch=config.model.arch, steps=n_steps, train_images_per_second=throughput,
-                  final_train_metrics=summary or previous.get("final_train_metrics", {}))
+    report = dict(
+        config=config.name,
+        method=config.method,
+        dataset=config.data.name,
+        arch=config.model.arch,
+        steps=n_steps,
+        train_images_per_second=throughput,
+        final_train_metrics=summary or previous.get("final_train_metrics", {}),
+    )
     for k in COUNT_KEYS:
         if k in report["final_train_metrics"]:
             report[k] = report["final_train_metrics"][k]
@@ -155,6 +172,7 @@ def _mean_metrics(buffer):
 
 def _metric_writer(workdir):
     from clu import metric_writers
+
     return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
 
 
@@ -164,4 +182,5 @@ def _guard_finite(summary, step, last_good, workdir):
         raise NonFiniteLossError(
             f"{', '.join(bad)} became NaN/Inf by step {step}. Stopped; the last good checkpoint "
             f"(step {last_good}) in {workdir}/checkpoints is kept. Lower the learning rate or "
-            "check the inputs.")
+            "check the inputs."
+        )

@@ -6,6 +6,7 @@
   local_lr = eta*||w|| / (||g|| + wd*||w||) (1 when either norm < 1e-15),
   buf = momentum*buf + lr*local_lr*(g + wd*w), w -= buf.
 """
+
 from __future__ import annotations
 
 import jax
@@ -28,6 +29,7 @@ def learning_rate_schedule(optim_cfg, steps_per_epoch: int, total_steps: int) ->
 
         def piecewise(count):
             return values[jnp.sum(count >= bounds)] if len(optim_cfg.decay_epochs) else values[0]
+
         return piecewise
     if optim_cfg.schedule == "warmup_cosine":
         warm = max(int(optim_cfg.warmup_epochs * steps_per_epoch), 1)
@@ -39,6 +41,7 @@ def learning_rate_schedule(optim_cfg, steps_per_epoch: int, total_steps: int) ->
             s = count + 1
             cos = final + (lr - final) * 0.5 * (1 + jnp.cos(jnp.pi * (s - warm) / span))
             return jnp.where(s < warm, lr * s / warm, cos)
+
         return warmup_cosine
     raise ConfigError(f"config.optim.schedule={optim_cfg.schedule!r} is not allowed")
 
@@ -52,6 +55,7 @@ def scale_by_lars_trust_ratio(weight_decay: float, eta: float) -> optax.Gradient
             local = eta * wn / (gn + weight_decay * wn)
             local = jnp.where((wn < 1e-15) | (gn < 1e-15), 1.0, local)
             return local * (g + weight_decay * w)
+
         return jax.tree.map(one, updates, params), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
@@ -62,17 +66,20 @@ def make_optimizer(optim_cfg, steps_per_epoch: int, total_steps: int):
     schedule = learning_rate_schedule(optim_cfg, steps_per_epoch, total_steps)
     wd = float(optim_cfg.weight_decay)
     if optim_cfg.name == "sgd":
-        tx = optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(),
-                         optax.sgd(schedule, momentum=optim_cfg.momentum or None,
-                                   nesterov=bool(optim_cfg.nesterov)))
+        tx = optax.chain(
+            optax.add_decayed_weights(wd) if wd else optax.identity(),
+            optax.sgd(schedule, momentum=optim_cfg.momentum or None, nesterov=bool(optim_cfg.nesterov)),
+        )
     elif optim_cfg.name == "adam":
-        tx = optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(),
-                         optax.adam(schedule))
+        tx = optax.chain(optax.add_decayed_weights(wd) if wd else optax.identity(), optax.adam(schedule))
     elif optim_cfg.name == "lars":
-        tx = optax.chain(scale_by_lars_trust_ratio(wd, optim_cfg.lars_eta),
-                         optax.scale_by_learning_rate(schedule),
-                         optax.trace(decay=optim_cfg.momentum))
+        tx = optax.chain(
+            scale_by_lars_trust_ratio(wd, optim_cfg.lars_eta),
+            optax.scale_by_learning_rate(schedule),
+            optax.trace(decay=optim_cfg.momentum),
+        )
     else:
-        raise ConfigError(f"config.optim.name={optim_cfg.name!r} is not allowed; "
-                          "choose one of ['sgd', 'adam', 'lars']")
+        raise ConfigError(
+            f"config.optim.name={optim_cfg.name!r} is not allowed; choose one of ['sgd', 'adam', 'lars']"
+        )
     return tx, schedule

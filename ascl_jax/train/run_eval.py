@@ -6,6 +6,7 @@ analyze_state: R-DIV (ASCL §2) of benign vs PGD latents, the plots of ASCL Figs
 evaluate_workdir / analyze_workdir: the same for the latest checkpoint of a workdir (the CLI's
 --mode=evaluate and --mode=analyze), merged into its report.json.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,20 +37,35 @@ def evaluate_state(config, model, state, workdir, mesh) -> dict:
     n = ce.num_examples if ce.num_examples > 0 else None
     images, labels = data.load_eval_arrays(config.data, "test", n)
     res = evaluation.evaluate(
-        _logits_fn(model, ce.bn_branch), images, labels, params=_variables(state),
-        attacks=tuple(attacks_), eps=ce.eps, step_size=ce.step_size, pgd_steps=ce.pgd_steps,
-        pgd_restarts=ce.pgd_restarts, mpgd_steps=ce.mpgd_steps,
+        _logits_fn(model, ce.bn_branch),
+        images,
+        labels,
+        params=_variables(state),
+        attacks=tuple(attacks_),
+        eps=ce.eps,
+        step_size=ce.step_size,
+        pgd_steps=ce.pgd_steps,
+        pgd_restarts=ce.pgd_restarts,
+        mpgd_steps=ce.mpgd_steps,
         version=ce.autoattack if ce.autoattack != "none" else "fast",
-        batch_size=config.data.eval_batch_size, autoattack_examples=ce.autoattack_examples,
-        seed=config.seed, mesh=mesh, progress=config.progress_bar and jax.process_index() == 0,
-        eps_sweep=tuple(ce.eps_sweep) or None, sanity=ce.sanity)
+        batch_size=config.data.eval_batch_size,
+        autoattack_examples=ce.autoattack_examples,
+        seed=config.seed,
+        mesh=mesh,
+        progress=config.progress_bar and jax.process_index() == 0,
+        eps_sweep=tuple(ce.eps_sweep) or None,
+        sanity=ce.sanity,
+    )
     evaluation.write_eval_json(workdir, res)
-    out = dict(clean_accuracy=res["clean_accuracy"], robust_accuracy=res["robust_accuracy"],
-               overall_robust_accuracy=res["overall"]["robust_accuracy"],
-               eval_eps=res["eps"], sanity=evaluation.summary(res).get("sanity"))
+    out = dict(
+        clean_accuracy=res["clean_accuracy"],
+        robust_accuracy=res["robust_accuracy"],
+        overall_robust_accuracy=res["overall"]["robust_accuracy"],
+        eval_eps=res["eps"],
+        sanity=evaluation.summary(res).get("sanity"),
+    )
     if config.analysis.enabled:
-        out["analysis"] = analyze_state(config, model, state, workdir, mesh, images, labels,
-                                        eval_results=res)
+        out["analysis"] = analyze_state(config, model, state, workdir, mesh, images, labels, eval_results=res)
         if out["analysis"].get("r_div"):
             out["r_div"] = out["analysis"]["r_div"]
     return out
@@ -64,14 +80,23 @@ def latents(config, model, state, images, labels, mesh, *, eps):
 
     @jax.jit
     def run(x, y, key):
-        x_adv = attacks.pgd_linf(attacks.ce_objective(lambda v: fwd(v)["logits"], y), x, key,
-                                 eps=eps, step_size=ce.step_size, num_steps=ce.pgd_steps)
+        x_adv = attacks.pgd_linf(
+            attacks.ce_objective(lambda v: fwd(v)["logits"], y),
+            x,
+            key,
+            eps=eps,
+            step_size=ce.step_size,
+            num_steps=ce.pgd_steps,
+        )
         return fwd(x)["z"], fwd(x_adv)["z"]
 
     key = jax.random.key(config.seed)
-    return parallel.map_batches(lambda start, x, y: run(x, y, jax.random.fold_in(key, start)),
-                                (images, labels), config.data.eval_batch_size,
-                                parallel.data_sharded(mesh))
+    return parallel.map_batches(
+        lambda start, x, y: run(x, y, jax.random.fold_in(key, start)),
+        (images, labels),
+        config.data.eval_batch_size,
+        parallel.data_sharded(mesh),
+    )
 
 
 def analyze_state(config, model, state, workdir, mesh, images, labels, eval_results=None) -> dict:
@@ -88,13 +113,22 @@ def analyze_state(config, model, state, workdir, mesh, images, labels, eval_resu
             sweep = {config.name: (list(fall["eps"]), list(fall["accuracy"]))}
     report = workdir_lib.read_report(workdir)
     if eval_results:
-        report.update(clean_accuracy=eval_results["clean_accuracy"],
-                      robust_accuracy=eval_results["robust_accuracy"])
+        report.update(
+            clean_accuracy=eval_results["clean_accuracy"], robust_accuracy=eval_results["robust_accuracy"]
+        )
     metrics = os.path.join(workdir, workdir_lib.METRICS_JSONL)
     res = analysis.run_analysis(
-        workdir, z_nat=z_nat, z_adv=z_adv, labels=y, eps_sweep_results=sweep,
-        metrics_path=metrics if os.path.exists(metrics) else None, report=report,
-        model_name=config.name, tsne_max_points=config.analysis.tsne_points, seed=config.seed)
+        workdir,
+        z_nat=z_nat,
+        z_adv=z_adv,
+        labels=y,
+        eps_sweep_results=sweep,
+        metrics_path=metrics if os.path.exists(metrics) else None,
+        report=report,
+        model_name=config.name,
+        tsne_max_points=config.analysis.tsne_points,
+        seed=config.seed,
+    )
     return {k: res[k] for k in ("plots", "r_div", "skipped", "errors") if k in res}
 
 

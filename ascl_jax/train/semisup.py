@@ -13,6 +13,7 @@ stage that finished is not trained again, and the pseudo-labels are computed onc
 loads the pre-trained weights once at its start (the authors' code reloads a checkpoint inside
 its epoch loop, SPEC 3.7; not reproduced).
 """
+
 from __future__ import annotations
 
 import copy
@@ -57,12 +58,14 @@ def pseudo_labels(config, workdir: str, path: str) -> str:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     fn = jax.jit(lambda x: model.apply(variables, x, train=False, bn="clean")["logits"])
     with jax.set_mesh(mesh):
-        logits = parallel.map_batches(lambda _, x: fn(x), (images,), tcfg.data.eval_batch_size,
-                                      parallel.data_sharded(mesh))
+        logits = parallel.map_batches(
+            lambda _, x: fn(x), (images,), tcfg.data.eval_batch_size, parallel.data_sharded(mesh)
+        )
     if jax.process_index() == 0:
         tmp = path + ".tmp.npz"
-        np.savez(tmp, index=np.arange(len(labels), dtype=np.int32), logits=logits,
-                 labels=labels.astype(np.int32))
+        np.savez(
+            tmp, index=np.arange(len(labels), dtype=np.int32), logits=logits, labels=labels.astype(np.int32)
+        )
         os.replace(tmp, path)
     return path
 
@@ -84,9 +87,12 @@ def run(config, workdir: str) -> dict:
             continue
         reports[name] = train_and_evaluate(c, wd).report
     report = dict(reports["student"])
-    report.update(config=config.name, method="semi_supervised",
-                  teacher_clean_accuracy=reports["teacher"].get("clean_accuracy"),
-                  stages={n: stages[n][1] for n in STAGES})
+    report.update(
+        config=config.name,
+        method="semi_supervised",
+        teacher_clean_accuracy=reports["teacher"].get("clean_accuracy"),
+        stages={n: stages[n][1] for n in STAGES},
+    )
     workdir_lib.write_report(workdir, report)
     return report
 

@@ -1,5 +1,6 @@
 """What a run needs before its loop: the model, the step count, the optimizer, the initial (or
 restored, or pre-trained) state, and the train batches of `config.method`."""
+
 from __future__ import annotations
 
 import jax
@@ -15,8 +16,7 @@ from ascl_jax.train.state import create_train_state, init_variables
 def build_model(config):
     """(model, dataset info) for `config.model` on `config.data`'s classes and image shape."""
     info = data.dataset_info(config.data)
-    model = models.build_model(config.model, num_classes=info["num_classes"],
-                               image_shape=info["image_shape"])
+    model = models.build_model(config.model, num_classes=info["num_classes"], image_shape=info["image_shape"])
     return model, info
 
 
@@ -24,8 +24,9 @@ def total_steps(config) -> tuple[int, int]:
     """(steps per epoch, total train steps): `config.num_train_steps` when > 0, else
     `config.optim.num_epochs` epochs. For semi_student an epoch is one pass over the unlabelled pool."""
     if config.method == "semi_student":
-        spe = data.steps_per_epoch(config.data, subset="unlabelled",
-                                   batch_size=config.data.batch_size - config.semi.labelled_batch)
+        spe = data.steps_per_epoch(
+            config.data, subset="unlabelled", batch_size=config.data.batch_size - config.semi.labelled_batch
+        )
     else:
         spe = data.steps_per_epoch(config.data, subset=config.train_subset or None)
     n = config.num_train_steps if config.num_train_steps > 0 else config.optim.num_epochs * spe
@@ -37,8 +38,7 @@ def make_tx(config, spe, n_steps, params=None):
     the classifier (`steps.trainable_mask` of `params`, a tree or its shapes) get zero updates."""
     tx, schedule = make_optimizer(config.optim, spe, n_steps)
     if config.method == "linear_eval":
-        labels = jax.tree.map(lambda keep: "train" if keep else "freeze",
-                              train_steps.trainable_mask(params))
+        labels = jax.tree.map(lambda keep: "train" if keep else "freeze", train_steps.trainable_mask(params))
         tx = optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
     return tx, schedule
 
@@ -67,9 +67,9 @@ def restore_run(workdir: str, mesh=None):
     model, _ = build_model(config)
     mesh = mesh or parallel.make_mesh()
     abstract = abstract_state(config)
-    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype,
-                                                           sharding=parallel.replicated(mesh)),
-                            abstract)
+    abstract = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), abstract
+    )
     mngr = checkpointing.make_manager(workdir, save_every=1, max_to_keep=config.max_checkpoints)
     if mngr.latest_step() is None:
         raise workdir_lib.WorkdirError(f"{workdir} holds no checkpoint (checkpoints/ is empty)")
@@ -90,13 +90,15 @@ def pretrained_variables(config, model, image_shape):
     fresh = {"params": fresh["params"], "batch_stats": fresh.get("batch_stats", {})}
     if config.init.reset_classifier:
         variables = models.reset_classifier(
-            variables, num_classes=fresh["params"]["classifier"]["bias"].shape[0])
+            variables, num_classes=fresh["params"]["classifier"]["bias"].shape[0]
+        )
     shapes = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)
     if shapes(variables) != shapes(fresh):
         raise workdir_lib.WorkdirError(
             f"the encoder in init.workdir={config.init.workdir!r} does not fit this model "
             f"(model.arch={config.model.arch!r}, model.bn={config.model.bn!r}): use the same "
-            "architecture as the pre-training run")
+            "architecture as the pre-training run"
+        )
     return variables
 
 
@@ -115,8 +117,9 @@ def train_batches(config, start_step: int):
 
 
 def _process_batches(config, start_step, process_index, process_count):
-    kw = dict(seed=config.seed, start_step=start_step, process_index=process_index,
-              process_count=process_count)
+    kw = dict(
+        seed=config.seed, start_step=start_step, process_index=process_index, process_count=process_count
+    )
     if config.method != "semi_student":
         yield from data.make_train_iterator(config.data, subset=config.train_subset or None, **kw)
         return
@@ -135,11 +138,14 @@ def semi_student_batches(config, **kw):
         table[f["index"]] = f["logits"]
     n_l = config.semi.labelled_batch
     lab = data.make_train_iterator(config.data, subset="labelled", batch_size=n_l, **kw)
-    unl = data.make_train_iterator(config.data, subset="unlabelled",
-                                   batch_size=config.data.batch_size - n_l, **kw)
+    unl = data.make_train_iterator(
+        config.data, subset="unlabelled", batch_size=config.data.batch_size - n_l, **kw
+    )
     for bl, bu in zip(lab, unl):
         t_l, t_u = table[bl["index"]], table[bu["index"]]
-        yield {"image": np.concatenate([bl["image"], bu["image"]]),
-               "label": np.concatenate([bl["label"], t_u.argmax(-1).astype(np.int32)]),
-               "teacher_logits": np.concatenate([t_l, t_u]),
-               "labelled": np.concatenate([np.ones(len(t_l), bool), np.zeros(len(t_u), bool)])}
+        yield {
+            "image": np.concatenate([bl["image"], bu["image"]]),
+            "label": np.concatenate([bl["label"], t_u.argmax(-1).astype(np.int32)]),
+            "teacher_logits": np.concatenate([t_l, t_u]),
+            "labelled": np.concatenate([np.ones(len(t_l), bool), np.zeros(len(t_u), bool)]),
+        }

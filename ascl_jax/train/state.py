@@ -1,5 +1,6 @@
 """The train state (params, optimizer state, BN statistics of both branches of a dual BN, a key)
 and the one model initialisation of the package."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,6 +16,7 @@ class TrainState(train_state.TrainState):
     batch_stats: the 'batch_stats' collection (for dual BN it holds `.../clean` and `.../adv`).
     rng: raw uint32 key data (checkpoint-friendly); the step key is fold_in(rng, step).
     """
+
     batch_stats: Any
     rng: jax.Array
 
@@ -34,6 +36,9 @@ def create_train_state(model, tx, key, image_shape, variables=None) -> TrainStat
     if variables is None:
         variables = init_variables(model, init_key, image_shape)
     return TrainState.create(
-        apply_fn=model.apply, params=variables["params"], tx=tx,
+        apply_fn=model.apply,
+        params=variables["params"],
+        tx=tx,
         batch_stats=variables.get("batch_stats", {}),
-        rng=jax.random.key_data(state_key))
+        rng=jax.random.key_data(state_key),
+    )

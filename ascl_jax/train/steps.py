@@ -17,6 +17,7 @@ Methods (`config.method`):
           PGD (adversarial) examples (ACL Table 5).
 Terms whose weight is 0 are not computed (as the authors' `add_loss`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,8 +35,7 @@ def _variables(params, batch_stats):
 def forward(model, params, batch_stats, x, *, bn="clean", train=True):
     """One forward pass. Train mode: batch statistics, returns the updated running statistics."""
     if train:
-        out, upd = model.apply(_variables(params, batch_stats), x, train=True, bn=bn,
-                               mutable=["batch_stats"])
+        out, upd = model.apply(_variables(params, batch_stats), x, train=True, bn=bn, mutable=["batch_stats"])
         return out, upd.get("batch_stats", batch_stats)
     return model.apply(_variables(params, batch_stats), x, train=False, bn=bn), batch_stats
 
@@ -45,16 +45,22 @@ def _accuracy(logits, labels):
 
 
 def _pgd(cfg_attack, objective, x, key, **overrides):
-    kw = dict(eps=cfg_attack.eps, step_size=cfg_attack.step_size,
-              num_steps=cfg_attack.num_steps, random_start=cfg_attack.random_start,
-              init=cfg_attack.init, clip_start=cfg_attack.clip_start)
+    kw = dict(
+        eps=cfg_attack.eps,
+        step_size=cfg_attack.step_size,
+        num_steps=cfg_attack.num_steps,
+        random_start=cfg_attack.random_start,
+        init=cfg_attack.init,
+        clip_start=cfg_attack.clip_start,
+    )
     kw.update(overrides)
     return attacks.pgd_linf(objective, x, key, **kw)
 
 
 def _attack_logits_fn(model, state, cfg_attack, bn="clean"):
-    return attacks.model_forward(model, _variables(state.params, state.batch_stats), bn=bn,
-                                 bn_mode=cfg_attack.bn_mode, output="logits")
+    return attacks.model_forward(
+        model, _variables(state.params, state.batch_stats), bn=bn, bn_mode=cfg_attack.bn_mode, output="logits"
+    )
 
 
 def ce_attack(model, state, cfg_attack, x, y, key):
@@ -129,8 +135,15 @@ def trades_step(state, batch, *, model, config):
         ce = losses.cross_entropy(out["logits"], y)
         kl = losses.trades_kl(out["logits"], out_a["logits"])
         loss = ce + config.loss.trades_beta * kl
-        return loss, (bs, {"ce_nat": ce, "trades_kl": kl, "acc_nat": _accuracy(out["logits"], y),
-                           "acc_adv": _accuracy(out_a["logits"], y)})
+        return loss, (
+            bs,
+            {
+                "ce_nat": ce,
+                "trades_kl": kl,
+                "acc_nat": _accuracy(out["logits"], y),
+                "acc_adv": _accuracy(out_a["logits"], y),
+            },
+        )
 
     (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return _apply_update(state, grads, bs, loss, m)
@@ -165,9 +178,18 @@ def ascl_step(state, batch, *, model, config):
             loss += lw.vat_weight * m["vat"]
         # The selection counts are computed (cheaply) even when the SCL weight is 0 (Fig. 4).
         scl, aux = losses.ascl_loss(
-            out[lw.feature], out_a[lw.feature], y, ln, la, strategy=lw.strategy,
-            similarity=lw.similarity, temperature=lw.temperature, normalize=lw.normalize,
-            always_pull_own_view=lw.always_pull_own_view, instance_ids=instance_ids)
+            out[lw.feature],
+            out_a[lw.feature],
+            y,
+            ln,
+            la,
+            strategy=lw.strategy,
+            similarity=lw.similarity,
+            temperature=lw.temperature,
+            normalize=lw.normalize,
+            always_pull_own_view=lw.always_pull_own_view,
+            instance_ids=instance_ids,
+        )
         for k in ("num_positives_nat", "num_positives_adv", "num_negatives_nat", "num_negatives_adv"):
             m[k] = aux[k]
         if lw.scl_weight:
@@ -190,8 +212,12 @@ def supcon_step(state, batch, *, model, config):
         out, bs = forward(model, params, state.batch_stats, x)
         f = losses.l2_normalize(out[lw.feature])
         b = v0.shape[0]
-        scl = losses.supcon_loss(jnp.stack([f[:b], f[b:]], axis=1), batch["label"],
-                                 temperature=lw.temperature, base_temperature=lw.temperature)
+        scl = losses.supcon_loss(
+            jnp.stack([f[:b], f[b:]], axis=1),
+            batch["label"],
+            temperature=lw.temperature,
+            base_temperature=lw.temperature,
+        )
         ce = losses.cross_entropy(out["logits"], y)
         loss = lw.nat_ce_weight * ce + lw.scl_weight * scl
         return loss, (bs, {"ce_nat": ce, "scl": scl, "acc_nat": _accuracy(out["logits"], y)})
@@ -211,16 +237,17 @@ def acl_pretrain_step(state, batch, *, model, config):
     both = jnp.concatenate([v1, v2])
     variant = lw.acl_variant
     adv_bn = "adv" if config.model.bn == "dual" else "clean"
-    proj_adv = attacks.model_forward(model, _variables(state.params, state.batch_stats), bn=adv_bn,
-                                     bn_mode=ca.bn_mode, output="proj")
+    proj_adv = attacks.model_forward(
+        model, _variables(state.params, state.batch_stats), bn=adv_bn, bn_mode=ca.bn_mode, output="proj"
+    )
     key = state.step_key()
     if variant in ("a2a", "ds"):
         x_adv = _pgd(ca, attacks.nt_xent_objective(proj_adv, temperature=t), both, key)
     elif variant == "a2s":
-        clean_fn = attacks.model_forward(model, _variables(state.params, state.batch_stats),
-                                         bn="clean", bn_mode=ca.bn_mode, output="proj")
-        x_adv = _pgd(ca, attacks.nt_xent_objective(proj_adv, other_proj=clean_fn(v2), temperature=t),
-                     v1, key)
+        clean_fn = attacks.model_forward(
+            model, _variables(state.params, state.batch_stats), bn="clean", bn_mode=ca.bn_mode, output="proj"
+        )
+        x_adv = _pgd(ca, attacks.nt_xent_objective(proj_adv, other_proj=clean_fn(v2), temperature=t), v1, key)
 
     def loss_fn(params):
         bs, m = state.batch_stats, {}
@@ -266,10 +293,21 @@ def linear_eval_step(state, batch, *, model, config):
     `trainable_mask`); the encoder runs with BN in eval mode, so its statistics stay frozen."""
     x, y = batch["image"], batch["label"]
     if config.init.linear_mode == "adversarial":
-        x = _pgd(config.attack, attacks.ce_objective(
-            attacks.model_forward(model, _variables(state.params, state.batch_stats),
-                                  bn="clean", bn_mode="eval", output="logits"), y),
-            x, state.step_key())
+        x = _pgd(
+            config.attack,
+            attacks.ce_objective(
+                attacks.model_forward(
+                    model,
+                    _variables(state.params, state.batch_stats),
+                    bn="clean",
+                    bn_mode="eval",
+                    output="logits",
+                ),
+                y,
+            ),
+            x,
+            state.step_key(),
+        )
 
     def loss_fn(params):
         out, _ = forward(model, params, state.batch_stats, x, train=False)
@@ -303,8 +341,15 @@ def semi_student_step(state, batch, *, model, config):
         out, bs = forward(model, params, state.batch_stats, x)
         out_a, bs = forward(model, params, bs, x_adv)
         loss, aux = losses.acl_semi_supervised_loss(
-            out["logits"], out_a["logits"], y, batch["teacher_logits"], batch["labelled"],
-            alpha=s.alpha, temperature=s.temperature, beta=s.beta)
+            out["logits"],
+            out_a["logits"],
+            y,
+            batch["teacher_logits"],
+            batch["labelled"],
+            alpha=s.alpha,
+            temperature=s.temperature,
+            beta=s.beta,
+        )
         aux = dict(aux, acc_nat=_accuracy(out["logits"], y), acc_adv=_accuracy(out_a["logits"], y))
         return loss, (bs, aux)
 
@@ -313,9 +358,15 @@ def semi_student_step(state, batch, *, model, config):
 
 
 STEPS = {
-    "nat": nat_step, "adv": adv_step, "trades": trades_step, "trades_finetune": trades_step,
-    "ascl": ascl_step, "acl_pretrain": acl_pretrain_step, "linear_eval": linear_eval_step,
-    "semi_student": semi_student_step, "supcon": supcon_step,
+    "nat": nat_step,
+    "adv": adv_step,
+    "trades": trades_step,
+    "trades_finetune": trades_step,
+    "ascl": ascl_step,
+    "acl_pretrain": acl_pretrain_step,
+    "linear_eval": linear_eval_step,
+    "semi_student": semi_student_step,
+    "supcon": supcon_step,
 }
 
 
@@ -327,6 +378,7 @@ def make_train_step(config, model, *, jit=True, state_sharding=None, data_shardi
         return step
     kw = {}
     if state_sharding is not None:
-        kw = dict(in_shardings=(state_sharding, data_sharding),
-                  out_shardings=(state_sharding, state_sharding))
+        kw = dict(
+            in_shardings=(state_sharding, data_sharding), out_shardings=(state_sharding, state_sharding)
+        )
     return jax.jit(step, donate_argnums=(0,), **kw)

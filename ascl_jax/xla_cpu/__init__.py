@@ -29,6 +29,7 @@ path (their keyword arguments pick the variant); the switch decides whether the 
 
 This module imports nothing from JAX at import time (``flags`` must run before JAX starts).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,4 +49,5 @@ def enabled() -> bool:
     if not requested():
         return False
     import jax  # not at import time: flags.tune_cpu_flags runs before JAX is imported
+
     return jax.default_backend() == "cpu"

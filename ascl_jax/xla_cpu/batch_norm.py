@@ -22,6 +22,7 @@ tests/test_cpu_kernels.py):
 
 Every sum has a fixed order for a given shape (deterministic).
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,8 +53,9 @@ def channel_broadcast(v: jax.Array, shape: tuple[int, ...]) -> jax.Array:
 def normalize(x, mean, var, scale, bias, eps):
     """``(x - mean) * scale * rsqrt(var + eps) + bias``, per channel. x [..., C]; the rest [C]."""
     mul = scale * jax.lax.rsqrt(var + eps)
-    return ((x - channel_broadcast(mean, x.shape)) * channel_broadcast(mul, x.shape)
-            + channel_broadcast(bias, x.shape))
+    return (x - channel_broadcast(mean, x.shape)) * channel_broadcast(mul, x.shape) + channel_broadcast(
+        bias, x.shape
+    )
 
 
 def _train_forward(x, scale, bias, eps, kernel: bool):
@@ -69,8 +71,7 @@ def _train_forward(x, scale, bias, eps, kernel: bool):
         # Folded form x * mul + (bias - mean * mul): no x - mean for XLA to write to memory and
         # keep for the backward.
         mul = scale * jax.lax.rsqrt(var + eps)
-        y = (x * channel_broadcast(mul, x.shape)
-             + channel_broadcast(bias - mean * mul, x.shape))
+        y = x * channel_broadcast(mul, x.shape) + channel_broadcast(bias - mean * mul, x.shape)
         return y, mean, var
     return normalize(x, mean, var, scale, bias, eps), mean, var
 
@@ -99,16 +100,22 @@ def _train_bwd(eps, kernel, res, cts):
     else:
         xc = x - channel_broadcast(mean, x.shape)
         s1, s_gy_xc = channel_sum(gy), channel_sum(gy * xc)
-    dscale = s_gy_xc * rstd                          # sum(gy * xhat)
+    dscale = s_gy_xc * rstd  # sum(gy * xhat)
     a = scale * rstd
     b = -a * rstd * dscale / n + 2.0 * gvar / n
     c = -a * s1 / n + gmean / n
-    if kernel:   # folded as in the forward: a*gy + b*x + (c - b*mean)
-        dx = (gy * channel_broadcast(a, x.shape) + x * channel_broadcast(b, x.shape)
-              + channel_broadcast(c - b * mean, x.shape))
+    if kernel:  # folded as in the forward: a*gy + b*x + (c - b*mean)
+        dx = (
+            gy * channel_broadcast(a, x.shape)
+            + x * channel_broadcast(b, x.shape)
+            + channel_broadcast(c - b * mean, x.shape)
+        )
     else:
-        dx = (gy * channel_broadcast(a, x.shape) + xc * channel_broadcast(b, x.shape)
-              + channel_broadcast(c, x.shape))
+        dx = (
+            gy * channel_broadcast(a, x.shape)
+            + xc * channel_broadcast(b, x.shape)
+            + channel_broadcast(c, x.shape)
+        )
     return dx, dscale, s1
 
 
@@ -121,8 +128,7 @@ def train(x, scale, bias, eps, kernel: bool | None = None):
     per-channel sums use the C++ kernel; None = :func:`ascl_jax.xla_cpu.enabled` and
     :func:`ascl_jax.xla_cpu.kernels.available`."""
     if x.ndim != 4:
-        raise ValueError(f"xla_cpu.batch_norm.train expects NHWC input [B, H, W, C], got shape "
-                         f"{x.shape}")
+        raise ValueError(f"xla_cpu.batch_norm.train expects NHWC input [B, H, W, C], got shape {x.shape}")
     if kernel is None:
         kernel = xla_cpu.enabled() and kernels.available()
     return _train(x, scale, bias, eps, bool(kernel))

@@ -29,6 +29,7 @@ weight gradient's transposed read of the input. Input-gradient-only uses (attack
 Summation order is fixed for a given shape (XLA's convolutions and dots, the kernels' documented
 orders). Forward-mode autodiff (``jax.jvp``) through :func:`conv2d` is not available.
 """
+
 from __future__ import annotations
 
 import functools
@@ -42,13 +43,12 @@ from ascl_jax import xla_cpu
 from ascl_jax.xla_cpu import kernels
 
 PadPairs = tuple[tuple[int, int], tuple[int, int]]
-DIMENSION_NUMBERS = ('NHWC', 'HWIO', 'NHWC')
+DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 STEM_MAX_CHANNELS = 4
 
 
 def _xla_conv(x: jax.Array, w: jax.Array, stride: int, padding: PadPairs) -> jax.Array:
-    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding,
-                                        dimension_numbers=DIMENSION_NUMBERS)
+    return jax.lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DIMENSION_NUMBERS)
 
 
 def _weight_grad(x, w, stride, padding, dy):
@@ -65,13 +65,16 @@ def stem_input_grad(dy: jax.Array, w: jax.Array, x_shape, padding: PadPairs) -> 
     kh, kw, c, o = w.shape
     _, h, wd, _ = x_shape
     ho, wo = dy.shape[1], dy.shape[2]
-    cols = jnp.einsum('bhwo,ko->bhwk', dy, w.reshape(kh * kw * c, o))  # [B,H',W',k*k*C]
+    cols = jnp.einsum("bhwo,ko->bhwk", dy, w.reshape(kh * kw * c, o))  # [B,H',W',k*k*C]
     cols = cols.reshape(dy.shape[:3] + (kh, kw, c))
-    hp, wp = ho + kh - 1, wo + kw - 1                                    # padded input size
-    dxp = sum(jnp.pad(cols[:, :, :, i, j, :], ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
-              for i in range(kh) for j in range(kw))
+    hp, wp = ho + kh - 1, wo + kw - 1  # padded input size
+    dxp = sum(
+        jnp.pad(cols[:, :, :, i, j, :], ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
+        for i in range(kh)
+        for j in range(kw)
+    )
     (pt, _), (pl, _) = padding
-    return dxp[:, pt:pt + h, pl:pl + wd, :]
+    return dxp[:, pt : pt + h, pl : pl + wd, :]
 
 
 # _S2_SELECT[a, p, k] = 1 when tap k of the 3x3 kernel feeds phase p of dx from dy offset a
@@ -91,31 +94,35 @@ def stride2_input_grad(dy: jax.Array, w: jax.Array, x_shape) -> jax.Array:
     b, h, wd, c = x_shape
     o = w.shape[-1]
     sel = jnp.asarray(_S2_SELECT, w.dtype)
-    k = jnp.einsum('apk,bql,klco->abopqc', sel, sel, w).reshape(2, 2, o, 4 * c)
+    k = jnp.einsum("apk,bql,klco->abopqc", sel, sel, w).reshape(2, 2, o, 4 * c)
     dyp = jnp.pad(dy, ((0, 0), (0, 1), (0, 1), (0, 0)))
-    ph = _xla_conv(dyp, k, 1, ((0, 0), (0, 0)))                                # [B,H/2,W/2,4C]
+    ph = _xla_conv(dyp, k, 1, ((0, 0), (0, 0)))  # [B,H/2,W/2,4C]
     return ph.reshape(b, h // 2, wd // 2, 2, 2, c).transpose(0, 1, 3, 2, 4, 5).reshape(x_shape)
 
 
 def pointwise_input_grad(dy: jax.Array, w: jax.Array, x_shape, stride: int) -> jax.Array:
     """dx of a 1x1 stride-s unpadded conv: ``dy @ w^T`` on every s-th pixel, zeros elsewhere."""
     _, h, wd, _ = x_shape
-    core = jnp.einsum('bhwo,co->bhwc', dy, w[0, 0])
+    core = jnp.einsum("bhwo,co->bhwc", dy, w[0, 0])
     ho, wo = dy.shape[1], dy.shape[2]
-    cfg = [(0, 0, 0), (0, h - (ho - 1) * stride - 1, stride - 1),
-           (0, wd - (wo - 1) * stride - 1, stride - 1), (0, 0, 0)]
+    cfg = [
+        (0, 0, 0),
+        (0, h - (ho - 1) * stride - 1, stride - 1),
+        (0, wd - (wo - 1) * stride - 1, stride - 1),
+        (0, 0, 0),
+    ]
     return jax.lax.pad(core, jnp.zeros((), core.dtype), cfg)
 
 
 def _input_grad(kind, x, w, stride, padding, dy):
     """dx of :func:`_xla_conv`: the custom rule for ``kind`` (:func:`fast_grad_kind`), else XLA's."""
-    if kind == 'direct':
+    if kind == "direct":
         return kernels.conv3x3_input_grad(dy, w)
-    if kind == 'stem':
+    if kind == "stem":
         return stem_input_grad(dy, w, x.shape, padding)
-    if kind == 'stride2':
+    if kind == "stride2":
         return stride2_input_grad(dy, w, x.shape)
-    if kind == 'pointwise':
+    if kind == "pointwise":
         return pointwise_input_grad(dy, w, x.shape, stride)
     return jax.vjp(lambda x_: _xla_conv(x_, w, stride, padding), x)[1](dy)[0]
 
@@ -165,13 +172,12 @@ def _conv_cpu_fwd(x, w, stride, padding, kind, direct_fwd):
     # x, w: CustomVJPPrimal (symbolic_zeros=True), so we know whether w's gradient is wanted.
     # The direct kernels take x as a buffer already; XLA's weight gradient needs the barrier.
     xv = materialize(x.value) if w.perturbed and not direct_fwd else x.value
-    return (_forward(xv, w.value, stride, padding, direct_fwd),
-            (xv, w.value, x.perturbed, w.perturbed))
+    return (_forward(xv, w.value, stride, padding, direct_fwd), (xv, w.value, x.perturbed, w.perturbed))
 
 
 def _conv_cpu_bwd(stride, padding, kind, direct_fwd, res, dy):
     x, w, want_dx, want_dw = res
-    if isinstance(dy, SymbolicZero):                 # output unused: both gradients are zero
+    if isinstance(dy, SymbolicZero):  # output unused: both gradients are zero
         return None, None
     dx = _input_grad(kind, x, w, stride, padding, dy) if want_dx else None
     if not want_dw:
@@ -192,12 +198,11 @@ def fast_grad_kind(x_shape, w_shape, stride: int, padding: PadPairs) -> str | No
     kh, kw, c, _ = w_shape
     _, h, wd, _ = x_shape
     if stride == 1 and c <= STEM_MAX_CHANNELS:
-        return 'stem'
-    if (stride == 2 and (kh, kw) == (3, 3) and padding == ((1, 1), (1, 1))
-            and h % 2 == 0 and wd % 2 == 0):
-        return 'stride2'
+        return "stem"
+    if stride == 2 and (kh, kw) == (3, 3) and padding == ((1, 1), (1, 1)) and h % 2 == 0 and wd % 2 == 0:
+        return "stride2"
     if (kh, kw) == (1, 1) and padding == ((0, 0), (0, 0)) and stride > 1:
-        return 'pointwise'
+        return "pointwise"
     return None
 
 
@@ -208,9 +213,14 @@ def pad_pairs(x_shape, w_shape, stride: int, padding: PadPairs | str) -> PadPair
     return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
-def conv2d(x: jax.Array, w: jax.Array, stride: int = 1,
-           padding: PadPairs | str = ((0, 0), (0, 0)), *,
-           direct_kernels: bool | None = None) -> jax.Array:
+def conv2d(
+    x: jax.Array,
+    w: jax.Array,
+    stride: int = 1,
+    padding: PadPairs | str = ((0, 0), (0, 0)),
+    *,
+    direct_kernels: bool | None = None,
+) -> jax.Array:
     """``lax.conv_general_dilated`` in NHWC / HWIO with the gradients of the module doc:
     x [B,H,W,C], w [k,k,C,O] -> [B,H',W',O].
 
@@ -223,8 +233,11 @@ def conv2d(x: jax.Array, w: jax.Array, stride: int = 1,
     kind = fast_grad_kind(x.shape, w.shape, stride, padding)
     if direct_kernels is None:
         direct_kernels = xla_cpu.enabled() and kernels.conv3x3_available()
-    direct_fwd = bool(direct_kernels) and w.dtype == x.dtype and kernels.conv3x3_supported(
-        x.shape, w.shape, stride, padding, x.dtype)
-    if direct_fwd and kind is None and x.shape[-1] % 16 == 0:   # dx = conv3x3(dy, flipped w)
-        kind = 'direct'
+    direct_fwd = (
+        bool(direct_kernels)
+        and w.dtype == x.dtype
+        and kernels.conv3x3_supported(x.shape, w.shape, stride, padding, x.dtype)
+    )
+    if direct_fwd and kind is None and x.shape[-1] % 16 == 0:  # dx = conv3x3(dy, flipped w)
+        kind = "direct"
     return _conv_cpu(x, w, stride, padding, kind, direct_fwd)

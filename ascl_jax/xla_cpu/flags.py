@@ -13,6 +13,7 @@ It does so only when all of these hold, and otherwise leaves ``XLA_FLAGS`` untou
 The flag only concerns the CPU backend; numerical results are those of XLA's convolutions either way
 (up to float rounding).
 """
+
 import os
 
 from ascl_jax import xla_cpu
@@ -31,6 +32,7 @@ def tune_cpu_flags() -> bool:
         return False
     try:
         from importlib.metadata import version
+
         if not version("jaxlib").startswith(_KNOWN):
             return False
     except Exception:  # noqa: BLE001 - no metadata: leave XLA alone

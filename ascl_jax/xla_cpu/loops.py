@@ -21,6 +21,7 @@ Loop policy when :func:`ascl_jax.xla_cpu.enabled` (each an explicit argument of 
 With the switch off every function here leaves its input unchanged and the callers use their plain
 loop forms.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable
@@ -38,13 +39,13 @@ def _hwio_conv(lhs, rhs, params):
     if not isinstance(dn, jax.lax.ConvDimensionNumbers) or tuple(dn.rhs_spec) == hwio:
         return jax.lax.conv_general_dilated_p.bind(lhs, rhs, **params)
     perm = tuple(dn.rhs_spec[2:]) + (dn.rhs_spec[1], dn.rhs_spec[0])
-    new = dict(params, dimension_numbers=jax.lax.ConvDimensionNumbers(
-        tuple(dn.lhs_spec), hwio, tuple(dn.out_spec)))
+    new = dict(
+        params, dimension_numbers=jax.lax.ConvDimensionNumbers(tuple(dn.lhs_spec), hwio, tuple(dn.out_spec))
+    )
     return jax.lax.conv_general_dilated_p.bind(lhs, jax.lax.transpose(rhs, perm), **new)
 
 
-_CALL_PARAMS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr",
-                "core_call": "call_jaxpr"}
+_CALL_PARAMS = {"pjit": "jaxpr", "jit": "jaxpr", "closed_call": "call_jaxpr", "core_call": "call_jaxpr"}
 
 
 def _eval_canonical(jaxpr, consts, *args):
@@ -91,10 +92,12 @@ def canonicalize_convs(fun: Callable[..., Any]) -> Callable[..., Any]:
     custom_vjp) are left as they are. Meant for input gradients; a weight-gradient convolution
     gets its activation-sized right operand transposed (as XLA:CPU itself does at top level).
     """
+
     def wrapped(*args):
         closed, out_shape = jax.make_jaxpr(fun, return_shape=True)(*args)
         out = _eval_canonical(closed.jaxpr, closed.consts, *jax.tree.leaves(args))
         return jax.tree.unflatten(jax.tree.structure(out_shape), out)
+
     return wrapped
 
 

@@ -32,6 +32,7 @@ device; within one process, e.g. the tests' 8 simulated CPU devices, it does tha
 each device then computes the whole call); no compiler, or a failed build or load (one warning,
 naming the cause; the callers then use XLA's ops).
 """
+
 from __future__ import annotations
 
 import functools
@@ -50,12 +51,11 @@ import jax.numpy as jnp
 ENV_CACHE = "ASCL_JAX_KERNEL_CACHE"
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = (os.path.join(_HERE, "channel_sums.cc"), os.path.join(_HERE, "conv3x3.cc"))
-HEADERS = (os.path.join(_HERE, "work_queue.h"),)   # part of the build's cache key
-TARGET = "ascl_channel_sums"          # FFI target names and the library symbols of their handlers
+HEADERS = (os.path.join(_HERE, "work_queue.h"),)  # part of the build's cache key
+TARGET = "ascl_channel_sums"  # FFI target names and the library symbols of their handlers
 CONV_TARGET = "ascl_conv3x3"
 WGRAD_TARGET = "ascl_conv3x3_wgrad"
-_SYMBOLS = {TARGET: "AsclChannelSums", CONV_TARGET: "AsclConv3x3",
-            WGRAD_TARGET: "AsclConv3x3Wgrad"}
+_SYMBOLS = {TARGET: "AsclChannelSums", CONV_TARGET: "AsclConv3x3", WGRAD_TARGET: "AsclConv3x3Wgrad"}
 CXX_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
@@ -95,6 +95,7 @@ def include_dir() -> str:
     if fn is not None:
         return fn()
     import jaxlib
+
     path = os.path.join(os.path.dirname(jaxlib.__file__), "include")
     if os.path.isfile(os.path.join(path, "xla", "ffi", "api", "ffi.h")):
         return path
@@ -108,13 +109,18 @@ def library_path(cxx: str) -> str:
         with open(src, "rb") as f:
             source += f.read() + b"\0"
     try:
-        cxx_version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
-                                     timeout=30).stdout
+        cxx_version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError):
         cxx_version = ""
     h = hashlib.sha256()
-    for part in (source, cxx.encode(), " ".join(CXX_FLAGS).encode(), cxx_version.encode(),
-                 importlib.metadata.version("jaxlib").encode(), _cpu_signature().encode()):
+    for part in (
+        source,
+        cxx.encode(),
+        " ".join(CXX_FLAGS).encode(),
+        cxx_version.encode(),
+        importlib.metadata.version("jaxlib").encode(),
+        _cpu_signature().encode(),
+    ):
         h.update(part)
         h.update(b"\0")
     return os.path.join(cache_dir(), f"libascl_cpu_kernels-{h.hexdigest()[:20]}.so")
@@ -151,16 +157,19 @@ def load() -> bool:
     """Builds (if needed), loads and registers the kernels once per process; False on failure."""
     try:
         import ctypes
+
         lib = ctypes.cdll.LoadLibrary(build())
         _VECTORIZED["conv3x3"] = bool(lib.AsclConv3x3Vectorized())
         for target, symbol in _SYMBOLS.items():
-            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                        platform="cpu")
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
         return True
     except Exception as e:  # noqa: BLE001 - any failure means: use XLA's ops instead
-        warnings.warn(f"ascl_jax.xla_cpu.kernels: not using the C++ kernels ({e}); falling back "
-                      "to XLA's ops (ASCL_JAX_CPU_FAST=0 turns the CPU speed layer off)",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"ascl_jax.xla_cpu.kernels: not using the C++ kernels ({e}); falling back "
+            "to XLA's ops (ASCL_JAX_CPU_FAST=0 turns the CPU speed layer off)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
         return False
 
 
@@ -174,8 +183,10 @@ def available() -> bool:
 
 def _require_loaded(name: str) -> None:
     if not load():
-        raise RuntimeError(f"xla_cpu.kernels.{name}: the C++ kernels could not be built or loaded "
-                           "(see the warning above); use the XLA paths instead")
+        raise RuntimeError(
+            f"xla_cpu.kernels.{name}: the C++ kernels could not be built or loaded "
+            "(see the warning above); use the XLA paths instead"
+        )
 
 
 def channel_sums(a: jax.Array, b: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -186,12 +197,17 @@ def channel_sums(a: jax.Array, b: jax.Array, shift: jax.Array) -> tuple[jax.Arra
     count.
     """
     if a.shape != b.shape or shift.shape != a.shape[-1:]:
-        raise ValueError(f"channel_sums: a, b must be [..., C] of one shape and shift [C]; got "
-                         f"{a.shape}, {b.shape}, {shift.shape}")
+        raise ValueError(
+            f"channel_sums: a, b must be [..., C] of one shape and shift [C]; got "
+            f"{a.shape}, {b.shape}, {shift.shape}"
+        )
     _require_loaded("channel_sums")
     out = jax.ShapeDtypeStruct(a.shape[-1:], jnp.float32)
-    return tuple(jax.ffi.ffi_call(TARGET, (out, out), vmap_method="sequential")(
-        a.astype(jnp.float32), b.astype(jnp.float32), shift.astype(jnp.float32)))
+    return tuple(
+        jax.ffi.ffi_call(TARGET, (out, out), vmap_method="sequential")(
+            a.astype(jnp.float32), b.astype(jnp.float32), shift.astype(jnp.float32)
+        )
+    )
 
 
 def conv3x3_available() -> bool:
@@ -204,9 +220,16 @@ def conv3x3_supported(x_shape, w_shape, stride: int, padding, dtype) -> bool:
     """Whether :func:`conv3x3` computes ``conv_general_dilated(x, w, stride, padding)`` (NHWC, HWIO):
     a 3x3 kernel, stride 1, one pixel of zero padding on each side, float32, 16k output channels.
     Shape test only (callers also check :func:`conv3x3_available`)."""
-    return (len(x_shape) == 4 and tuple(w_shape[:2]) == (3, 3) and stride == 1
-            and tuple(map(tuple, padding)) == ((1, 1), (1, 1)) and w_shape[2] == x_shape[3]
-            and w_shape[3] % 16 == 0 and w_shape[3] > 0 and jnp.dtype(dtype) == jnp.float32)
+    return (
+        len(x_shape) == 4
+        and tuple(w_shape[:2]) == (3, 3)
+        and stride == 1
+        and tuple(map(tuple, padding)) == ((1, 1), (1, 1))
+        and w_shape[2] == x_shape[3]
+        and w_shape[3] % 16 == 0
+        and w_shape[3] > 0
+        and jnp.dtype(dtype) == jnp.float32
+    )
 
 
 def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -215,8 +238,10 @@ def conv3x3(x: jax.Array, w: jax.Array) -> jax.Array:
     ((1, 1), (1, 1)))`` up to float rounding. Not differentiable by itself (:mod:`ascl_jax.xla_cpu.conv`
     holds the rules)."""
     if not conv3x3_supported(x.shape, w.shape, 1, ((1, 1), (1, 1)), x.dtype) or w.dtype != x.dtype:
-        raise ValueError(f"conv3x3: needs x [N, H, W, Ci] and w [3, 3, Ci, 16k], float32; got "
-                         f"{x.shape} {x.dtype}, {w.shape} {w.dtype}")
+        raise ValueError(
+            f"conv3x3: needs x [N, H, W, Ci] and w [3, 3, Ci, 16k], float32; got "
+            f"{x.shape} {x.dtype}, {w.shape} {w.dtype}"
+        )
     _require_loaded("conv3x3")
     out = jax.ShapeDtypeStruct(x.shape[:3] + w.shape[3:], jnp.float32)
     return jax.ffi.ffi_call(CONV_TARGET, out, vmap_method="sequential")(x, w)
@@ -233,10 +258,18 @@ def conv3x3_weight_grad(x: jax.Array, dy: jax.Array) -> jax.Array:
     -> dw [3, 3, Ci, Co], ``dw[a, b, i, o] = sum_{n, h, v} xpad[n, h + a, v + b, i] dy[n, h, v, o]``.
     Summed per image in float32 registers, then over fixed blocks of images in block order
     (deterministic for a given shape)."""
-    if (x.ndim != 4 or dy.ndim != 4 or x.shape[:3] != dy.shape[:3] or dy.shape[3] % 16
-            or x.dtype != jnp.float32 or dy.dtype != jnp.float32):
-        raise ValueError(f"conv3x3_weight_grad: needs x [N, H, W, Ci] and dy [N, H, W, 16k], "
-                         f"float32; got {x.shape} {x.dtype}, {dy.shape} {dy.dtype}")
+    if (
+        x.ndim != 4
+        or dy.ndim != 4
+        or x.shape[:3] != dy.shape[:3]
+        or dy.shape[3] % 16
+        or x.dtype != jnp.float32
+        or dy.dtype != jnp.float32
+    ):
+        raise ValueError(
+            f"conv3x3_weight_grad: needs x [N, H, W, Ci] and dy [N, H, W, 16k], "
+            f"float32; got {x.shape} {x.dtype}, {dy.shape} {dy.dtype}"
+        )
     _require_loaded("conv3x3_weight_grad")
     out = jax.ShapeDtypeStruct((3, 3, x.shape[3], dy.shape[3]), jnp.float32)
     return jax.ffi.ffi_call(WGRAD_TARGET, out, vmap_method="sequential")(x, dy)
