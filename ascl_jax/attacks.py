@@ -28,7 +28,8 @@ goes through ``canonicalize_convs`` and the steps run as a ``lax.fori_loop`` ove
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

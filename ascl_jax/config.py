@@ -17,7 +17,8 @@ from __future__ import annotations
 import importlib.util
 import numbers
 import pathlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import ml_collections
 import numpy as np
@@ -161,7 +162,8 @@ def base_config() -> ml_collections.ConfigDict:
     )
     c.loss = ml_collections.ConfigDict(
         dict(
-            # AT / ASCL: L = nat_ce_weight*CE(nat) + adv_ce_weight*CE(adv) + scl_weight*L_SCL + vat_weight*L_VAT
+            # AT / ASCL: L = nat_ce_weight*CE(nat) + adv_ce_weight*CE(adv)
+            #              + scl_weight*L_SCL + vat_weight*L_VAT
             nat_ce_weight=1.0,
             adv_ce_weight=1.0,
             scl_weight=1.0,

@@ -45,8 +45,8 @@ def main(argv):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("ascl_jax: %(message)s"))
     ours.addHandler(handler)
-    from ascl_jax import train, workdir
     from ascl_jax import config as config_lib
+    from ascl_jax import train, workdir
 
     try:
         if _MODE.value == "train":

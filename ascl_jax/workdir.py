@@ -28,7 +28,8 @@ import json
 import logging
 import os
 import time
-from typing import Any, Mapping, TypedDict
+from collections.abc import Mapping
+from typing import Any, TypedDict
 
 import jax
 import ml_collections
@@ -294,7 +295,7 @@ def summary(results: dict) -> dict:
 
 
 def _utc_timestamp(workdir: str) -> str:
-    ts = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    ts = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out, i = ts, 1
     while os.path.exists(os.path.join(workdir, f"eval.{out}.json")):
         out, i = f"{ts}-{i}", i + 1

@@ -194,7 +194,7 @@ def run_jax(args) -> dict:
             unroll, canon = _form(form)
             unroll = args.steps if unroll is None else unroll  # 'unroll': every step unrolled
             f = jax.jit(lambda p, s, xb, yb, k, u=unroll, c=canon: pgd(p, s, xb, yb, k, u, c))
-            record(f"pgd_{form}", lambda: f(params, batch_stats, x, y, ka).block_until_ready(), b)
+            record(f"pgd_{form}", lambda f=f: f(params, batch_stats, x, y, ka).block_until_ready(), b)
     if "trainbn" in rows:
         f = jax.jit(lambda p, s, xb, yb, k: pgd(p, s, xb, yb, k, bn_mode="train"))
         record("trainbn_pgd", lambda: f(params, batch_stats, x, y, ka).block_until_ready(), b)

@@ -11,7 +11,6 @@ import json
 
 import torch
 import torch.nn.functional as F
-
 from timing import median_ms  # bench/timing.py, beside this script
 
 ap = argparse.ArgumentParser()

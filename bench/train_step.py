@@ -35,13 +35,13 @@ if not args.default_xla_flags:
     xla_flags.tune_cpu_flags()
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from timing import median_ms  # noqa: E402  (bench/timing.py, beside this script)
 
-from ascl_jax import models, parallel  # noqa: E402
 from ascl_jax import config as config_lib  # noqa: E402
+from ascl_jax import models, parallel  # noqa: E402
 from ascl_jax.train import steps as train_steps  # noqa: E402
 from ascl_jax.train.optim import make_optimizer  # noqa: E402
 from ascl_jax.train.state import create_train_state  # noqa: E402
-from timing import median_ms  # noqa: E402  (bench/timing.py, beside this script)
 
 
 def jax_step_figures():
@@ -117,11 +117,13 @@ def main():
     t = torch_figures()
     print(f"ASCL Leaked PGD-10 train step, ResNet-20, batch {args.batch}")
     print(
-        f"  JAX    : {j['ascl_img_per_s']:8.1f} img/s  ({j['ascl_step_ms']:.0f} ms/step, compile {j['compile_s']:.1f} s, {j['devices']} device(s))"
+        f"  JAX    : {j['ascl_img_per_s']:8.1f} img/s  ({j['ascl_step_ms']:.0f} ms/step, "
+        f"compile {j['compile_s']:.1f} s, {j['devices']} device(s))"
     )
     if t:
         print(
-            f"  PyTorch: {t['ascl_img_per_s']:8.1f} img/s  ({t['ascl_step_ms']:.0f} ms/step, torch {t['torch']}, channels-last, {t['threads']} threads)"
+            f"  PyTorch: {t['ascl_img_per_s']:8.1f} img/s  ({t['ascl_step_ms']:.0f} ms/step, "
+            f"torch {t['torch']}, channels-last, {t['threads']} threads)"
         )
         print(f"  ratio JAX/PyTorch: {j['ascl_img_per_s'] / t['ascl_img_per_s']:.2f}")
     print(

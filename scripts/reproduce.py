@@ -160,7 +160,8 @@ PAPER_TABLES = [
     (
         "ASCL Table 2 (CIFAR-10/100, ResNet-20)",
         "configs/ascl_table2.py:row=ours,dataset=cifar10",
-        "rows adv / trades / ours; nat/PGD/mPGD/AA CIFAR-10: ADV 78.8/48.1/36.4/36.1, TRADES 76.1/51.9/38.2/36.3, "
+        "rows adv / trades / ours; nat/PGD/mPGD/AA CIFAR-10: ADV 78.8/48.1/36.4/36.1, "
+        "TRADES 76.1/51.9/38.2/36.3, "
         "ours 75.5/53.7/41.0/42.0; CIFAR-100 ours 59.0/42.5/31.1/31.9",
         "resnet20",
         200,
@@ -243,7 +244,8 @@ def write_report(reports):
         "first 360 test images (PGD-20 latents). These are small-scale checks of the papers' orderings, "
         "not their numbers.",
         "",
-        "| run | clean | PGD-20 | AA-fast | R-DIV | positives/anchor | negatives/anchor | train img/s | wall s |",
+        "| run | clean | PGD-20 | AA-fast | R-DIV | positives/anchor | negatives/anchor | train img/s "
+        "| wall s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, r in reports.items():

@@ -199,7 +199,7 @@ def test_augment_ops_keep_range_shape_and_are_deterministic():
     gray = aug._grayscale_like(img).numpy()
     np.testing.assert_allclose(gray[..., 0], gray[..., 2])
     out = aug.simclr(img[..., :1], seed, flip=False).numpy()
-    assert out.shape == (32, 32, 1) and 0 <= out.min() and out.max() <= 1
+    assert out.shape == (32, 32, 1) and out.min() >= 0 and out.max() <= 1
 
 
 def test_resized_crop_box_within_image_and_scale():
@@ -223,16 +223,16 @@ def test_cifar_mock_data_crop_flip_simclr_eval(name, num_classes):
         assert data.dataset_info(cfg)["num_classes"] == num_classes
         b = next(data.make_train_iterator(cfg, seed=0))
         assert b["image"].shape == (16, 32, 32, 3) and b["image"].dtype == np.float32
-        assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
+        assert b["image"].min() >= 0.0 and b["image"].max() <= 1.0
         assert b["label"].max() < num_classes and b["index"].max() < 48
         cfg.update(augment="simclr", num_views=2)
         it = data.make_train_iterator(cfg, seed=0, start_step=2)
         b = next(it)
         assert b["image"].shape == (16, 2, 32, 32, 3)
-        assert 0.0 <= b["image"].min() and b["image"].max() <= 1.0
+        assert b["image"].min() >= 0.0 and b["image"].max() <= 1.0
         x, y = data.load_eval_arrays(cfg, "test", num_examples=20)
         assert x.shape == (20, 32, 32, 3) and y.shape == (20,)
-        assert 0.0 <= x.min() and x.max() <= 1.0
+        assert x.min() >= 0.0 and x.max() <= 1.0
         cfg.update(num_train=40, train_split="train[:40]", label_fraction=0.25)
         lab, unl = data.label_split(cfg)
         assert len(lab) == 10 and len(unl) == 30

@@ -124,7 +124,7 @@ def test_apgd_checkpoints_match_reference_schedule():
     its = [i for i, _ in aa.apgd_checkpoints(100)]
     assert its == [21, 40, 56, 69, 79, 86, 92, 98]
     # p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) with p_0 = 0, p_1 = 0.22
-    p, out = [0.0, 0.22], []
+    p = [0.0, 0.22]
     while p[-1] <= 1.0:
         p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
     assert [int(round(q * 100)) - 1 for q in p[1:] if q <= 1.0] == its

@@ -370,7 +370,7 @@ def test_gradient_vs_numpy_finite_differences(similarity):
         g = np.asarray(g)
     assert np.all(g[0] == 0.0)
     h = 1e-6
-    for k in range(3):
+    for _ in range(3):
         v = rng.normal(size=z.shape)
         fp = np_contrastive(z + h * v, pos, neg, similarity, 0.3, normalize)[0]
         fm = np_contrastive(z - h * v, pos, neg, similarity, 0.3, normalize)[0]

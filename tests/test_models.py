@@ -70,7 +70,7 @@ def _perturb(variables, seed=1):
     def perturb(variables):
         leaves, treedef = jax.tree.flatten(variables)
         keys = jax.random.split(jax.random.key(seed), len(leaves))
-        new = [l + 0.1 * jax.random.uniform(k, l.shape, l.dtype) for l, k in zip(leaves, keys)]
+        new = [leaf + 0.1 * jax.random.uniform(k, leaf.shape, leaf.dtype) for leaf, k in zip(leaves, keys)]
         return jax.tree.unflatten(treedef, new)
 
     return perturb(variables)

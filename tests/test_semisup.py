@@ -44,6 +44,7 @@ def test_semi_supervised_loss_matches_reference(seed, T):
 
 def test_semi_supervised_routine_runs_and_resumes(tmp_path):
     from test_train import load_config
+
     from ascl_jax import train
 
     c = load_config("acl_semisup", "smoke")

@@ -2,7 +2,7 @@
 
 import json
 import os
-import shutil
+import pathlib
 
 import chex
 import jax
@@ -15,8 +15,6 @@ from ascl_jax import config as config_lib
 from ascl_jax.train import steps as train_steps
 from ascl_jax.train.optim import make_optimizer
 from ascl_jax.train.state import create_train_state
-
-import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

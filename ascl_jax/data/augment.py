@@ -24,7 +24,7 @@ This module imports TensorFlow at import time; ``ascl_jax.data.pipeline`` import
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import tensorflow as tf
 

@@ -19,7 +19,8 @@ step ``k`` on. The map runs with ``num_parallel_calls=AUTOTUNE, deterministic=Tr
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 

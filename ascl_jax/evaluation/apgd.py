@@ -139,16 +139,16 @@ def apgd_program(
         momentum = s["x_adv"] - s["x_old"]
         z = project_linf(s["x_adv"] + broadcast_rows(s["step"], x) * jnp.sign(s["g"]), x, eps)
         z = project_linf(s["x_adv"] + a * (z - s["x_adv"]) + (1.0 - a) * momentum, x, eps)
-        l, ok, g = loss_grad(lf, z, y, s["target"])
+        loss, ok, g = loss_grad(lf, z, y, s["target"])
         s = dict(s, x_old=s["x_adv"], x_adv=z, g=g)
         s["x_found"] = jnp.where(broadcast_rows(~ok & s["ok"], x), z, s["x_found"])
         s["ok"] = s["ok"] & ok
-        s["n_incr"] = s["n_incr"] + (l > s["loss_prev"]).astype(jnp.float32)
-        s["loss_prev"] = l
-        better = l > s["loss_best"]
+        s["n_incr"] = s["n_incr"] + (loss > s["loss_prev"]).astype(jnp.float32)
+        s["loss_prev"] = loss
+        better = loss > s["loss_best"]
         s["x_best"] = jnp.where(broadcast_rows(better, x), z, s["x_best"])
         s["g_best"] = jnp.where(broadcast_rows(better, x), g, s["g_best"])
-        s["loss_best"] = jnp.where(better, l, s["loss_best"])
+        s["loss_best"] = jnp.where(better, loss, s["loss_best"])
         # Step-size checkpoint: halve and restart from the best point on oscillation / no progress.
         c = is_ck[i]
         osc = s["n_incr"] <= k_of[i] * rho

@@ -17,7 +17,7 @@ captured constants.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -126,7 +126,7 @@ def get_engine(
     mesh=None,
     progress: bool = True,
     unroll: int | None = None,
-) -> "Engine":
+) -> Engine:
     """An Engine for ``logits_fn``, reused across calls so that its compiled stages are too.
 
     The cache key is the function (its code and the objects its closure holds, see ``_fn_key``), the
@@ -288,7 +288,7 @@ class Engine:
         n_cls = None
         bar = _progress(x.shape[0], desc, self.progress if progress is None else progress)
         n_ok = done = 0
-        for r, valid, n in parallel.padded_index_batches(np.arange(x.shape[0]), self.batch_size):
+        for r, _, n in parallel.padded_index_batches(np.arange(x.shape[0]), self.batch_size):
             pred, k = fn(self.params, parallel.put_global(x[r], self.data))
             pred = _get(pred)[:n]
             out[r[:n]] = pred

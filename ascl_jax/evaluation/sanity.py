@@ -166,7 +166,7 @@ def run_checks(
 
     # Black-box Square is not much stronger than the white-box attacks.
     aa_std = None
-    for name, det in ((results or {}).get("autoattack") or {}).items():
+    for det in ((results or {}).get("autoattack") or {}).values():
         if "square" in det["components"] and len(det["components"]) > 1:
             aa_std = det
     if aa_std is not None:

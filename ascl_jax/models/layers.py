@@ -23,7 +23,7 @@ Linear layers always use the PyTorch default (``'torch'``) unless a caller passe
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -32,7 +32,6 @@ import jax.numpy as jnp
 from ascl_jax import xla_cpu
 from ascl_jax.config import CONV_INITS
 from ascl_jax.xla_cpu import conv as cpu_conv
-
 
 Initializer = Callable[..., jax.Array]
 

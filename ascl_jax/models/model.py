@@ -21,7 +21,8 @@ Variable tree: ``params/{encoder, head, classifier}`` (no ``head`` for ``'identi
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax

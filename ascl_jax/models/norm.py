@@ -28,7 +28,8 @@ layer is on (:func:`ascl_jax.xla_cpu.enabled`), the same arithmetic is computed 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax

@@ -25,7 +25,7 @@ sets no init; pass ``conv_init='torch'`` in the model config to reproduce that i
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax

@@ -14,8 +14,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from ascl_jax import checkpointing, parallel, workdir as workdir_lib
+from ascl_jax import checkpointing, parallel
 from ascl_jax import config as config_lib
+from ascl_jax import workdir as workdir_lib
 from ascl_jax.train import run_eval
 from ascl_jax.train import steps as train_steps
 from ascl_jax.train.setup import (

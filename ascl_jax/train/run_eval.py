@@ -13,7 +13,8 @@ import os
 
 import jax
 
-from ascl_jax import analysis, attacks, data, evaluation, parallel, workdir as workdir_lib
+from ascl_jax import analysis, attacks, data, evaluation, parallel
+from ascl_jax import workdir as workdir_lib
 from ascl_jax.train.setup import restore_run
 
 

@@ -22,8 +22,9 @@ import os
 import jax
 import numpy as np
 
-from ascl_jax import checkpointing, data, parallel, workdir as workdir_lib
+from ascl_jax import checkpointing, data, parallel
 from ascl_jax import config as config_lib
+from ascl_jax import workdir as workdir_lib
 from ascl_jax.train.loop import train_and_evaluate
 from ascl_jax.train.setup import restore_run, total_steps
 

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import optax
 
-from ascl_jax import checkpointing, data, models, parallel, workdir as workdir_lib
+from ascl_jax import checkpointing, data, models, parallel
+from ascl_jax import workdir as workdir_lib
 from ascl_jax.train import steps as train_steps
 from ascl_jax.train.optim import make_optimizer
 from ascl_jax.train.state import create_train_state, init_variables
