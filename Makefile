@@ -20,4 +20,6 @@ demo: install
 	$(BIN)/python -m ascl_jax.main --config configs/default.py --workdir $(WORKDIR)
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 -q tests

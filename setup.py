@@ -29,6 +29,11 @@ setuptools.setup(
         "tqdm>=4.66",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "pytest-xdist>=3.5"],
+        "test": [
+            "pytest>=8",
+            "hypothesis>=6.100",
+            "pytest-xdist>=3.5",
+            "ruff==0.17.6",  # pinned: its formatter's output is part of `make test`
+        ],
     },
 )

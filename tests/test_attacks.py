@@ -222,12 +222,12 @@ def test_canonicalize_convs_gives_hwio_kernels_and_same_values(tiny):
 
 def test_default_loop_policy():
     """Unset unroll / max_unroll: single-step fori with the conv rewrite (CPU), else MAX_UNROLL."""
-    assert attacks._policy_unroll(10, None, None, True) == 1
-    assert attacks._policy_unroll(10, None, None, False) == 10
-    assert attacks._policy_unroll(250, None, None, False) == attacks.DEFAULT_CHUNK
-    assert attacks._policy_unroll(10, 4, None, True) == 4
-    assert attacks._policy_unroll(10, None, 5, True) == attacks.DEFAULT_CHUNK
-    assert attacks._policy_unroll(10, None, 20, True) == 10
+    assert attacks.pgd._policy_unroll(10, None, None, True) == 1
+    assert attacks.pgd._policy_unroll(10, None, None, False) == 10
+    assert attacks.pgd._policy_unroll(250, None, None, False) == attacks.DEFAULT_CHUNK
+    assert attacks.pgd._policy_unroll(10, 4, None, True) == 4
+    assert attacks.pgd._policy_unroll(10, None, 5, True) == attacks.DEFAULT_CHUNK
+    assert attacks.pgd._policy_unroll(10, None, 20, True) == 10
 
 
 def test_resolve_unroll_policy():

@@ -9,8 +9,10 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PKG = ROOT / "ascl_jax"
-# Modules that hold one kind of thing may be longer (as optax's loss files are).
 MAX_LINES = 500
+# Modules that hold one kind of thing may be longer (as optax's loss files are): the config schema
+# (every field, its default and its check).
+LONG_MODULES = {"ascl_jax.config"}
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -139,7 +141,7 @@ def test_no_private_names_of_other_modules():
 
 def test_module_sizes():
     too_long = {n: len(p.read_text().splitlines()) for n, p in _modules().items()}
-    too_long = {n: k for n, k in too_long.items() if k > MAX_LINES}
+    too_long = {n: k for n, k in too_long.items() if k > MAX_LINES and n not in LONG_MODULES}
     assert not too_long, too_long
 
 
@@ -149,6 +151,7 @@ SPEED_LAYER_POINTS = {
     "ascl_jax.models.layers",
     "ascl_jax.models.norm",
     "ascl_jax.attacks",
+    "ascl_jax.attacks.pgd",
     "ascl_jax.evaluation.programs",
     "ascl_jax.losses.similarity",
 }

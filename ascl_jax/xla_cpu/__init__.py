@@ -12,7 +12,7 @@ The rest of the library consults it at these points only, and calls plain JAX / 
 - ``models.layers.Conv``: :func:`ascl_jax.xla_cpu.conv.conv2d` instead of ``lax.conv_general_dilated``.
 - ``models.norm.BatchNorm`` (NHWC input): :func:`ascl_jax.xla_cpu.batch_norm.train` (train mode) and
   :func:`ascl_jax.xla_cpu.batch_norm.normalize` (running statistics) instead of the plain arithmetic.
-- ``attacks`` (``pgd_linf``, ``fgsm``, ``multi_targeted_pgd``) and the evaluation loops
+- ``attacks.pgd`` (``pgd_linf``, ``fgsm``, ``multi_targeted_pgd``) and the evaluation loops
   (``evaluation.programs.chunked_loop``): :mod:`ascl_jax.xla_cpu.loops` (convolution
   canonicalisation in loop bodies and the loop form).
 - ``losses.similarity``: the default block size of the blocked pairwise distances (memory only).
