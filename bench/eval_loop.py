@@ -7,7 +7,7 @@ default 100) and PGD (``--pgd-steps``, default 50; step eps/4), as the evaluatio
 (``evaluation.autoattack.component_program`` / ``evaluation.pgd.pgd_program``). Loop forms:
 
   device      ``Engine.stage`` / ``run_stage``: init, then one ``lax.while_loop`` over single
-              iterations (``autoattack.run_program``; with the CPU speed layer on, each loop body
+              iterations (``programs.run_program``; with the CPU speed layer on, each loop body
               goes through ``xla_cpu.loops.canonicalize_convs``), then the verification, all one
               compiled call per batch.
   host<k>     the alternative the engine does not use: the host dispatches compiled chunks of k
