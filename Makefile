@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/default
 
-.PHONY: demo test install
+.PHONY: demo test install notebook
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -23,3 +23,8 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -q --doctest-modules ascl_jax/losses ascl_jax/attacks ascl_jax/evaluation/runner.py ascl_jax/evaluation/autoattack_driver.py
+
+# Re-executes the example notebook and saves its outputs (commit the result).
+notebook: install
+	$(BIN)/python examples/run_notebook.py examples/ascl_losses.ipynb

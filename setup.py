@@ -34,6 +34,9 @@ setuptools.setup(
             "hypothesis>=6.100",
             "pytest-xdist>=3.5",
             "ruff==0.17.6",  # pinned: its formatter's output is part of `make test`
+            "nbclient>=0.10",  # tests/test_notebook.py and `make notebook` execute the example notebook
+            "nbformat>=5.10",
+            "ipykernel>=6.29",
         ],
     },
 )

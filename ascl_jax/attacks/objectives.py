@@ -26,6 +26,18 @@ def ce_objective(logits_fn: LogitsFn, labels: Array) -> Objective:
     """Untargeted cross-entropy CE(logits_fn(x), labels) per example [B] (AT; SPEC 1.6).
 
     labels: int [B]. The sum is the reference's ``CE(..., reduction='sum')``.
+
+    Example (a two-class linear ``logits_fn`` on the mean pixel; at mean 0.5 both logits are 0)::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import attacks
+        >>> def logits_fn(x):  # [B, H, W, C] -> [B, 2]: class 1 iff the mean pixel exceeds 0.5
+        ...     m = x.mean(axis=(1, 2, 3))
+        ...     return 10 * jnp.stack([0.5 - m, m - 0.5], axis=-1)
+        >>> objective = attacks.ce_objective(logits_fn, jnp.array([0, 1]))
+        >>> values = objective(jnp.full((2, 2, 2, 1), 0.5))  # [B] = [2]
+        >>> [round(v, 4) for v in values.tolist()]
+        [0.6931, 0.6931]
     """
 
     def objective(x):
@@ -145,6 +157,20 @@ def model_forward(
     the running-statistics update discarded (ASCL's training attack runs in train mode, SPEC 1.6,
     but here the updates are not kept: deepmind ``test_local_stats``), which couples the rows of
     a batch.
+
+    Example (the tiny model of :func:`ascl_jax.models.build_model` on 8x8 grey images)::
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import attacks, models
+        >>> model = models.build_model(dict(arch="tiny"), num_classes=3, image_shape=(8, 8, 1))
+        >>> x = jnp.full((2, 8, 8, 1), 0.5)
+        >>> variables = model.init(jax.random.key(0), x, train=False)
+        >>> logits_fn = attacks.model_forward(model, variables, bn_mode="eval")
+        >>> logits_fn(x).shape
+        (2, 3)
+        >>> sorted(attacks.model_forward(model, variables, output=None)(x))
+        ['logits', 'proj', 'z']
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")

@@ -119,6 +119,24 @@ def pgd_linf(
     ``step_size`` may be traced; ``num_steps``, ``init``, ``random_start``, ``unroll`` are static.
 
     Returns ``stop_gradient(x_adv)`` [B, H, W, C].
+
+    Example::
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import attacks
+        >>> def logits_fn(x):  # [B, H, W, C] -> [B, 2]: class 1 iff the mean pixel exceeds 0.5
+        ...     m = x.mean(axis=(1, 2, 3))
+        ...     return 10 * jnp.stack([0.5 - m, m - 0.5], axis=-1)
+        >>> x = jnp.ones((2, 4, 4, 1)) * jnp.array([0.3, 0.45])[:, None, None, None]  # [B, 4, 4, 1]
+        >>> y = jnp.array([0, 0])  # both correct; only the second is within 0.1 of the boundary
+        >>> x_adv = attacks.pgd_linf(
+        ...     attacks.ce_objective(logits_fn, y), x, jax.random.key(0), eps=0.1, step_size=0.05, num_steps=5
+        ... )
+        >>> x_adv.shape, bool(jnp.abs(x_adv - x).max() <= 0.1 + 1e-6)
+        ((2, 4, 4, 1), True)
+        >>> logits_fn(x_adv).argmax(-1).tolist()  # the second image is now misclassified
+        [0, 1]
     """
     check_images(x)
     check_nonneg(eps, "eps")
@@ -199,6 +217,20 @@ def fgsm(objective: Objective, x: Array, *, eps, canonicalize: bool | None = Non
 
     x [B, H, W, C] in [0, 1] -> stop_gradient(x_adv) [B, H, W, C]; eps == 0 returns x.
     ``canonicalize`` as in ``pgd_linf`` (matters when the caller runs FGSM inside a loop).
+
+    Example (the setting of :func:`pgd_linf`'s example; one step of size eps)::
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import attacks
+        >>> def logits_fn(x):  # [B, H, W, C] -> [B, 2]: class 1 iff the mean pixel exceeds 0.5
+        ...     m = x.mean(axis=(1, 2, 3))
+        ...     return 10 * jnp.stack([0.5 - m, m - 0.5], axis=-1)
+        >>> x = jnp.ones((2, 4, 4, 1)) * jnp.array([0.3, 0.45])[:, None, None, None]  # [B, 4, 4, 1]
+        >>> y = jnp.array([0, 0])  # both correct; only the second is within 0.1 of the boundary
+        >>> x_adv = attacks.fgsm(attacks.ce_objective(logits_fn, y), x, eps=0.1)
+        >>> x_adv.shape, logits_fn(x_adv).argmax(-1).tolist()
+        ((2, 4, 4, 1), [0, 1])
     """
     check_images(x)
     check_nonneg(eps, "eps")
@@ -254,6 +286,22 @@ def multi_targeted_pgd(
     pass, more memory). With a threefry key the result does not depend on g (RBG keys draw
     differently under vmap). With BN in eval mode each example is independent of the rest of the
     batch; with ``bn_mode='train'`` each run normalises with its own batch statistics.
+
+    Example (the setting of :func:`pgd_linf`'s example; with two classes there is one target)::
+
+        >>> import jax
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import attacks
+        >>> def logits_fn(x):  # [B, H, W, C] -> [B, 2]: class 1 iff the mean pixel exceeds 0.5
+        ...     m = x.mean(axis=(1, 2, 3))
+        ...     return 10 * jnp.stack([0.5 - m, m - 0.5], axis=-1)
+        >>> x = jnp.ones((2, 4, 4, 1)) * jnp.array([0.3, 0.45])[:, None, None, None]  # [B, 4, 4, 1]
+        >>> y = jnp.array([0, 0])  # both correct; only the second is within 0.1 of the boundary
+        >>> x_adv = attacks.multi_targeted_pgd(
+        ...     logits_fn, x, y, jax.random.key(0), num_classes=2, eps=0.1, step_size=0.05, num_steps=5
+        ... )
+        >>> x_adv.shape, logits_fn(x_adv).argmax(-1).tolist()
+        ((2, 4, 4, 1), [0, 1])
     """
     check_images(x)
     if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:

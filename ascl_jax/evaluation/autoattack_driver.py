@@ -156,6 +156,26 @@ def run_autoattack(
       examples for broken rows, x elsewhere), 'broken_by' (int [N]: position in ``components`` of the
       component that broke the row, -1 for robust or clean-misclassified rows), 'components',
       'accuracy' ({'clean': acc, component: robust accuracy after it (cumulative)}).
+
+    Example (the classifier of :func:`ascl_jax.evaluation.evaluate`'s example, in the
+    ``(params, x) -> logits`` form; two components with small budgets)::
+
+      >>> import jax
+      >>> import jax.numpy as jnp
+      >>> import numpy as np
+      >>> from ascl_jax import evaluation
+      >>> def logits_fn(scale, x):  # [B, H, W, C] -> [B, 2]: class 1 iff the mean pixel exceeds 0.5
+      ...     m = x.mean(axis=(1, 2, 3))
+      ...     return scale * jnp.stack([0.5 - m, m - 0.5], axis=-1)
+      >>> means = np.array([0.1, 0.45, 0.55, 0.9], np.float32)  # mean pixel of each image
+      >>> images = np.ones((4, 2, 2, 1), np.float32) * means[:, None, None, None]  # [N, 2, 2, 1]
+      >>> labels = np.array([0, 0, 1, 1])  # all correct; the middle two lie within 0.1 of the boundary
+      >>> out = evaluation.run_autoattack(
+      ...     logits_fn, images, labels, jax.random.key(0), params=jnp.float32(10), eps=0.1,
+      ...     components=("apgd-ce", "square"), n_iter=10, n_queries=20, batch_size=4, progress=False,
+      ... )
+      >>> out["accuracy"], out["robust"].tolist(), out["broken_by"].tolist()
+      ({'clean': 1.0, 'apgd-ce': 0.5, 'square': 0.5}, [True, False, False, True], [-1, 0, 0, -1])
     """
     eng = engine_lib.get_engine(
         logits_fn, params=params, batch_size=batch_size, mesh=mesh, progress=progress, unroll=unroll

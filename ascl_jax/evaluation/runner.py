@@ -142,6 +142,24 @@ def evaluate(
       index, label, prediction, clean_correct, robust_<attack> and robust_overall as int8 with
       -1 = not evaluated, autoattack_broken_by = position in the component list of the component that
       broke the example, -1 = not broken by AutoAttack (robust or misclassified), -2 = not evaluated).
+
+    Example (a linear classifier whose robust accuracy at eps = 0.1 is known: 2 of the 4 images)::
+
+      >>> import jax.numpy as jnp
+      >>> import numpy as np
+      >>> from ascl_jax import evaluation
+      >>> def logits_fn(x):  # [B, H, W, C] -> [B, 2]: class 1 iff the mean pixel exceeds 0.5
+      ...     m = x.mean(axis=(1, 2, 3))
+      ...     return 10 * jnp.stack([0.5 - m, m - 0.5], axis=-1)
+      >>> means = np.array([0.1, 0.45, 0.55, 0.9], np.float32)  # mean pixel of each image
+      >>> images = np.ones((4, 2, 2, 1), np.float32) * means[:, None, None, None]  # [N, 2, 2, 1]
+      >>> labels = np.array([0, 0, 1, 1])  # all correct; the middle two lie within 0.1 of the boundary
+      >>> res = evaluation.evaluate(
+      ...     logits_fn, images, labels, attacks=("clean", "pgd"), eps=0.1, step_size=0.05, pgd_steps=5,
+      ...     batch_size=4, sanity=False, progress=False,
+      ... )
+      >>> res["clean_accuracy"], res["robust_accuracy"], res["per_example"]["robust_pgd5"].tolist()
+      (1.0, {'pgd5': 0.5}, [1, 0, 0, 1])
     """
     eps = engine_lib.check_eps(eps)
     step_size = eps / 4 if step_size is None else float(step_size)

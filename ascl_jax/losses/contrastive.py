@@ -68,6 +68,18 @@ def masked_contrastive_loss(
         ``(loss, aux)``: scalar loss in the dtype of z; ``aux['per_anchor']`` float ``[n]``,
         ``aux['num_positives']`` and ``aux['num_negatives']`` int32 ``[n]`` (the effective counts:
         row sums of the masks with the diagonal removed and negatives disjoint from positives).
+
+    Example (each anchor has one identical positive and two orthogonal negatives, so
+    ``loss = log(1 + 2 / e)`` at tau = 1)::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import losses
+        >>> z = jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # [z_nat; z_adv], b = 2
+        >>> labels = jnp.array([0, 1, 0, 1])  # [y; y]
+        >>> pos, neg = losses.selection_masks(labels, labels, "global")
+        >>> loss, aux = losses.masked_contrastive_loss(z, pos, neg, temperature=1.0)
+        >>> round(float(loss), 4), aux["num_positives"].tolist(), aux["num_negatives"].tolist()
+        (0.5514, [1, 1, 1, 1], [2, 2, 2, 2])
     """
     check_choice("similarity", similarity, SIMILARITIES)
     check_positive("temperature", temperature)
@@ -132,6 +144,22 @@ def ascl_loss(
         ``[2b]`` and the per-anchor count means over the natural and the adversarial anchors
         (``'num_positives_nat'``, ``'num_positives_adv'``, ``'num_negatives_nat'``,
         ``'num_negatives_adv'``, float32 scalars; the quantities of ASCL Fig. 4).
+
+    Example (both images are fooled by the attack; under Hard-LS each anchor keeps one negative, the
+    row predicted as its true class, so ``loss = log(1 + 1 / e)`` at tau = 1)::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import losses
+        >>> z_nat = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # [b, d] = [2, 2]
+        >>> z_adv = z_nat
+        >>> y = jnp.array([0, 1])
+        >>> logits_nat = jnp.array([[2.0, 0.0], [0.0, 2.0]])  # predicts [0, 1]
+        >>> logits_adv = jnp.array([[0.0, 2.0], [2.0, 0.0]])  # predicts [1, 0]
+        >>> loss, aux = losses.ascl_loss(
+        ...     z_nat, z_adv, y, logits_nat, logits_adv, strategy="hard", temperature=1.0
+        ... )
+        >>> round(float(loss), 4), aux["preds"].tolist(), float(aux["num_negatives_nat"])
+        (0.3133, [0, 1, 1, 0], 1.0)
     """
     labels = jnp.asarray(labels)
     check_ndim("z_nat", z_nat, 2, "[b, d]")
@@ -210,6 +238,15 @@ def supcon_loss(
 
     Returns:
         Scalar loss in the dtype of ``features``.
+
+    Example (2 samples x 2 identical views, orthonormal features: ``log(1 + 2 / e)`` at T = 1)::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import losses
+        >>> features = jnp.array([[[1.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [0.0, 1.0]]])  # [2, 2, 2]
+        >>> loss = losses.supcon_loss(features, jnp.array([0, 1]), temperature=1.0, base_temperature=1.0)
+        >>> round(float(loss), 4)
+        0.5514
     """
     check_choice("contrast_mode", contrast_mode, CONTRAST_MODES)
     check_positive("temperature", temperature)
@@ -279,6 +316,14 @@ def nt_xent_loss(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
 
     Returns:
         Scalar loss in the dtype of the inputs.
+
+    Example (identical views of two orthogonal rows: ``log(e^2 + 2) - 2`` at t = 0.5)::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import losses
+        >>> z1 = jnp.array([[1.0, 0.0], [0.0, 1.0]])  # [N, d] = [2, 2]
+        >>> round(float(losses.nt_xent_loss(z1, z1, temperature=0.5)), 4)
+        0.2395
     """
     _check_views(z1, z2, temperature)
     dtype = float_dtype(z1)
@@ -307,6 +352,15 @@ def nt_xent_rows(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
 
     Returns:
         float32 ``[2N]``: row i is the term of anchor i of ``[z1; z2]``.
+
+    Example (the inputs of :func:`nt_xent_loss`'s example)::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import losses
+        >>> z1 = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> rows = losses.nt_xent_rows(z1, z1, temperature=0.5)  # [2N] = [4]
+        >>> rows.shape, [round(v, 4) for v in rows.tolist()]
+        ((4,), [0.2395, 0.2395, 0.2395, 0.2395])
     """
     _check_views(z1, z2, temperature)
     p = jnp.concatenate([z1, z2], axis=0).astype(jnp.float32)

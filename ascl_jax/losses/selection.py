@@ -52,6 +52,21 @@ def selection_masks(
     Returns:
         ``(positive, negative)``: two disjoint bool ``[n, n]`` masks; ``[i, j]`` = row j for
         anchor i. The diagonal is never set.
+
+    Example (b = 3 images, rows ``[natural; adversarial]``; image 1 is misread, and image 2 is
+    pushed to class 0 by the attack)::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import losses
+        >>> labels = jnp.array([0, 0, 1, 0, 0, 1])  # [y; y]
+        >>> preds = jnp.array([0, 1, 1, 0, 0, 0])  # [p; p^a]
+        >>> for strategy in ("global", "hard", "soft", "leaked"):
+        ...     pos, neg = losses.selection_masks(labels, preds, strategy)  # [6, 6] bool each
+        ...     print(strategy, pos.sum(axis=1).tolist(), neg.sum(axis=1).tolist())
+        global [3, 3, 1, 3, 3, 1] [2, 2, 4, 2, 2, 4]
+        hard [3, 3, 1, 3, 3, 1] [1, 1, 1, 1, 1, 1]
+        soft [3, 3, 1, 3, 3, 1] [1, 1, 1, 1, 1, 3]
+        leaked [2, 0, 0, 2, 2, 0] [1, 1, 1, 1, 1, 3]
     """
     check_choice("strategy", strategy, STRATEGIES)
     labels = jnp.asarray(labels)

@@ -34,6 +34,14 @@ def l2_normalize(x: Array, *, eps: float = 1e-12) -> Array:
     """``x / max(||x||_2, eps)`` along the last axis (``torch.nn.functional.normalize``).
 
     The gradient flows through the normalisation (SPEC §1.2 ``hidden_norm``). Shape is preserved.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import losses
+        >>> z = losses.l2_normalize(jnp.array([[3.0, 4.0], [0.0, 0.0]]))  # [2, 2] -> [2, 2]
+        >>> [[round(v, 4) for v in row] for row in z.tolist()]
+        [[0.6, 0.8], [0.0, 0.0]]
     """
     return x / jnp.maximum(_safe_norm(x), eps)
 
@@ -149,6 +157,18 @@ def pairwise_similarity(
 
     Returns:
         ``[n, n]`` array in the dtype of ``z``.
+
+    Example::
+
+        >>> import jax.numpy as jnp
+        >>> from ascl_jax import losses
+        >>> z = jnp.array([[1.0, 0.0], [0.0, 2.0], [3.0, 4.0]])  # n = 3 rows, d = 2
+        >>> s = losses.pairwise_similarity(z, "cosine")  # [3, 3]
+        >>> [[round(v, 4) for v in row] for row in s.tolist()]
+        [[1.0, 0.0, 0.6], [0.0, 1.0, 0.8], [0.6, 0.8, 1.0]]
+        >>> s = losses.pairwise_similarity(z, "neg_l1")  # minus the L1 distances
+        >>> s.shape, float(s[0, 1]), float(s[1, 2])
+        ((3, 3), -3.0, -5.0)
     """
     check_choice("similarity", similarity, SIMILARITIES)
     check_ndim("z", z, 2, "[n, d]")
