@@ -490,3 +490,21 @@ def test_write_eval_json_archives_and_merges(tmp_path, conv_eval):
     assert len([n for n in os.listdir(wd) if n.startswith("eval.")]) == 2
     with pytest.raises(ValueError, match="on_exists"):
         evaluation.write_eval_json(wd, conv_eval, on_exists="replace")
+
+
+def test_engine_cache_keys_on_code_closure_and_namespace():
+    """Closures of the same code over the same objects share an engine; the same source run in
+    another global namespace (a second notebook, a doctest) gets its own."""
+    from ascl_jax.evaluation import engine as engine_lib
+
+    w = jnp.ones((4, 3), jnp.float32)
+    make = lambda: lambda x: x.reshape(x.shape[0], -1) @ w
+    assert engine_lib.get_engine(make(), progress=False) is engine_lib.get_engine(make(), progress=False)
+    src = "f = lambda x: jnp.zeros((x.shape[0], 3)) + x.reshape(x.shape[0], -1).sum(-1, keepdims=True)"
+    ns_a, ns_b = {"jnp": jnp}, {"jnp": jnp}
+    exec(src, ns_a)
+    exec(src, ns_b)
+    assert ns_a["f"].__code__.co_code == ns_b["f"].__code__.co_code
+    assert engine_lib.get_engine(ns_a["f"], progress=False) is not engine_lib.get_engine(
+        ns_b["f"], progress=False
+    )

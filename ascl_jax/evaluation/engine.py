@@ -96,11 +96,13 @@ def _hashable(v):
 
 
 def _fn_key(fn):
-    """A cache key for a callable: equal for closures of the same code over the same objects.
+    """A cache key for a callable: equal for closures of the same code over the same objects and
+    the same global namespace.
 
     ``lambda v, x: model.apply(v, x)['logits']`` created anew on every call (a common pattern) then
     still finds its engine and compiled stages; a ``functools.partial`` keys on its function and
-    arguments.
+    arguments. The same source run in two namespaces (two notebooks, two doctests) keys apart: the
+    cached engine holds the function, so the namespace's id stays unique while it is cached.
     """
     import functools
 
@@ -115,7 +117,8 @@ def _fn_key(fn):
     if code is None:
         return _hashable(fn)
     cells = tuple(_hashable(c.cell_contents) for c in (fn.__closure__ or ()))
-    return ("code", code, cells, _hashable(getattr(fn, "__defaults__", None)))
+    namespace = id(getattr(fn, "__globals__", None))
+    return ("code", code, namespace, cells, _hashable(getattr(fn, "__defaults__", None)))
 
 
 def get_engine(
