@@ -509,7 +509,7 @@ def test_bn_running_var_reaches_every_layer_heads_included():
         b = np.asarray(got["biased"][scope][layer]["adv"]["var"], np.float64)
         np.testing.assert_allclose(u - 0.9, (b - 0.9) * n / (n - 1), rtol=1e-5, atol=1e-7)
         if n < 100:  # the head's BatchNorm1d over 6 rows: factor 1.2, far from Flax's update
-            assert not np.allclose(u, b, rtol=1e-3)
+            assert np.all(u - 0.9 > 1.1 * (b - 0.9))
 
 
 def test_masked_bn_equals_bn_on_the_valid_rows():
@@ -526,9 +526,11 @@ def test_masked_bn_equals_bn_on_the_valid_rows():
 
     out_m, upd_m = jax.jit(f)(variables, padded, valid)
     out_r, upd_r = jax.jit(lambda v, x: f(v, x, None))(variables, x[:5])
+    # Float32 rounding only: the head's BN over 5 rows of small-variance features (E[x^2] - E[x]^2)
+    # amplifies it to ~1e-4 on outputs of order 1; a padded row counted in would move them by O(1).
     for k in out_r:
-        np.testing.assert_allclose(out_m[k][:5], out_r[k], rtol=1e-5, atol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), upd_m, upd_r)
+        np.testing.assert_allclose(out_m[k][:5], out_r[k], rtol=2e-3, atol=2e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), upd_m, upd_r)
     # Eval mode ignores the mask.
     ev = model.apply(variables, padded, train=False, bn="adv", mask=valid)
     np.testing.assert_array_equal(ev["z"], model.apply(variables, padded, train=False, bn="adv")["z"])

@@ -379,6 +379,8 @@ def test_padded_batch_step_equals_step_on_the_real_rows(method, loss, extra):
     metrics, gradients, BN statistics, in the train-mode attack too)."""
     c = _partial(method, **loss)
     c.attack.update(dict(random_start=False, num_steps=2, bn_mode="train"))
+    if method == "trades":  # from x the KL objective's gradient is 0: its sign would be rounding noise
+        c.attack.num_steps = 0
     c.init.linear_mode = "adversarial"
     if extra.get("views"):
         c.data.num_views = 2
@@ -436,15 +438,15 @@ def test_extra_bn_updates_equal_forwards_written_out():
     )
 
     @jax.jit
-    def by_hand(params, bs):
-        for x in (batch["image"], x_adv):
+    def by_hand(params, bs, x_nat, x_adv):
+        for x in (x_nat, x_adv):
             _, upd = model.apply(
                 {"params": params, "batch_stats": bs}, x, train=True, bn="clean", mutable=["batch_stats"]
             )
             bs = upd["batch_stats"]
         return bs
 
-    want = by_hand(plain.params, plain.batch_stats)
+    want = by_hand(plain.params, plain.batch_stats, batch["image"], x_adv)
     chex.assert_trees_all_close(
         jax.device_get(with_extra.batch_stats), jax.device_get(want), rtol=1e-5, atol=1e-6
     )
