@@ -45,6 +45,8 @@ ARCHS = ("cnn", "resnet20", "resnet18", "preact_resnet18", "wrn34_10", "tiny")
 HEADS = ("identity", "p1", "p2", "acl_mlp")
 BN_TYPES = ("single", "dual")
 BN_BRANCHES = ("clean", "adv")
+# BN running-variance update: PyTorch's unbiased batch variance var * n / (n - 1), or Flax's biased one.
+BN_RUNNING_VARS = ("unbiased", "biased")
 NORMALIZATIONS = ("cifar10", "cifar100", "imagenet", "digits", "none")  # per-dataset mean/std
 CONV_INITS = ("kaiming_fan_out", "kaiming_fan_in", "torch")
 CNN_PADDINGS = ("auto", "VALID", "SAME")
@@ -94,6 +96,11 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
       train_split: tfds split string, e.g. 'train' or 'train[:45000]' (ACL 45k/5k).
       label_fraction: 0.0 (no labelled split), or the fraction of `train_split` that is labelled
         (0.01, 0.1 in ACL semi-supervised, SPEC 3.7).
+      drop_remainder: False (default, as the authors' loaders without `drop_last`: ACL's, ASCL's
+        two-view loader, SPEC 1.7, 3.5): an epoch is ceil(pool / batch_size) steps and its last,
+        smaller batch is trained on (padded to a multiple of the device count, with a `mask` that
+        keeps the padded rows out of every loss, metric and BN statistic); True: pool // batch_size
+        steps, the incomplete batch skipped (ASCL's single-view `load_data(drop_last=True)`).
 
     `resolve_data` also accepts None for data_dir, num_train, num_test, crop_padding, flip and
     label_fraction, and -1 for crop_padding, all meaning the default.
@@ -114,6 +121,7 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
             flip=not digits,
             train_split="train",
             label_fraction=0.0,
+            drop_remainder=False,
         )
     )
 
@@ -126,13 +134,24 @@ def model_defaults(*, optional: bool = True) -> ml_collections.ConfigDict:
     """The model section (`config.model`) with its defaults.
 
     Fields: arch (ARCHS); head (HEADS); proj_dim (p1/p2 output width); bn (BN_TYPES);
-    bn_momentum (Flax convention, 0.9 = PyTorch 0.1); normalization (NORMALIZATIONS: whose
-    per-channel mean/std the model subtracts first; 'none' here, the dataset's name in a run).
+    bn_momentum (Flax convention, 0.9 = PyTorch 0.1); bn_running_var (BN_RUNNING_VARS: every BN
+    layer, heads included, updates its running variance with the batch variance times n / (n - 1),
+    n = rows x H x W, as PyTorch ('unbiased', default), or with the biased batch variance, as Flax
+    ('biased')); normalization (NORMALIZATIONS: whose per-channel mean/std the model subtracts
+    first; 'none' here, the dataset's name in a run).
     With `optional`: proj_hidden (p2 hidden width), mlp_dim (acl_mlp width, None = encoder
     width), mlp_layers (MLP_LAYERS, acl_mlp), conv_init (None = the architecture's reference
     init, else CONV_INITS), cnn_padding (CNN_PADDINGS, cnn only).
     """
-    m = dict(arch="cnn", head="identity", proj_dim=128, bn="single", bn_momentum=0.9, normalization="none")
+    m = dict(
+        arch="cnn",
+        head="identity",
+        proj_dim=128,
+        bn="single",
+        bn_momentum=0.9,
+        bn_running_var="unbiased",
+        normalization="none",
+    )
     if optional:
         m.update(_MODEL_OPTIONAL)
     return ml_collections.ConfigDict(m)
@@ -176,6 +195,11 @@ def base_config() -> ml_collections.ConfigDict:
             always_pull_own_view=False,
             feature="z",  # 'z' (penultimate, paper) or 'proj' (through the projection head)
             two_views=False,  # authors' ascl_pgd_2trans: two augmentations, 4b contrastive rows
+            # ASCL's training loop (mytrain.py) runs train-mode forwards after each optimizer step
+            # (accuracy logging) that update the BN running statistics: 0 = none; 1 = the natural
+            # batch; 2 (authors') = the natural batch, then the step's adversarial batch, at the
+            # updated parameters. Read by method 'ascl' only (see steps.ascl_step).
+            bn_extra_updates=2,
             trades_beta=6.0,
             # ACL: DS loss = l_std + acl_alpha * l_adv (paper), divided by (1 + acl_alpha) when
             # acl_average (the code averages the two terms, SPEC 3.4). a2s / ds route the adversarial
@@ -330,6 +354,11 @@ def resolve_data(cfg: Any) -> ml_collections.ConfigDict:
             "(no labelled split) or a fraction in (0, 1), e.g. 0.01 or 0.1"
         )
     d["label_fraction"] = 0.0 if frac is None else float(frac)
+    if not isinstance(d["drop_remainder"], (bool, np.bool_)):
+        raise ConfigError(
+            f"config.data.drop_remainder={d['drop_remainder']!r} is not allowed; allowed: True, False"
+        )
+    d["drop_remainder"] = bool(d["drop_remainder"])
     split = d["train_split"]
     if not isinstance(split, str) or not split.strip():
         raise ConfigError(
@@ -359,6 +388,7 @@ def resolve_model(cfg: Any) -> ml_collections.ConfigDict:
     _choice(m["head"], HEADS, "model.head")
     _choice(m["bn"], BN_TYPES, "model.bn")
     _choice(m["normalization"], NORMALIZATIONS, "model.normalization")
+    _choice(m["bn_running_var"], BN_RUNNING_VARS, "model.bn_running_var")
     if m["conv_init"] is not None and m["conv_init"] not in CONV_INITS:
         raise ConfigError(
             f"config.model.conv_init={m['conv_init']!r} is not allowed; choose None "
@@ -401,6 +431,12 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(c.loss.acl_variant, ACL_VARIANTS, "loss.acl_variant")
     _positive(c.loss.temperature, "loss.temperature")
     _positive(c.loss.acl_temperature, "loss.acl_temperature")
+    extra = c.loss.get("bn_extra_updates", 0)
+    if not _is_int(extra) or extra not in (0, 1, 2):
+        raise ConfigError(
+            f"config.loss.bn_extra_updates={extra!r} is not allowed; choose one of [0, 1, 2] "
+            "(train-mode forwards after each ASCL step: none, natural, natural then adversarial)"
+        )
     _choice(c.optim.name, OPTIMIZERS, "optim.name")
     _choice(c.optim.schedule, SCHEDULES, "optim.schedule")
     _positive(c.optim.learning_rate, "optim.learning_rate")

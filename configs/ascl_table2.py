@@ -25,4 +25,5 @@ def get_config(arg=None):
         c.loss.strategy = "leaked"
     else:
         raise config.ConfigError(f"row={a['row']!r}: choose one of ['adv', 'trades', 'ours']")
+    c.data.drop_remainder = True  # single view: the authors' load_data(drop_last=True), SPEC 1.7
     return config.smoke(c) if a["smoke"] else c

@@ -14,4 +14,5 @@ def get_config(arg=None):
     c.method = "ascl"
     c.loss.update(dict(strategy="leaked", nat_ce_weight=0.0, vat_weight=0.0))
     c.eval.autoattack_examples = 10_000
+    c.data.drop_remainder = True  # single view: the authors' load_data(drop_last=True), SPEC 1.7
     return config.smoke(c) if a["smoke"] else c

@@ -14,4 +14,5 @@ def get_config(arg=None):
     c.name = f"ascl_table4:{a['strategy']}"
     c.method = "ascl"
     c.loss.strategy = a["strategy"]
+    c.data.drop_remainder = True  # single view: the authors' load_data(drop_last=True), SPEC 1.7
     return config.smoke(c) if a["smoke"] else c

@@ -16,4 +16,5 @@ def get_config(arg=None):
     c.model.head = a["head"]
     c.model.proj_dim = 128
     c.loss.feature = "z" if a["head"] == "identity" else "proj"
+    c.data.drop_remainder = True  # single view: the authors' load_data(drop_last=True), SPEC 1.7
     return config.smoke(c) if a["smoke"] else c

@@ -142,3 +142,19 @@ def test_other_modules_enumerations_agree_with_the_schema():
     assert set(attacks.INITS) == set(config.ATTACK_INITS)
     assert losses.STRATEGIES == config.STRATEGIES
     assert losses.SIMILARITIES == config.SIMILARITIES
+
+
+def test_loop_switches_defaults_and_errors():
+    """The three switches of the authors' loops: defaults and their checks."""
+    c = config.base_config()
+    assert (c.data.drop_remainder, c.model.bn_running_var, c.loss.bn_extra_updates) == (False, "unbiased", 2)
+    assert config.BN_RUNNING_VARS == ("unbiased", "biased")
+    with pytest.raises(config.ConfigError, match="data.drop_remainder"):
+        config.resolve_data(dict(drop_remainder="yes"))
+    c.model.bn_running_var = "sample"
+    with pytest.raises(config.ConfigError, match=r"model.bn_running_var.*'unbiased', 'biased'"):
+        config.validate(c)
+    c = config.base_config()
+    c.loss.bn_extra_updates = 3
+    with pytest.raises(config.ConfigError, match="loss.bn_extra_updates"):
+        config.validate(c)

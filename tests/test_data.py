@@ -76,8 +76,10 @@ def test_train_batch_format_labels_and_epoch_permutation():
     cfg = _digits(augment="none", batch_size=100)
     x_tr, y_tr = data.load_eval_arrays(cfg, "train")
     spe = data.steps_per_epoch(cfg)
-    assert spe == 1437 // 100 == 14
+    # drop_remainder=False (default): ceil(1437 / 100) = 15 steps, the last one of 37 examples
+    assert spe == 15
     batches = _take(data.make_train_iterator(cfg, seed=0), spe + 1)
+    assert [len(b["label"]) for b in batches] == [100] * 14 + [37, 100]
     b = batches[0]
     assert set(b) == {"image", "label", "index"}
     assert b["image"].shape == (100, 8, 8, 1) and b["image"].dtype == np.float32
@@ -87,8 +89,66 @@ def test_train_batch_format_labels_and_epoch_permutation():
         np.testing.assert_array_equal(b["label"], y_tr[b["index"]])
         np.testing.assert_array_equal(b["image"], x_tr[b["index"]])  # augment='none'
     epoch0 = np.concatenate([b["index"] for b in batches[:spe]])
-    assert len(np.unique(epoch0)) == spe * 100  # no repeats within an epoch
+    np.testing.assert_array_equal(np.sort(epoch0), np.arange(1437))  # every example once per epoch
     assert not np.array_equal(batches[spe]["index"], batches[0]["index"])  # reshuffled
+
+
+def test_steps_per_epoch_of_the_reference_configs():
+    """The schedule counts the authors' batches per epoch (split sizes from the code, no data):
+    ACL pre-training, CIFAR-10 train (50000) at 512, no drop_last: ceil = 98 (SPEC 3.5); ASCL's
+    two-view loader at 128: 391; ASCL's single-view load_data(drop_last=True): 390."""
+    from ascl_jax import config as config_lib
+
+    acl = config_lib.load("acl_pretrain")
+    assert (acl.data.batch_size, acl.data.drop_remainder) == (512, False)
+    assert data.steps_per_epoch(acl.data) == 98 == -(-50000 // 512)
+    assert data.steps_per_epoch(acl.data, drop_remainder=True) == 97
+    layout = data.epoch_layout(acl.data)
+    assert layout.last_local == (50000 - 97 * 512,) == (336,)
+    released = config_lib.load("ascl_released")
+    assert data.steps_per_epoch(released.data) == 391
+    table2 = config_lib.load("ascl_table2", "row=ours")
+    assert table2.data.drop_remainder and data.steps_per_epoch(table2.data) == 390
+
+
+def test_kept_remainder_stream_padding_mask_and_resume():
+    """A kept remainder: the last batch of every epoch holds the remaining examples (real rows
+    only, or padded to `last_batch` with 'mask'); the full batches are the drop_remainder stream's;
+    resuming across padded epochs equals the uninterrupted stream."""
+    cfg = _digits(augment="crop_flip", batch_size=200)  # 1437 = 7 x 200 + 37
+    spe = data.steps_per_epoch(cfg)
+    assert spe == 8
+    plain = _take(data.make_train_iterator(cfg, seed=3), 2 * spe)
+    assert [len(b["label"]) for b in plain[:spe]] == [200] * 7 + [37]
+    assert all("mask" not in b for b in plain)
+    dropped = _take(data.make_train_iterator(cfg, seed=3, drop_remainder=True), 7)
+    _assert_batches_equal(plain[:7], dropped)  # epoch 0's full batches are the same examples
+    padded = _take(data.make_train_iterator(cfg, seed=3, last_batch=40), 2 * spe)
+    for k in (spe - 1, 2 * spe - 1):
+        last = padded[k]
+        assert last["image"].shape == (40, 8, 8, 1)
+        np.testing.assert_array_equal(last["mask"], np.arange(40) < 37)
+        for key in ("image", "label", "index"):
+            np.testing.assert_array_equal(last[key][:37], plain[k][key])
+        epoch = np.concatenate([b["index"] for b in padded[k - spe + 1 : k]] + [last["index"][:37]])
+        np.testing.assert_array_equal(np.sort(epoch), np.arange(1437))
+        assert set(last["index"][37:]) <= set(epoch)  # padding copies real examples
+    _assert_batches_equal(
+        [b for i, b in enumerate(padded) if i % spe != spe - 1],
+        [b for i, b in enumerate(plain) if i % spe != spe - 1],
+    )
+    for k in (spe - 1, spe, spe + 3):
+        resumed = _take(data.make_train_iterator(cfg, seed=3, start_step=k, last_batch=40), 2 * spe - k)
+        _assert_batches_equal(padded[k:], resumed)
+
+
+def test_batch_larger_than_the_split_is_a_config_error():
+    from ascl_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data\.batch_size.*1437"):
+        data.steps_per_epoch(_digits(batch_size=2000))
+    with pytest.raises(ConfigError, match=r"data\.batch_size.*100"):
+        data.steps_per_epoch(_digits(label_fraction=0.1, train_split="train[:1000]"), subset="labelled")
 
 
 @pytest.mark.parametrize("augment", ["crop_flip", "simclr"])

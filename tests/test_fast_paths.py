@@ -230,6 +230,23 @@ def test_batchnorm_train_against_numpy_float64(cpu_fast):
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-4, atol=1e-4)
 
 
+def test_batchnorm_unbiased_running_var_both_paths(cpu_fast):
+    """model.bn_running_var='unbiased' is applied after the speed layer's statistics too: the
+    running variance is PyTorch's (float64 reference), with the layer on and off."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 4, 4, 5)) * 2 + 0.5
+    v = {
+        "params": {"scale": jnp.ones(5), "bias": jnp.zeros(5)},
+        "batch_stats": {"mean": jnp.zeros(5), "var": jnp.ones(5)},
+    }
+    bn = BatchNorm(running_var="unbiased")
+    _, upd = jax.jit(lambda x: bn.apply(v, x, mutable=["batch_stats"]))(jnp.asarray(x, jnp.float32))
+    flat = x.reshape(-1, 5)
+    want = 0.9 + 0.1 * flat.var(0, ddof=1)
+    np.testing.assert_allclose(upd["batch_stats"]["var"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(upd["batch_stats"]["mean"], 0.1 * flat.mean(0), rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------
 # The switch
 

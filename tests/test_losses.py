@@ -750,3 +750,85 @@ def test_errors_are_raised_under_jit():
         )(z)
     with pytest.raises(ValueError, match="odd"):
         jax.jit(lambda lab: losses.selection_masks(lab, lab, "leaked"))(jnp.zeros(3, jnp.int32))
+
+
+# ------------------------------------------------------------------ padded rows (valid argument)
+
+
+def _padded(rng, shape, b, pad):
+    """(padded array [b + pad, ...] whose padding rows copy row 0, the real rows [b, ...])."""
+    real = rng.standard_normal((b, *shape)).astype(np.float32)
+    return jnp.asarray(np.concatenate([real, np.repeat(real[:1], pad, 0)])), jnp.asarray(real)
+
+
+def test_valid_argument_equals_the_loss_on_the_real_rows():
+    """Every loss with `valid` equals the same loss on the batch without its padded rows; rows
+    marked invalid are neither anchors nor positives nor negatives of the contrastive losses."""
+    rng = np.random.default_rng(0)
+    b, pad, c, d = 7, 3, 4, 5
+    valid = jnp.arange(b + pad) < b
+    lp, lr = _padded(rng, (c,), b, pad)
+    lq, lqr = _padded(rng, (c,), b, pad)
+    y = jnp.asarray(rng.integers(0, c, b + pad), jnp.int32).at[b:].set(0)
+    close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
+    for red in ("mean", "sum"):
+        close(
+            losses.cross_entropy(lp, y, reduction=red, valid=valid),
+            losses.cross_entropy(lr, y[:b], reduction=red),
+        )
+    for red in ("batchmean", "mean", "sum"):
+        close(
+            losses.kl_divergence(lp, lq, reduction=red, valid=valid),
+            losses.kl_divergence(lr, lqr, reduction=red),
+        )
+    close(losses.trades_kl(lp, lq, valid=valid), losses.trades_kl(lr, lqr))
+    labelled = jnp.arange(b + pad) < 2
+    semi_m, aux_m = losses.acl_semi_supervised_loss(lp, lq, y, lp * 2, labelled, valid=valid)
+    semi_r, aux_r = losses.acl_semi_supervised_loss(lr, lqr, y[:b], lr * 2, labelled[:b])
+    close(semi_m, semi_r)
+    jax.tree.map(close, aux_m, aux_r)
+
+    zn, znr = _padded(rng, (d,), b, pad)
+    za, zar = _padded(rng, (d,), b, pad)
+    for strategy in ("global", "hard", "soft", "leaked"):
+        got, aux_g = losses.ascl_loss(zn, za, y, lp, lq, strategy=strategy, valid=valid)
+        want, aux_w = losses.ascl_loss(znr, zar, y[:b], lr, lqr, strategy=strategy)
+        close(got, want)
+        for k in ("num_positives_nat", "num_positives_adv", "num_negatives_nat", "num_negatives_adv"):
+            close(aux_g[k], aux_w[k])
+        rows = np.r_[0:b, b + pad : 2 * b + pad]
+        np.testing.assert_array_equal(aux_g["num_positives"][rows], aux_w["num_positives"])
+        assert not np.any(aux_g["num_positives"][b : b + pad]) and not np.any(
+            aux_g["num_negatives"][b : b + pad]
+        )
+    feats = jnp.stack([zn, za], 1)
+    for mode in ("all", "one"):
+        close(
+            losses.supcon_loss(feats, y, contrast_mode=mode, valid=valid),
+            losses.supcon_loss(jnp.stack([znr, zar], 1), y[:b], contrast_mode=mode),
+        )
+    close(losses.nt_xent_loss(zn, za, valid=valid), losses.nt_xent_loss(znr, zar))
+    rows_m = losses.nt_xent_rows(zn, za, valid=valid)
+    rows_r = losses.nt_xent_rows(znr, zar)
+    close(rows_m[np.r_[0:b, b + pad : 2 * b + pad]], rows_r)
+    np.testing.assert_array_equal(rows_m[b : b + pad], 0.0)
+    # gradients of a padded row are zero, and finite everywhere
+    g = jax.grad(lambda z: losses.nt_xent_rows(z, za, valid=valid).sum())(zn)
+    assert np.all(np.isfinite(g)) and not np.any(g[b:])
+    pos, neg = losses.selection_masks(jnp.tile(y, 2), jnp.tile(y, 2), "global", valid=jnp.tile(valid, 2))
+    assert not np.any(pos[:, b : b + pad]) and not np.any(neg[b : b + pad])
+
+
+def test_valid_none_is_the_unmasked_arithmetic():
+    """valid=None (the default) gives bit-identical results to a call without the argument."""
+    rng = np.random.default_rng(1)
+    z1, z2 = (jnp.asarray(rng.standard_normal((6, 4)), jnp.float32) for _ in range(2))
+    y = jnp.asarray(rng.integers(0, 3, 6), jnp.int32)
+    np.testing.assert_array_equal(losses.nt_xent_loss(z1, z2, valid=None), losses.nt_xent_loss(z1, z2))
+    np.testing.assert_array_equal(
+        losses.ascl_loss(z1, z2, y, z1[:, :3], z2[:, :3], valid=None)[0],
+        losses.ascl_loss(z1, z2, y, z1[:, :3], z2[:, :3])[0],
+    )
+    np.testing.assert_array_equal(
+        losses.cross_entropy(z1, y % 4, valid=None), losses.cross_entropy(z1, y % 4)
+    )

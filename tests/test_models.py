@@ -446,3 +446,96 @@ def test_bad_images():
         np.concatenate([np.zeros((1, *CIFAR)), np.ones((1, *CIFAR))]).astype(np.float32),
         train=False,
     )
+
+
+# ------------------------------------------------------------------ BN running variance and masks
+
+
+def _torch_style_bn_update(x, running_mean, running_var, momentum, valid=None):
+    """PyTorch's train-mode running-statistics update, in float64 numpy (written out here):
+    torch momentum t = 1 - flax momentum; n = rows x H x W over the valid rows;
+    running_mean <- (1 - t) running_mean + t mean, running_var <- (1 - t) running_var + t var_unbiased."""
+    x = np.asarray(x, np.float64)
+    if valid is not None:
+        x = x[np.asarray(valid)]
+    flat = x.reshape(-1, x.shape[-1])
+    n = flat.shape[0]
+    mean = flat.mean(0)
+    var_unbiased = ((flat - mean) ** 2).sum(0) / (n - 1)
+    t = 1.0 - momentum
+    return (1 - t) * running_mean + t * mean, (1 - t) * running_var + t * var_unbiased
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 4, 5), (12, 7)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_bn_running_var_unbiased_matches_pytorch_style_float64(shape, masked):
+    """'unbiased' (the default) is PyTorch's update; 'biased' keeps Flax's (factor n/(n-1) apart)."""
+    from ascl_jax.models.norm import BatchNorm
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal(shape) * 2.0 + 0.3
+    c = shape[-1]
+    rm, rv = rng.standard_normal(c) * 0.1, rng.uniform(0.5, 1.5, c)
+    valid = np.arange(shape[0]) < shape[0] - 2 if masked else None
+    v = {
+        "params": {"scale": jnp.ones(c), "bias": jnp.zeros(c)},
+        "batch_stats": {"mean": jnp.asarray(rm, jnp.float32), "var": jnp.asarray(rv, jnp.float32)},
+    }
+    mask = None if valid is None else jnp.asarray(valid)
+    want_mean, want_var = _torch_style_bn_update(x, rm, rv, 0.9, valid)
+    for mode in ("unbiased", "biased"):
+        bn = BatchNorm(momentum=0.9, running_var=mode)
+        _, upd = jax.jit(lambda v, x, bn=bn: bn.apply(v, x, mask, mutable=["batch_stats"]))(
+            v, jnp.asarray(x, jnp.float32)
+        )
+        np.testing.assert_allclose(upd["batch_stats"]["mean"], want_mean, rtol=1e-5, atol=1e-6)
+        n = (valid.sum() if masked else shape[0]) * int(np.prod(shape[1:-1]))
+        expect = want_var if mode == "unbiased" else 0.9 * rv + (want_var - 0.9 * rv) * (n - 1) / n
+        np.testing.assert_allclose(upd["batch_stats"]["var"], expect, rtol=1e-5, atol=1e-6)
+
+
+def test_bn_running_var_reaches_every_layer_heads_included():
+    """model.bn_running_var reaches the trunk's and the acl_mlp head's BN (dual BN, 'adv' branch)."""
+    x = _images(b=6)
+    got = {}
+    for mode in ("unbiased", "biased"):
+        model = _build(arch="tiny", head="acl_mlp", bn="dual", bn_running_var=mode)
+        variables = _init(model, x)
+        _, upd = _apply(model, variables, x, train=True, bn="adv")
+        got[mode] = upd["batch_stats"]
+    # running = 0.9 * 1 + 0.1 * var  ->  (unbiased - 0.9) = (biased - 0.9) * n / (n - 1)
+    for scope, layer, n in (("encoder", "bn1", 6 * 32 * 32), ("head", "bn1", 6), ("head", "bn3", 6)):
+        u = np.asarray(got["unbiased"][scope][layer]["adv"]["var"], np.float64)
+        b = np.asarray(got["biased"][scope][layer]["adv"]["var"], np.float64)
+        np.testing.assert_allclose(u - 0.9, (b - 0.9) * n / (n - 1), rtol=1e-5, atol=1e-7)
+        if n < 100:  # the head's BatchNorm1d over 6 rows: factor 1.2, far from Flax's update
+            assert np.all(u - 0.9 > 1.1 * (b - 0.9))
+
+
+def test_masked_bn_equals_bn_on_the_valid_rows():
+    """With a mask, train-mode outputs of the valid rows and the running statistics equal those of
+    the batch without its padded rows (trunk and head, unbiased n = valid rows)."""
+    model = _build(arch="tiny", head="acl_mlp", bn="dual")
+    x = _images(b=8, seed=3)
+    variables = _perturb(_init(model, x))
+    valid = jnp.arange(8) < 5
+    padded = x.at[5:].set(x[0])  # padding = copies of a real row, as the data pipeline does
+
+    def f(v, x, mask):
+        return model.apply(v, x, train=True, bn="adv", mask=mask, mutable=["batch_stats"])
+
+    out_m, upd_m = jax.jit(f)(variables, padded, valid)
+    out_r, upd_r = jax.jit(lambda v, x: f(v, x, None))(variables, x[:5])
+    # Float32 rounding only: the head's BN over 5 rows of small-variance features (E[x^2] - E[x]^2)
+    # amplifies it to ~1e-4 on outputs of order 1; a padded row counted in would move them by O(1).
+    for k in out_r:
+        np.testing.assert_allclose(out_m[k][:5], out_r[k], rtol=2e-3, atol=2e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), upd_m, upd_r)
+    # Eval mode ignores the mask.
+    ev = model.apply(variables, padded, train=False, bn="adv", mask=valid)
+    np.testing.assert_array_equal(ev["z"], model.apply(variables, padded, train=False, bn="adv")["z"])
+
+
+def test_bn_running_var_is_a_config_choice():
+    with pytest.raises(ValueError, match="bn_running_var"):
+        _build(bn_running_var="sample")

@@ -309,3 +309,172 @@ def test_report_json_has_one_writer_and_a_schema(tmp_path):
     with pytest.raises(KeyError, match="schema"):
         workdir.update_report(wd, {"clean_acc": 0.5})
     assert workdir.read_report(wd) == merged
+
+
+# ------------------------------------------------- partial last batches, BN statistics, extra updates
+
+
+def _partial(method, **loss):
+    """A small config whose epochs end with a padded batch: 44 digits at batch 16 = 16, 16, 12
+    (12 rows over 8 devices: padded to 16 with a mask)."""
+    c = small(method, **loss)
+    c.model.arch = "tiny"  # BN layers (the CNN has none)
+    c.data.num_train = 44
+    c.optim.update(dict(name="sgd", learning_rate=0.05, momentum=0.9))
+    return c
+
+
+@pytest.mark.parametrize("stop", [2, 3])
+def test_train_resume_is_bit_identical_with_partial_batches(tmp_path, stop):
+    """Two epochs of 3 steps, each ending with a padded batch; stopping before or right after the
+    first padded batch and resuming gives the uninterrupted run's bits."""
+    c = _partial("ascl")
+    c.num_train_steps = 6
+    c.checkpoint_every_steps = 100
+    plan = train.setup.last_batch_plan(c, jax.device_count())
+    assert train.total_steps(c) == (3, 6) and plan.masked and plan.size == 16 and plan.real == (12,)
+    full = train.train_and_evaluate(c, str(tmp_path / "full"), evaluate=False)
+    part = train.train_and_evaluate(c, str(tmp_path / "part"), stop_after_steps=stop, evaluate=False)
+    assert part.report["stopped_at_step"] == stop
+    resumed = train.train_and_evaluate(c, str(tmp_path / "part"), evaluate=False)
+    chex.assert_trees_all_equal(params_of(full), params_of(resumed))
+    chex.assert_trees_all_equal(
+        jax.device_get(full.state.batch_stats), jax.device_get(resumed.state.batch_stats)
+    )
+    chex.assert_trees_all_equal(jax.device_get(full.state.opt_state), jax.device_get(resumed.state.opt_state))
+
+
+def _rows(tree, n):
+    return jax.tree.map(lambda a: a[:n], tree)
+
+
+def _pad_rows(tree, n, size):
+    """Pads every leaf's leading axis from n to size with copies of row 0 (as the pipeline does)."""
+    return jax.tree.map(lambda a: np.concatenate([a[:n], np.repeat(a[:1], size - n, 0)]), tree)
+
+
+MASK_CASES = [
+    ("nat", {}, {}),
+    ("adv", dict(nat_ce_weight=1.0), {}),
+    ("trades", {}, {}),
+    ("ascl", dict(strategy="global"), {}),
+    ("ascl", dict(strategy="hard", similarity="neg_linf", normalize=True), {}),
+    ("ascl", dict(strategy="soft"), {}),
+    ("ascl", dict(strategy="leaked"), {}),
+    ("ascl", dict(strategy="merge"), {}),
+    ("ascl", dict(strategy="leaked", two_views=True, feature="proj"), dict(views=2, head="p1")),
+    ("supcon", {}, dict(views=2)),
+    ("acl_pretrain", dict(acl_variant="s2s"), {}),
+    ("acl_pretrain", dict(acl_variant="a2a"), {}),
+    ("acl_pretrain", dict(acl_variant="a2s"), {}),
+    ("acl_pretrain", dict(acl_variant="ds"), {}),
+    ("linear_eval", {}, {}),
+    ("semi_student", {}, {}),
+]
+
+
+@pytest.mark.parametrize("method,loss,extra", MASK_CASES, ids=lambda v: str(v) if isinstance(v, str) else "")
+def test_padded_batch_step_equals_step_on_the_real_rows(method, loss, extra):
+    """A batch of 5 real rows padded to 8 with a mask gives the step of the 5 rows alone (losses,
+    metrics, gradients, BN statistics, in the train-mode attack too)."""
+    c = _partial(method, **loss)
+    c.attack.update(dict(random_start=False, num_steps=2, bn_mode="train"))
+    if method == "trades":  # from x the KL objective's gradient is 0: its sign would be rounding noise
+        c.attack.num_steps = 0
+    c.init.linear_mode = "adversarial"
+    if extra.get("views"):
+        c.data.num_views = 2
+    if extra.get("head"):
+        c.model.head = extra["head"]
+    model, info = train.build_model(c)
+    tx, _ = make_optimizer(c.optim, 10, 100)
+    state = create_train_state(model, tx, jax.random.key(0), info["image_shape"])
+    rng = np.random.default_rng(0)
+    views = (2,) if c.data.num_views == 2 else ()
+    batch = {
+        "image": rng.uniform(0, 1, (8, *views, 8, 8, 1)).astype(np.float32),
+        "label": rng.integers(0, 10, 8).astype(np.int32),
+    }
+    if method == "semi_student":
+        batch["teacher_logits"] = rng.standard_normal((8, 10)).astype(np.float32)
+        batch["labelled"] = np.arange(8) < 2
+    step = jax.jit(train_steps.make_train_step(c, model, jit=False))
+    padded = dict(_pad_rows(batch, 5, 8), mask=np.arange(8) < 5)
+    s_pad, m_pad = step(state, padded)
+    s_real, m_real = step(state, _rows(batch, 5))
+    m_pad, m_real = jax.device_get(m_pad), jax.device_get(m_real)
+    assert m_pad.keys() == m_real.keys()
+    for k in m_real:
+        np.testing.assert_allclose(m_pad[k], m_real[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    chex.assert_trees_all_close(
+        jax.device_get(s_pad.params), jax.device_get(s_real.params), rtol=1e-4, atol=1e-5
+    )
+    chex.assert_trees_all_close(
+        jax.device_get(s_pad.batch_stats), jax.device_get(s_real.batch_stats), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_extra_bn_updates_equal_forwards_written_out():
+    """loss.bn_extra_updates=2 (the ASCL authors' loop): the running statistics after one step
+    equal those of the step without them followed by a train-mode forward of the natural batch and
+    one of the step's adversarial batch at the updated parameters."""
+    c = _partial("ascl")
+    c.optim.learning_rate = 0.5  # a visible update, so the forwards see new parameters
+    model, info = train.build_model(c)
+    tx, _ = make_optimizer(c.optim, 10, 100)
+    state = create_train_state(model, tx, jax.random.key(0), info["image_shape"])
+    rng = np.random.default_rng(1)
+    batch = {
+        "image": rng.uniform(0, 1, (16, 8, 8, 1)).astype(np.float32),
+        "label": rng.integers(0, 10, 16).astype(np.int32),
+    }
+    assert c.loss.bn_extra_updates == 2  # the default
+    with_extra = jax.jit(train_steps.make_train_step(c, model, jit=False))(state, batch)[0]
+    c0 = c.copy_and_resolve_references()
+    c0.loss.bn_extra_updates = 0
+    plain = jax.jit(train_steps.make_train_step(c0, model, jit=False))(state, batch)[0]
+    x_adv = jax.jit(lambda s, x, y: train_steps.ce_attack(model, s, c.attack, x, y, s.step_key()))(
+        state, batch["image"], batch["label"]
+    )
+
+    @jax.jit
+    def by_hand(params, bs, x_nat, x_adv):
+        for x in (x_nat, x_adv):
+            _, upd = model.apply(
+                {"params": params, "batch_stats": bs}, x, train=True, bn="clean", mutable=["batch_stats"]
+            )
+            bs = upd["batch_stats"]
+        return bs
+
+    want = by_hand(plain.params, plain.batch_stats, batch["image"], x_adv)
+    chex.assert_trees_all_close(
+        jax.device_get(with_extra.batch_stats), jax.device_get(want), rtol=1e-5, atol=1e-6
+    )
+    chex.assert_trees_all_close(
+        jax.device_get(with_extra.params), jax.device_get(plain.params), rtol=1e-6, atol=1e-7
+    )
+    assert not np.allclose(
+        jax.device_get(plain.batch_stats)["encoder"]["bn1"]["mean"],
+        jax.device_get(want)["encoder"]["bn1"]["mean"],
+    )
+
+
+def test_last_batch_smaller_than_device_count_or_split_is_a_config_error(tmp_path):
+    c = _partial("nat")
+    c.data.num_train = 35  # 16, 16, 3: a last batch of 3 rows for 8 devices
+    with pytest.raises(config_lib.ConfigError, match=r"data\.batch_size=16.*35 examples.*8 devices"):
+        train.train_and_evaluate(c, str(tmp_path / "a"))
+    c.data.drop_remainder = True  # dropping it is fine
+    assert train.setup.last_batch_plan(c, 8).masked is False
+    c = _partial("nat")
+    c.data.batch_size = 64
+    with pytest.raises(config_lib.ConfigError, match=r"data\.batch_size=64.*44 examples"):
+        train.train_and_evaluate(c, str(tmp_path / "b"))
+
+
+def test_schedule_counts_the_kept_last_batch():
+    """ACL pre-training on CIFAR-10: 98 steps an epoch, 1000 epochs, warm-up over 10 x 98 steps."""
+    c = load_config("acl_pretrain", "")
+    spe, n = train.total_steps(c)
+    assert (spe, n) == (98, 98 * c.optim.num_epochs)
+    assert train.total_steps(load_config("ascl_released", ""))[0] == 391

@@ -105,6 +105,7 @@ def nt_xent_objective(
     *,
     temperature: float = 0.5,
     other_proj: Array | None = None,
+    valid: Array | None = None,
 ) -> Objective:
     """ACL's contrastive attack objective (SPEC 3.3): the NT-Xent loss between two views.
 
@@ -120,6 +121,8 @@ def nt_xent_objective(
 
     NT-Xent couples all rows, so this objective (unlike CE/KL) is not independent per example:
     attacking a sub-batch gives a different result. Temperature 0.5 is ACL's (SPEC 3.1).
+    valid: optional bool [N] valid pairs of a padded batch (``losses.nt_xent_rows``): padded pairs
+    are no negatives and their terms are 0; the division is by the valid anchors' count.
     """
     if x_other_view is not None and other_proj is not None:
         raise ValueError("give at most one of x_other_view and other_proj")
@@ -135,18 +138,31 @@ def nt_xent_objective(
                     f"nt_xent_objective expects stacked views [2N, ...], got an odd batch of {p.shape[0]}"
                 )
             n = p.shape[0] // 2
-            return losses.nt_xent_rows(p[:n], p[n:], temperature=temperature) / p.shape[0]
+            if valid is None:
+                return losses.nt_xent_rows(p[:n], p[n:], temperature=temperature) / p.shape[0]
+            rows = losses.nt_xent_rows(p[:n], p[n:], temperature=temperature, valid=valid)
+            return rows / (2 * jnp.maximum(jnp.sum(valid), 1)).astype(jnp.float32)
         fixed = other_proj if other_proj is not None else proj_fn(x_other_view)
         fixed = jax.lax.stop_gradient(fixed)
         n = p.shape[0]
-        rows = losses.nt_xent_rows(p, fixed, temperature=temperature) / (2 * n)
+        if valid is None:
+            rows = losses.nt_xent_rows(p, fixed, temperature=temperature) / (2 * n)
+        else:
+            rows = losses.nt_xent_rows(p, fixed, temperature=temperature, valid=valid)
+            rows = rows / (2 * jnp.maximum(jnp.sum(valid), 1)).astype(jnp.float32)
         return rows[:n] + rows[n:]  # attribute each pair's two anchors to the attacked row
 
     return objective
 
 
 def model_forward(
-    model, variables, *, bn: str = "clean", bn_mode: str = "eval", output: str | None = "logits"
+    model,
+    variables,
+    *,
+    bn: str = "clean",
+    bn_mode: str = "eval",
+    output: str | None = "logits",
+    mask: Array | None = None,
 ) -> Callable[[Array], Any]:
     """f(x) -> model output for attacks: ``out[output]`` ('logits' [B, C], 'proj' [B, p],
     'z' [B, h]) or, with ``output=None``, the whole dict {'z', 'proj', 'logits'}.
@@ -157,6 +173,8 @@ def model_forward(
     the running-statistics update discarded (ASCL's training attack runs in train mode, SPEC 1.6,
     but here the updates are not kept: deepmind ``test_local_stats``), which couples the rows of
     a batch.
+    mask: optional bool [B] valid rows of a padded batch; with ``bn_mode='train'`` the batch
+    statistics are taken over them only (``models.norm``). None: all rows.
 
     Example (the tiny model of :func:`ascl_jax.models.build_model` on 8x8 grey images)::
 
@@ -182,8 +200,10 @@ def model_forward(
     def f(x):
         if bn_mode == "eval":
             out = model.apply(variables, x, train=False, bn=bn)
-        else:
+        elif mask is None:
             out, _ = model.apply(variables, x, train=True, bn=bn, mutable=["batch_stats"])
+        else:
+            out, _ = model.apply(variables, x, train=True, bn=bn, mask=mask, mutable=["batch_stats"])
         return out if output is None else out[output]
 
     return f

@@ -6,7 +6,7 @@ Modules, in data-flow order:
   shards, ``dataset_info``, ``check_prepared``).
 - ``semisup``: the labelled / unlabelled partition of the training split (``label_split``).
 - ``pipeline``: the training stream (per-process, exact per-epoch permutation, deterministic
-  resume: ``make_train_iterator``, ``steps_per_epoch``) and ``load_eval_arrays``.
+  resume: ``make_train_iterator``, ``steps_per_epoch``, ``epoch_layout``) and ``load_eval_arrays``.
 - ``augment``: the stateless TensorFlow augmentations (imports TensorFlow; the others import it
   lazily, so ``import ascl_jax.data``, ``dataset_info`` and config validation stay light).
 
@@ -17,7 +17,13 @@ Every function takes the data section of a config (``config.data``, or any subse
 from ascl_jax.config import AUGMENTS, NUM_VIEWS
 from ascl_jax.config import DATASETS as NAMES
 from ascl_jax.config import data_defaults as default_config
-from ascl_jax.data.pipeline import load_eval_arrays, make_train_iterator, steps_per_epoch
+from ascl_jax.data.pipeline import (
+    EpochLayout,
+    epoch_layout,
+    load_eval_arrays,
+    make_train_iterator,
+    steps_per_epoch,
+)
 from ascl_jax.data.semisup import SUBSETS, label_split
 from ascl_jax.data.sources import (
     SPLIT_SIZES,
@@ -41,5 +47,7 @@ __all__ = [
     "label_split",
     "make_train_iterator",
     "steps_per_epoch",
+    "epoch_layout",
+    "EpochLayout",
     "load_eval_arrays",
 ]

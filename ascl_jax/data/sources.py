@@ -147,9 +147,9 @@ def resolve(data_cfg: Any) -> DataSpec:
         if num_train > known:
             raise ValueError(f"data.num_train={num_train} but digits {train_split!r} has {known}")
     if d.batch_size > num_train:
-        raise ValueError(
-            f"data.batch_size={d.batch_size} exceeds data.num_train={num_train} "
-            "(training drops incomplete batches: zero steps per epoch)"
+        raise config_lib.ConfigError(
+            f"config.data.batch_size={d.batch_size} exceeds the training split {train_split!r} of "
+            f"{num_train} examples (data.num_train); use a batch size of at most {num_train}"
         )
     return DataSpec(
         name=name,

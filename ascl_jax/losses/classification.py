@@ -23,7 +23,21 @@ KL_REDUCTIONS = ("batchmean", "mean", "sum", "none")
 CE_REDUCTIONS = ("mean", "sum", "none")
 
 
-def kl_divergence(logits_p: Array, logits_q: Array, *, reduction: str = "batchmean") -> Array:
+def _valid_rows(valid: Array, n: int) -> Array:
+    """bool ``[N]`` valid-row mask (the padded last batch of an epoch), shape-checked."""
+    if jnp.shape(valid) != (n,):
+        raise ValueError(f"valid must have shape [N] = ({n},), got {tuple(jnp.shape(valid))}")
+    return jnp.asarray(valid, bool)
+
+
+def _count(valid: Array, dtype) -> Array:
+    """The number of valid rows as ``dtype`` (at least 1, so an all-padding batch gives 0, not NaN)."""
+    return jnp.maximum(jnp.sum(valid), 1).astype(dtype)
+
+
+def kl_divergence(
+    logits_p: Array, logits_q: Array, *, reduction: str = "batchmean", valid: Array | None = None
+) -> Array:
     """``KL(softmax(logits_p) || softmax(logits_q))`` per row: ASCL Eq. 5 (VAT), TRADES.
 
     SPEC §1.1 (VAT), §3.6 (TRADES).
@@ -35,6 +49,8 @@ def kl_divergence(logits_p: Array, logits_q: Array, *, reduction: str = "batchme
         reduction: ``'batchmean'`` (sum / N, paper Eq. 5), ``'mean'`` (sum / (N*C), PyTorch
             ``KLDivLoss(reduction='mean')`` as in the authors' VAT term, SPEC §1.4), ``'sum'``, or
             ``'none'`` (per-row ``[N]``).
+        valid: optional bool ``[N]``; only these rows count (N becomes their number; padded rows
+            give 0 under ``'none'``). None: every row (the unmasked arithmetic).
 
     Returns:
         Scalar, or ``[N]`` for ``'none'``.
@@ -52,27 +68,37 @@ def kl_divergence(logits_p: Array, logits_q: Array, *, reduction: str = "batchme
     check_choice("reduction", reduction, KL_REDUCTIONS)
     check_ndim("logits_p", logits_p, 2, "[N, C]")
     check_same_shape("logits_p", logits_p, "logits_q", logits_q)
-    float_dtype(logits_p)
+    dtype = float_dtype(logits_p)
     log_p = jax.nn.log_softmax(logits_p, axis=-1)
     log_q = jax.nn.log_softmax(logits_q, axis=-1)
     per_row = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    if valid is not None:
+        valid = _valid_rows(valid, logits_p.shape[0])
+        per_row = jnp.where(valid, per_row, 0)
+        n = _count(valid, dtype)
+    else:
+        n = logits_p.shape[0]
     if reduction == "none":
         return per_row
     total = jnp.sum(per_row)
     if reduction == "sum":
         return total
     if reduction == "batchmean":
-        return total / logits_p.shape[0]
-    return total / (logits_p.shape[0] * logits_p.shape[1])
+        return total / n
+    return total / (n * logits_p.shape[1])
 
 
-def cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> Array:
+def cross_entropy(
+    logits: Array, labels: Array, *, reduction: str = "mean", valid: Array | None = None
+) -> Array:
     """Softmax cross-entropy with integer labels: ASCL Eq. 4, AT / TRADES natural term (SPEC §1.1).
 
     Args:
         logits: float ``[N, C]``.
         labels: int ``[N]`` in ``[0, C)``.
         reduction: ``'mean'``, ``'sum'`` or ``'none'`` (per-row ``[N]``).
+        valid: optional bool ``[N]``; only these rows count (the mean is over them; padded rows
+            give 0 under ``'none'``). None: every row (the unmasked arithmetic).
 
     Returns:
         Scalar, or ``[N]`` for ``'none'``.
@@ -97,6 +123,11 @@ def cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> A
         raise ValueError(f"labels must be integers, got dtype {jnp.result_type(labels)}")
     log_p = jax.nn.log_softmax(logits, axis=-1)
     per_row = -jnp.take_along_axis(log_p, jnp.asarray(labels)[:, None], axis=-1)[:, 0]
+    if valid is not None:
+        valid = _valid_rows(valid, logits.shape[0])
+        per_row = jnp.where(valid, per_row, 0)
+        if reduction == "mean":
+            return jnp.sum(per_row) / _count(valid, per_row.dtype)
     if reduction == "none":
         return per_row
     if reduction == "sum":
@@ -104,11 +135,12 @@ def cross_entropy(logits: Array, labels: Array, *, reduction: str = "mean") -> A
     return jnp.mean(per_row)
 
 
-def trades_kl(logits_nat: Array, logits_adv: Array) -> Array:
+def trades_kl(logits_nat: Array, logits_adv: Array, *, valid: Array | None = None) -> Array:
     """TRADES robust term ``sum_i KL(p_nat,i || p_adv,i) / b`` (SPEC §3.6, ``trades.py``).
 
     Args:
         logits_nat, logits_adv: float ``[b, C]``; gradients flow through both.
+        valid: optional bool ``[b]`` valid rows (b = their number), as :func:`kl_divergence`.
 
     Returns:
         Scalar.
@@ -121,7 +153,7 @@ def trades_kl(logits_nat: Array, logits_adv: Array) -> Array:
         >>> round(float(losses.trades_kl(jnp.zeros((2, 2)), logits_adv)), 4)
         0.0719
     """
-    return kl_divergence(logits_nat, logits_adv, reduction="batchmean")
+    return kl_divergence(logits_nat, logits_adv, reduction="batchmean", valid=valid)
 
 
 def _distillation_rows(logits: Array, teacher_logits: Array, t: Array) -> Array:
@@ -173,6 +205,7 @@ def acl_semi_supervised_loss(
     alpha: float = 0.5,
     temperature: float = 1.0,
     beta: float = 6.0,
+    valid: Array | None = None,
 ) -> tuple[Array, dict]:
     """ACL Eq. 3 (semi-supervised step iii; the authors' code as in SPEC §3.7).
 
@@ -187,6 +220,7 @@ def acl_semi_supervised_loss(
         teacher_logits: float ``[b, C]`` soft pseudo-labels (constants).
         labelled: bool ``[b]``, True for rows with a true label.
         alpha: CE / distillation mix on labelled rows, in [0, 1]. temperature: T > 0. beta: KL weight.
+        valid: optional bool ``[b]``; only these rows count and b is their number (None: all).
 
     Returns:
         (loss, aux) with aux = {'ce_labelled', 'distill', 'trades_kl'} (sums / b as used in the loss).
@@ -212,8 +246,14 @@ def acl_semi_supervised_loss(
     lab = jnp.asarray(labelled, bool)
     ce = cross_entropy(logits_adv, labels, reduction="none")
     distill = _distillation_rows(logits_adv, jax.lax.stop_gradient(teacher_logits), t)
+    weight = jnp.where(lab, alpha, 1.0)
+    if valid is not None:
+        valid = _valid_rows(valid, b)
+        b = _count(valid, dtype)
+        lab = lab & valid
+        weight = jnp.where(valid, weight, 0.0)
     ce_term = jnp.sum(jnp.where(lab, ce, 0.0)) / b
-    distill_term = t * t * jnp.sum(jnp.where(lab, alpha, 1.0) * distill) / b
-    kl = trades_kl(logits_nat, logits_adv)
+    distill_term = t * t * jnp.sum(weight * distill) / b
+    kl = trades_kl(logits_nat, logits_adv, valid=valid)
     loss = (1.0 - alpha) * ce_term + distill_term + beta * kl
     return loss, {"ce_labelled": ce_term, "distill": distill_term, "trades_kl": kl}

@@ -32,6 +32,13 @@ from ascl_jax.losses.similarity import SIMILARITIES, l2_normalize, pairwise_simi
 CONTRAST_MODES = ("all", "one")
 
 
+def _valid_rows(valid: Array, n: int) -> Array:
+    """bool ``[n]`` valid-row mask (padding False), shape-checked."""
+    if jnp.shape(valid) != (n,):
+        raise ValueError(f"valid must have shape ({n},), got {tuple(jnp.shape(valid))}")
+    return jnp.asarray(valid, bool)
+
+
 def masked_contrastive_loss(
     z: Array,
     positive: Array,
@@ -40,6 +47,7 @@ def masked_contrastive_loss(
     similarity: str = "cosine",
     temperature: float = 0.07,
     normalize: bool = False,
+    valid: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Supervised contrastive loss with explicit selection masks: ASCL Eq. 1-3, code form.
 
@@ -63,6 +71,8 @@ def masked_contrastive_loss(
         similarity: see :func:`pairwise_similarity`; ``sim = -distance / tau`` (SPEC §1.3).
         temperature: tau > 0.
         normalize: L2-normalise z first (code ``hidden_norm``; gradient flows through it).
+        valid: optional bool ``[n]``: rows that are False (padding) are neither anchors nor
+            positives nor negatives, and the mean is over the valid anchors. None: every row.
 
     Returns:
         ``(loss, aux)``: scalar loss in the dtype of z; ``aux['per_anchor']`` float ``[n]``,
@@ -95,6 +105,10 @@ def masked_contrastive_loss(
     off_diag = ~jnp.eye(n, dtype=bool)
     positive = jnp.asarray(positive, bool) & off_diag
     negative = jnp.asarray(negative, bool) & off_diag & ~positive
+    if valid is not None:
+        valid = _valid_rows(valid, n)
+        pair = valid[:, None] & valid[None, :]
+        positive, negative = positive & pair, negative & pair
     legal = positive | negative
     if normalize:
         z = l2_normalize(z)
@@ -105,7 +119,10 @@ def masked_contrastive_loss(
     num_neg = jnp.sum(negative, axis=1, dtype=jnp.int32)
     pos_logprob = jnp.sum(jnp.where(positive, logprob, 0), axis=1)
     per_anchor = -pos_logprob / jnp.maximum(num_pos, 1).astype(dtype)
-    loss = jnp.mean(per_anchor)
+    if valid is None:
+        loss = jnp.mean(per_anchor)
+    else:
+        loss = jnp.sum(per_anchor) / jnp.maximum(jnp.sum(valid), 1).astype(dtype)
     aux = {"per_anchor": per_anchor, "num_positives": num_pos, "num_negatives": num_neg}
     return loss, aux
 
@@ -123,6 +140,7 @@ def ascl_loss(
     normalize: bool = False,
     always_pull_own_view: bool = False,
     instance_ids: Array | None = None,
+    valid: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """ASCL's L_SCL (Eq. 1-3, Table 1 selection), as ``soft_lcscl`` computes it (SPEC §1.1, 1.2).
 
@@ -138,6 +156,8 @@ def ascl_loss(
         strategy, similarity, temperature, normalize, always_pull_own_view, instance_ids: see
             :func:`selection_masks` (``instance_ids`` is ``[2b]``) and
             :func:`masked_contrastive_loss`.
+        valid: optional bool ``[b]`` valid images (padding False); both rows of a padded image
+            are left out of the loss (:func:`masked_contrastive_loss`) and of the count means.
 
     Returns:
         ``(loss, aux)`` with the aux of :func:`masked_contrastive_loss` plus ``'preds'`` int
@@ -186,21 +206,43 @@ def ascl_loss(
     preds = jnp.concatenate([preds_nat, preds_adv]).astype(jnp.int32)
     rows_labels = jnp.concatenate([labels, labels]).astype(jnp.int32)
     z = jnp.concatenate([z_nat, z_adv], axis=0)
+    rows_valid = None
+    if valid is not None:
+        rows_valid = jnp.tile(_valid_rows(valid, b), 2)
     positive, negative = selection_masks(
-        rows_labels, preds, strategy, instance_ids=instance_ids, always_pull_own_view=always_pull_own_view
+        rows_labels,
+        preds,
+        strategy,
+        instance_ids=instance_ids,
+        always_pull_own_view=always_pull_own_view,
+        valid=rows_valid,
     )
     loss, aux = masked_contrastive_loss(
-        z, positive, negative, similarity=similarity, temperature=temperature, normalize=normalize
+        z,
+        positive,
+        negative,
+        similarity=similarity,
+        temperature=temperature,
+        normalize=normalize,
+        valid=rows_valid,
     )
     num_pos = aux["num_positives"].astype(jnp.float32)
     num_neg = aux["num_negatives"].astype(jnp.float32)
+    if valid is None:
+        mean = jnp.mean
+    else:
+        w = rows_valid[:b].astype(jnp.float32)
+
+        def mean(v):
+            return jnp.sum(v * w) / jnp.maximum(jnp.sum(w), 1.0)
+
     aux = dict(aux)
     aux.update(
         preds=preds,
-        num_positives_nat=jnp.mean(num_pos[:b]),
-        num_positives_adv=jnp.mean(num_pos[b:]),
-        num_negatives_nat=jnp.mean(num_neg[:b]),
-        num_negatives_adv=jnp.mean(num_neg[b:]),
+        num_positives_nat=mean(num_pos[:b]),
+        num_positives_adv=mean(num_pos[b:]),
+        num_negatives_nat=mean(num_neg[:b]),
+        num_negatives_adv=mean(num_neg[b:]),
     )
     return loss, aux
 
@@ -213,6 +255,7 @@ def supcon_loss(
     base_temperature: float = 0.07,
     contrast_mode: str = "all",
     mask: Array | None = None,
+    valid: Array | None = None,
 ) -> Array:
     """SupContrast's ``SupConLoss`` (Khosla et al. 2020, Eq. 2 "L_out"), SPEC §2.
 
@@ -235,6 +278,9 @@ def supcon_loss(
         contrast_mode: ``'all'`` (every row is an anchor) or ``'one'`` (view 0 only).
         mask: optional ``[bsz, bsz]`` positive mask (``[i, j]`` = sample j positive for i); may be
             asymmetric; exclusive with ``labels``.
+        valid: optional bool ``[bsz]`` valid samples: every view of a False sample is neither an
+            anchor nor a positive nor in any denominator; the mean is over the valid anchors.
+            None: every sample.
 
     Returns:
         Scalar loss in the dtype of ``features``.
@@ -278,13 +324,22 @@ def supcon_loss(
     logits = jnp.matmul(anchor, contrast.T, precision=PRECISION) / jnp.asarray(temperature, dtype)
     not_self = jnp.arange(n_views * bsz)[None, :] != jnp.arange(num_anchors)[:, None]
     pos = jnp.tile(jnp.asarray(pos, dtype), (anchor_count, n_views)) * not_self
+    if valid is not None:
+        valid = _valid_rows(valid, bsz)
+        col_valid = jnp.tile(valid, n_views)
+        anchor_valid = col_valid if contrast_mode == "all" else valid
+        not_self = not_self & col_valid[None, :]
+        pos = pos * (anchor_valid[:, None] & col_valid[None, :]).astype(dtype)
     masked = jnp.where(not_self, logits, mask_value(dtype))
     log_prob = logits - jax.nn.logsumexp(masked, axis=1, keepdims=True)
     num_pos = jnp.sum(pos, axis=1)
     num_pos = jnp.where(num_pos < 1e-6, 1, num_pos)
     mean_log_prob_pos = jnp.sum(pos * jnp.where(not_self, log_prob, 0), axis=1) / num_pos
     scale = jnp.asarray(temperature, dtype) / jnp.asarray(base_temperature, dtype)
-    return jnp.mean(-scale * mean_log_prob_pos)
+    if valid is None:
+        return jnp.mean(-scale * mean_log_prob_pos)
+    per_anchor = jnp.where(anchor_valid, -scale * mean_log_prob_pos, 0)
+    return jnp.sum(per_anchor) / jnp.maximum(jnp.sum(anchor_valid), 1).astype(dtype)
 
 
 def _check_views(z1: Array, z2: Array, temperature: float) -> None:
@@ -293,7 +348,7 @@ def _check_views(z1: Array, z2: Array, temperature: float) -> None:
     check_same_shape("z1", z1, "z2", z2)
 
 
-def nt_xent_loss(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
+def nt_xent_loss(z1: Array, z2: Array, *, temperature: float = 0.5, valid: Array | None = None) -> Array:
     """ACL's NT-Xent (SimCLR loss) for two views, ``utils.py::nt_xent`` (SPEC §3.1, ACL §2.2).
 
     With ``s = cosine similarity`` (each norm clamped at 1e-8, :func:`pairwise_similarity`) over the
@@ -313,6 +368,8 @@ def nt_xent_loss(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
     Args:
         z1, z2: float ``[N, d]`` raw (unnormalised) projections of the two views.
         temperature: t > 0 (ACL always uses 0.5).
+        valid: optional bool ``[N]`` valid pairs: both rows of a False pair are neither anchors
+            nor positives nor negatives; the mean is over the 2 x valid anchors. None: all pairs.
 
     Returns:
         Scalar loss in the dtype of the inputs.
@@ -332,12 +389,19 @@ def nt_xent_loss(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
     sim = pairwise_similarity(x, "cosine") / jnp.asarray(temperature, dtype)
     rows = jnp.arange(2 * n)
     partner = (rows + n) % (2 * n)
-    masked = jnp.where(rows[:, None] != rows[None, :], sim, mask_value(dtype))
+    legal = rows[:, None] != rows[None, :]
+    if valid is not None:
+        rows_valid = jnp.tile(_valid_rows(valid, n), 2)
+        legal = legal & rows_valid[None, :]
+    masked = jnp.where(legal, sim, mask_value(dtype))
     log_den = jax.nn.logsumexp(masked, axis=1)
-    return jnp.mean(log_den - sim[rows, partner])
+    if valid is None:
+        return jnp.mean(log_den - sim[rows, partner])
+    per_anchor = jnp.where(rows_valid, log_den - sim[rows, partner], 0)
+    return jnp.sum(per_anchor) / jnp.maximum(jnp.sum(rows_valid), 1).astype(dtype)
 
 
-def nt_xent_rows(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
+def nt_xent_rows(z1: Array, z2: Array, *, temperature: float = 0.5, valid: Array | None = None) -> Array:
     """The 2N per-anchor terms of ACL's NT-Xent (the equation of :func:`nt_xent_loss`), in float32.
 
     This is the form ACL's contrastive attack maximises (SPEC §3.3): the inputs are cast to float32
@@ -349,6 +413,8 @@ def nt_xent_rows(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
     Args:
         z1, z2: float ``[N, d]`` projections of the two views.
         temperature: t > 0.
+        valid: optional bool ``[N]`` valid pairs: the rows of a False pair are no negatives of any
+            anchor and their own terms are 0. None: all pairs.
 
     Returns:
         float32 ``[2N]``: row i is the term of anchor i of ``[z1; z2]``.
@@ -371,4 +437,10 @@ def nt_xent_rows(z1: Array, z2: Array, *, temperature: float = 0.5) -> Array:
     sim = jnp.where(jnp.eye(n2, dtype=bool), -jnp.inf, sim)
     partner = (jnp.arange(n2) + n) % n2
     pos = jnp.take_along_axis(sim, partner[:, None], axis=-1)[:, 0]
-    return jax.nn.logsumexp(sim, axis=-1) - pos
+    if valid is not None:
+        rows_valid = jnp.tile(_valid_rows(valid, n), 2)
+        sim = jnp.where(rows_valid[None, :], sim, -jnp.inf)
+    terms = jax.nn.logsumexp(sim, axis=-1) - pos
+    if valid is None:
+        return terms
+    return jnp.where(rows_valid, terms, 0.0)

@@ -23,6 +23,7 @@ def selection_masks(
     *,
     instance_ids: Array | None = None,
     always_pull_own_view: bool = False,
+    valid: Array | None = None,
 ) -> tuple[Array, Array]:
     """Positive and negative selection masks of ASCL Table 1, authors' code semantics (SPEC §1.2).
 
@@ -48,6 +49,8 @@ def selection_masks(
             default False follows the authors' code, where under Leaked the own view is a positive
             only if ``p^a_i == p_i`` and is excluded from the softmax otherwise. For Global / Hard /
             Soft the switch changes nothing (the own view has the same label).
+        valid: optional bool ``[n]``; False rows (padding) are cleared from both masks, as anchors
+            and as candidates. None: every row.
 
     Returns:
         ``(positive, negative)``: two disjoint bool ``[n, n]`` masks; ``[i, j]`` = row j for
@@ -106,4 +109,10 @@ def selection_masks(
         own = (instance_ids[:, None] == instance_ids[None, :]) & off_diag
         positive = positive | own
         negative = negative & ~own
+    if valid is not None:
+        if jnp.shape(valid) != (n,):
+            raise ValueError(f"valid must have shape [n] = ({n},), got {tuple(jnp.shape(valid))}")
+        valid = jnp.asarray(valid, bool)
+        pair = valid[:, None] & valid[None, :]
+        positive, negative = positive & pair, negative & pair
     return positive, negative

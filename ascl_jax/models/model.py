@@ -1,6 +1,6 @@
 """The full model: input normalisation -> encoder -> {z, proj, logits} (docs/design.md "Model call contract").
 
-``ASCLModel.__call__(x, *, train, bn='clean')``
+``ASCLModel.__call__(x, *, train, bn='clean', mask=None)``
 
 - x: [B, H, W, C] float images in [0, 1] (C must equal ``image_shape[-1]``). Normalisation
   ``(x - mean) / std`` is the first op (ASCL ``models.py::Normalize`` wrapper; ACL
@@ -9,6 +9,9 @@
   statistics when False.
 - bn: ``'clean'`` or ``'adv'``: which dual-BN branch every BN layer uses (trunk and head). Ignored
   (but still validated) for ``bn_type='single'``.
+- mask: optional bool ``[B]``, the valid rows of a padded batch: in train mode every BN layer
+  (trunk and head) takes its batch statistics over these rows only (``models.norm``); None = all
+  rows (the unmasked arithmetic). Outputs are computed for every row.
 
 Returns ``{'z': [B, h], 'proj': [B, p], 'logits': [B, num_classes]}``: z the penultimate features
 (ASCL's loss space without a head), proj the projection head output (``proj is z`` for
@@ -126,13 +129,16 @@ class ASCLModel(nn.Module):
     mlp_layers: int = 3
     bn_type: str = "single"
     bn_momentum: float = 0.9
+    bn_running_var: str = "unbiased"
     mean: tuple[float, ...] = (0.0,)
     std: tuple[float, ...] = (1.0,)
     conv_init: str | None = None
     cnn_padding: str = "auto"
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool, bn: str = "clean") -> dict[str, jax.Array]:
+    def __call__(
+        self, x: jax.Array, *, train: bool, bn: str = "clean", mask: jax.Array | None = None
+    ) -> dict[str, jax.Array]:
         check_branch(bn)
         check_images(x, self.image_shape[-1])
         x = x.astype(jnp.float32)
@@ -140,7 +146,11 @@ class ASCLModel(nn.Module):
         std = jnp.asarray(self.std, jnp.float32)
         x = (x - mean) / std
 
-        norm = Norm(self.bn_type, self.bn_momentum)
+        norm = Norm(self.bn_type, self.bn_momentum, running_var=self.bn_running_var)
+        if mask is not None:
+            if jnp.shape(mask) != x.shape[:1]:
+                raise ValueError(f"mask must have shape [B] = {x.shape[:1]}, got {tuple(jnp.shape(mask))}")
+            norm = norm.with_mask(jnp.asarray(mask, bool))
         conv_init = self.conv_init or DEFAULT_CONV_INIT[self.arch]
         encoder = _make_encoder(self.arch, norm, conv_init, self.cnn_padding)
         z = encoder(x, train=train, bn=bn)
@@ -165,8 +175,9 @@ def build_model(model_cfg: Any, *, num_classes: int, image_shape: Sequence[int])
 
     model_cfg: any subset of the fields of ``config.model_defaults()`` (documented there): arch
     (ARCHS), head (HEADS), proj_dim, proj_hidden, mlp_dim, mlp_layers, bn (BN_TYPES), bn_momentum,
-    normalization (keys of NORMALIZATION), conv_init (None = per-arch reference, else
-    CONV_INITS), cnn_padding; absent fields take those defaults (``config.resolve_model``).
+    bn_running_var (BN_RUNNING_VARS), normalization (keys of NORMALIZATION), conv_init (None =
+    per-arch reference, else CONV_INITS), cnn_padding; absent fields take those defaults
+    (``config.resolve_model``).
     image_shape: (H, W, C) of the inputs, e.g. (32, 32, 3) or (8, 8, 1).
     Raises ValueError naming the field and the allowed values for anything unknown.
     """
@@ -193,6 +204,7 @@ def build_model(model_cfg: Any, *, num_classes: int, image_shape: Sequence[int])
         mlp_layers=m.mlp_layers,
         bn_type=m.bn,
         bn_momentum=m.bn_momentum,
+        bn_running_var=m.bn_running_var,
         mean=tuple(mean),
         std=tuple(std),
         conv_init=m.conv_init,

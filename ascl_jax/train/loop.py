@@ -22,6 +22,7 @@ from ascl_jax.train import steps as train_steps
 from ascl_jax.train.setup import (
     build_model,
     initial_state_fn,
+    last_batch_plan,
     pretrained_variables,
     total_steps,
     train_batches,
@@ -63,6 +64,7 @@ def train_and_evaluate(
     config_lib.validate(config)
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_divides(config.data.batch_size, mesh=mesh)
+    last_batch_plan(config, mesh.devices.size)  # a bad last batch is a ConfigError before training
     resuming = workdir_lib.check_or_write_config(config, workdir)
     repl, dsh = parallel.replicated(mesh), parallel.data_sharded(mesh)
     model, info = build_model(config)
@@ -85,7 +87,7 @@ def train_and_evaluate(
         log.info("workdir %s has a config but no checkpoint: starting from step 0", workdir)
 
     step_fn = train_steps.make_train_step(config, model, state_sharding=repl, data_sharding=dsh)
-    batches = train_batches(config, start)
+    batches = train_batches(config, start, mesh.devices.size)
     writer = _metric_writer(workdir)
     is_main = jax.process_index() == 0
     bar = None

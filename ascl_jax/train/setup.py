@@ -3,11 +3,15 @@ restored, or pre-trained) state, and the train batches of `config.method`."""
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import jax
 import numpy as np
 import optax
 
 from ascl_jax import checkpointing, data, models, parallel
+from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
 from ascl_jax.train import steps as train_steps
 from ascl_jax.train.optim import make_optimizer
@@ -23,7 +27,9 @@ def build_model(config):
 
 def total_steps(config) -> tuple[int, int]:
     """(steps per epoch, total train steps): `config.num_train_steps` when > 0, else
-    `config.optim.num_epochs` epochs. For semi_student an epoch is one pass over the unlabelled pool."""
+    `config.optim.num_epochs` epochs. An epoch is `data.steps_per_epoch` steps: ceil(pool / batch)
+    by default (`data.drop_remainder=False`), pool // batch when dropping. For semi_student an
+    epoch is one pass over the unlabelled pool."""
     if config.method == "semi_student":
         spe = data.steps_per_epoch(
             config.data, subset="unlabelled", batch_size=config.data.batch_size - config.semi.labelled_batch
@@ -103,50 +109,120 @@ def pretrained_variables(config, model, image_shape):
     return variables
 
 
-def train_batches(config, start_step: int):
+class LastBatchPlan(NamedTuple):
+    """The last batch of an epoch (`data.drop_remainder=False`), per input stream (process).
+
+    real: real rows of the last batch per stream (the full local batch when there is no
+    remainder); size: rows each stream feeds at the last step (equal for all streams, the real
+    rows padded so that the global batch divides over the devices); masked: whether that batch
+    carries 'mask' (True as soon as any stream pads)."""
+
+    real: tuple[int, ...]
+    size: int
+    masked: bool
+
+
+def last_batch_plan(
+    config, device_count: int | None = None, stream_count: int | None = None
+) -> LastBatchPlan:
+    """The :class:`LastBatchPlan` of `config` for `device_count` global devices (default: all) and
+    `stream_count` input streams (default: `config.input_processes` or the process count).
+
+    Each stream pads its last batch to the smallest multiple of device_count / gcd(device_count,
+    stream_count) holding its real rows (so the global batch divides over the devices). Raises
+    ConfigError (naming `data.batch_size` and the split size) for a batch larger than the
+    training split, or a last batch of fewer real rows than devices."""
+    d = device_count or jax.device_count()
+    k = stream_count or config.input_processes or jax.process_count()
+    semi = config.method == "semi_student"
+    if semi:
+        n_l = config.semi.labelled_batch
+        layout = data.epoch_layout(
+            config.data, process_count=k, subset="unlabelled", batch_size=config.data.batch_size - n_l
+        )
+        fixed = n_l // k
+    else:
+        layout = data.epoch_layout(config.data, process_count=k, subset=config.train_subset or None)
+        fixed = 0
+    full = layout.b_local + fixed
+    real = tuple(r + fixed for r in layout.last_local)
+    if all(r == full for r in real):
+        return LastBatchPlan(real, full, False)
+    total = sum(real)
+    if total < d:
+        raise config_lib.ConfigError(
+            f"config.data.batch_size={config.data.batch_size}: the training split of {layout.pool} "
+            f"examples leaves a last batch of {total} per epoch, fewer than the {d} devices; choose "
+            "a batch size whose remainder is 0 or at least the device count, or set "
+            "data.drop_remainder=True"
+        )
+    q = d // math.gcd(d, k)
+    size = -(-max(real) // q) * q
+    return LastBatchPlan(real, size, any(r != size for r in real))
+
+
+def train_batches(config, start_step: int, device_count: int | None = None):
     """This process's batches from `start_step` on. With `config.input_processes` = k > 1 in a
     single process, the k per-process streams of a k-process run are read and concatenated, so a
-    one-process run sees exactly the global batches of a k-process run."""
+    one-process run sees exactly the global batches of a k-process run. The last batch of an epoch
+    with a kept remainder is padded as `last_batch_plan(config, device_count)` says (with 'mask'
+    bool [b] when padded); every other batch is full and has no 'mask'."""
     k = config.input_processes or jax.process_count()
+    plan = last_batch_plan(config, device_count, k if jax.process_count() == 1 else jax.process_count())
     if jax.process_count() > 1 or k == 1:
-        yield from _process_batches(config, start_step, jax.process_index(), jax.process_count())
+        yield from _process_batches(config, start_step, jax.process_index(), jax.process_count(), plan)
         return
-    its = [_process_batches(config, start_step, p, k) for p in range(k)]
+    its = [_process_batches(config, start_step, p, k, plan) for p in range(k)]
     while True:
         parts = [next(it) for it in its]
         yield {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
 
 
-def _process_batches(config, start_step, process_index, process_count):
+def _process_batches(config, start_step, process_index, process_count, plan=None):
     kw = dict(
         seed=config.seed, start_step=start_step, process_index=process_index, process_count=process_count
     )
     if config.method != "semi_student":
-        yield from data.make_train_iterator(config.data, subset=config.train_subset or None, **kw)
+        last = plan.size if plan is not None and plan.masked else None
+        yield from data.make_train_iterator(
+            config.data, subset=config.train_subset or None, last_batch=last, **kw
+        )
         return
-    yield from semi_student_batches(config, **kw)
+    yield from semi_student_batches(config, plan=plan, **kw)
 
 
-def semi_student_batches(config, **kw):
+def semi_student_batches(config, plan=None, **kw):
     """ACL semi-supervised step iii (SPEC 3.7): per step `config.semi.labelled_batch` labelled rows
     then `data.batch_size - labelled_batch` unlabelled rows, with the teacher's soft pseudo-labels
     (`config.semi.pseudo_labels`: .npz of 'index', 'logits') looked up by example index.
 
+    An epoch is a pass over the unlabelled pool (its last batch kept or dropped as
+    `data.drop_remainder` says, padded per `plan`, a `LastBatchPlan`); the labelled sub-batches
+    cycle over their own pool with incomplete batches dropped, so the labelled part is always
+    `labelled_batch` rows (the authors size both loaders to the same number of batches, SPEC 3.7).
+
     Yields {'image', 'label' (true labels, then argmax pseudo-labels), 'teacher_logits' [b, C],
-    'labelled' bool [b]}. kw: `data.make_train_iterator`'s seed, start_step, process_index/count."""
+    'labelled' bool [b]} (+ 'mask' bool [b] on a padded last batch). kw:
+    `data.make_train_iterator`'s seed, start_step, process_index/count."""
     with np.load(config.semi.pseudo_labels) as f:
         table = np.zeros((int(f["index"].max()) + 1, f["logits"].shape[1]), np.float32)
         table[f["index"]] = f["logits"]
     n_l = config.semi.labelled_batch
-    lab = data.make_train_iterator(config.data, subset="labelled", batch_size=n_l, **kw)
+    last = None
+    if plan is not None and plan.masked:
+        last = plan.size - n_l // kw["process_count"]
+    lab = data.make_train_iterator(config.data, subset="labelled", batch_size=n_l, drop_remainder=True, **kw)
     unl = data.make_train_iterator(
-        config.data, subset="unlabelled", batch_size=config.data.batch_size - n_l, **kw
+        config.data, subset="unlabelled", batch_size=config.data.batch_size - n_l, last_batch=last, **kw
     )
     for bl, bu in zip(lab, unl):
         t_l, t_u = table[bl["index"]], table[bu["index"]]
-        yield {
+        batch = {
             "image": np.concatenate([bl["image"], bu["image"]]),
             "label": np.concatenate([bl["label"], t_u.argmax(-1).astype(np.int32)]),
             "teacher_logits": np.concatenate([t_l, t_u]),
             "labelled": np.concatenate([np.ones(len(t_l), bool), np.zeros(len(t_u), bool)]),
         }
+        if "mask" in bu:
+            batch["mask"] = np.concatenate([np.ones(len(t_l), bool), bu["mask"]])
+        yield batch

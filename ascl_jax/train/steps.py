@@ -16,6 +16,13 @@ Methods (`config.method`):
 - linear_eval: a frozen encoder (BN in eval mode), the classifier trained on clean (standard) or
           PGD (adversarial) examples (ACL Table 5).
 Terms whose weight is 0 are not computed (as the authors' `add_loss`).
+
+Padded batches: the last batch of an epoch (`data.drop_remainder=False`) may carry 'mask', bool
+[b], True on its real rows (`train.setup.train_batches` pads it to a multiple of the device
+count). Padded rows are then kept out of the attack objective, every loss and metric (masked
+means) and every train-mode BN statistic (`model.apply(..., mask=...)`, also inside a train-mode
+attack). A batch without 'mask' takes exactly the unmasked code below (same arithmetic, same
+bits); the padded shape is traced separately anyway.
 """
 
 from __future__ import annotations
@@ -32,16 +39,36 @@ def _variables(params, batch_stats):
     return {"params": params, "batch_stats": batch_stats}
 
 
-def forward(model, params, batch_stats, x, *, bn="clean", train=True):
-    """One forward pass. Train mode: batch statistics, returns the updated running statistics."""
+def forward(model, params, batch_stats, x, *, bn="clean", train=True, mask=None):
+    """One forward pass. Train mode: batch statistics (over the rows of `mask` [B] when given),
+    returns the updated running statistics."""
+    kw = {} if mask is None else {"mask": mask}
     if train:
-        out, upd = model.apply(_variables(params, batch_stats), x, train=True, bn=bn, mutable=["batch_stats"])
+        out, upd = model.apply(
+            _variables(params, batch_stats), x, train=True, bn=bn, mutable=["batch_stats"], **kw
+        )
         return out, upd.get("batch_stats", batch_stats)
     return model.apply(_variables(params, batch_stats), x, train=False, bn=bn), batch_stats
 
 
-def _accuracy(logits, labels):
-    return jnp.mean(jnp.argmax(logits, -1) == labels)
+def _accuracy(logits, labels, valid=None):
+    correct = jnp.argmax(logits, -1) == labels
+    if valid is None:
+        return jnp.mean(correct)
+    return jnp.sum(correct & valid) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _tile(mask, k):
+    """The row mask of k stacked copies of a batch ([b] -> [k*b]); None stays None."""
+    return None if mask is None else jnp.tile(mask, k)
+
+
+def _masked_objective(objective, valid):
+    """The attack objective with padded rows' values set to 0 (so they add nothing to the sum
+    whose gradient the attack ascends); None: the objective itself."""
+    if valid is None:
+        return objective
+    return lambda x: jnp.where(valid, objective(x), 0.0)
 
 
 def _pgd(cfg_attack, objective, x, key, **overrides):
@@ -57,16 +84,23 @@ def _pgd(cfg_attack, objective, x, key, **overrides):
     return attacks.pgd_linf(objective, x, key, **kw)
 
 
-def _attack_logits_fn(model, state, cfg_attack, bn="clean"):
+def _attack_logits_fn(model, state, cfg_attack, bn="clean", mask=None):
     return attacks.model_forward(
-        model, _variables(state.params, state.batch_stats), bn=bn, bn_mode=cfg_attack.bn_mode, output="logits"
+        model,
+        _variables(state.params, state.batch_stats),
+        bn=bn,
+        bn_mode=cfg_attack.bn_mode,
+        output="logits",
+        mask=mask,
     )
 
 
-def ce_attack(model, state, cfg_attack, x, y, key):
+def ce_attack(model, state, cfg_attack, x, y, key, mask=None):
     """The CE training attack of adv, ascl and semi_student: PGD (`config.attack`: eps, step size,
-    steps, start, BN mode) maximising CE(logits(x_adv), y) at the current parameters."""
-    return _pgd(cfg_attack, attacks.ce_objective(_attack_logits_fn(model, state, cfg_attack), y), x, key)
+    steps, start, BN mode) maximising CE(logits(x_adv), y) at the current parameters. mask:
+    optional bool [B] valid rows (padded rows out of the objective and the BN statistics)."""
+    objective = attacks.ce_objective(_attack_logits_fn(model, state, cfg_attack, mask=mask), y)
+    return _pgd(cfg_attack, _masked_objective(objective, mask), x, key)
 
 
 def _split_views(image):
@@ -90,32 +124,32 @@ def _tree_norm(tree):
 
 
 def nat_step(state, batch, *, model, config):
-    x, y = batch["image"], batch["label"]
+    x, y, v = batch["image"], batch["label"], batch.get("mask")
 
     def loss_fn(params):
-        out, bs = forward(model, params, state.batch_stats, x)
-        loss = losses.cross_entropy(out["logits"], y)
-        return loss, (bs, {"ce_nat": loss, "acc_nat": _accuracy(out["logits"], y)})
+        out, bs = forward(model, params, state.batch_stats, x, mask=v)
+        loss = losses.cross_entropy(out["logits"], y, valid=v)
+        return loss, (bs, {"ce_nat": loss, "acc_nat": _accuracy(out["logits"], y, v)})
 
     (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return _apply_update(state, grads, bs, loss, m)
 
 
 def adv_step(state, batch, *, model, config):
-    x, y = batch["image"], batch["label"]
+    x, y, v = batch["image"], batch["label"], batch.get("mask")
     lw = config.loss
-    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key())
+    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key(), mask=v)
 
     def loss_fn(params):
         bs, loss, m = state.batch_stats, 0.0, {}
         if lw.nat_ce_weight:
-            out, bs = forward(model, params, bs, x)
-            m["ce_nat"] = losses.cross_entropy(out["logits"], y)
-            m["acc_nat"] = _accuracy(out["logits"], y)
+            out, bs = forward(model, params, bs, x, mask=v)
+            m["ce_nat"] = losses.cross_entropy(out["logits"], y, valid=v)
+            m["acc_nat"] = _accuracy(out["logits"], y, v)
             loss += lw.nat_ce_weight * m["ce_nat"]
-        out_a, bs = forward(model, params, bs, x_adv)
-        m["ce_adv"] = losses.cross_entropy(out_a["logits"], y)
-        m["acc_adv"] = _accuracy(out_a["logits"], y)
+        out_a, bs = forward(model, params, bs, x_adv, mask=v)
+        m["ce_adv"] = losses.cross_entropy(out_a["logits"], y, valid=v)
+        m["acc_adv"] = _accuracy(out_a["logits"], y, v)
         loss += lw.adv_ce_weight * m["ce_adv"]
         return loss, (bs, m)
 
@@ -124,24 +158,25 @@ def adv_step(state, batch, *, model, config):
 
 
 def trades_step(state, batch, *, model, config):
-    x, y = batch["image"], batch["label"]
-    logits_fn = _attack_logits_fn(model, state, config.attack)
+    x, y, v = batch["image"], batch["label"], batch.get("mask")
+    logits_fn = _attack_logits_fn(model, state, config.attack, mask=v)
     clean_logits = jax.lax.stop_gradient(logits_fn(x))
-    x_adv = _pgd(config.attack, attacks.kl_objective(logits_fn, clean_logits), x, state.step_key())
+    objective = _masked_objective(attacks.kl_objective(logits_fn, clean_logits), v)
+    x_adv = _pgd(config.attack, objective, x, state.step_key())
 
     def loss_fn(params):
-        out, bs = forward(model, params, state.batch_stats, x)
-        out_a, bs = forward(model, params, bs, x_adv)
-        ce = losses.cross_entropy(out["logits"], y)
-        kl = losses.trades_kl(out["logits"], out_a["logits"])
+        out, bs = forward(model, params, state.batch_stats, x, mask=v)
+        out_a, bs = forward(model, params, bs, x_adv, mask=v)
+        ce = losses.cross_entropy(out["logits"], y, valid=v)
+        kl = losses.trades_kl(out["logits"], out_a["logits"], valid=v)
         loss = ce + config.loss.trades_beta * kl
         return loss, (
             bs,
             {
                 "ce_nat": ce,
                 "trades_kl": kl,
-                "acc_nat": _accuracy(out["logits"], y),
-                "acc_adv": _accuracy(out_a["logits"], y),
+                "acc_nat": _accuracy(out["logits"], y, v),
+                "acc_adv": _accuracy(out_a["logits"], y, v),
             },
         )
 
@@ -150,31 +185,41 @@ def trades_step(state, batch, *, model, config):
 
 
 def ascl_step(state, batch, *, model, config):
-    """ASCL (Eq. 6): PGD-CE attack, two train-mode forwards, masked SCL on [z_nat; z_adv] + VAT."""
+    """ASCL (Eq. 6): PGD-CE attack, two train-mode forwards, masked SCL on [z_nat; z_adv] + VAT.
+
+    Then `config.loss.bn_extra_updates` = k train-mode forwards at the updated parameters whose
+    only effect is the BN running-statistics update, as the accuracy logging after each optimizer
+    step of the authors' loop (`mytrain.py`; the issue that added this reports two forwards, SPEC
+    does not list their inputs). Reading used here: forward 1 sees the natural batch the loss saw
+    (the 2b images of both views with two_views), forward 2 the adversarial batch of this step's
+    attack (made at the pre-update parameters), in that order, through the 'clean' BN; padded rows
+    are masked as everywhere. k = 0 leaves the running statistics as the loss forwards set them.
+    """
     lw = config.loss
-    y = batch["label"]
+    y, v = batch["label"], batch.get("mask")
     if lw.two_views:  # ascl_pgd_2trans: 2b natural images [view 0; view 1], labels [y; y]
         v0, v1 = _split_views(batch["image"])
         x, y = jnp.concatenate([v0, v1]), jnp.concatenate([y, y])
         b = batch["label"].shape[0]
         instance_ids = jnp.tile(jnp.arange(b), 4)
+        v = _tile(v, 2)
     else:
         x, instance_ids = batch["image"], None
-    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key())
+    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key(), mask=v)
 
     def loss_fn(params):
-        out, bs = forward(model, params, state.batch_stats, x)
-        out_a, bs = forward(model, params, bs, x_adv)
+        out, bs = forward(model, params, state.batch_stats, x, mask=v)
+        out_a, bs = forward(model, params, bs, x_adv, mask=v)
         ln, la = out["logits"], out_a["logits"]
-        m = {"acc_nat": _accuracy(ln, y), "acc_adv": _accuracy(la, y)}
+        m = {"acc_nat": _accuracy(ln, y, v), "acc_adv": _accuracy(la, y, v)}
         loss = 0.0
-        m["ce_adv"] = losses.cross_entropy(la, y)
+        m["ce_adv"] = losses.cross_entropy(la, y, valid=v)
         loss += lw.adv_ce_weight * m["ce_adv"]
         if lw.nat_ce_weight:
-            m["ce_nat"] = losses.cross_entropy(ln, y)
+            m["ce_nat"] = losses.cross_entropy(ln, y, valid=v)
             loss += lw.nat_ce_weight * m["ce_nat"]
         if lw.vat_weight:
-            m["vat"] = losses.kl_divergence(ln, la, reduction=lw.vat_reduction)
+            m["vat"] = losses.kl_divergence(ln, la, reduction=lw.vat_reduction, valid=v)
             loss += lw.vat_weight * m["vat"]
         # The selection counts are computed (cheaply) even when the SCL weight is 0 (Fig. 4).
         scl, aux = losses.ascl_loss(
@@ -189,6 +234,7 @@ def ascl_step(state, batch, *, model, config):
             normalize=lw.normalize,
             always_pull_own_view=lw.always_pull_own_view,
             instance_ids=instance_ids,
+            valid=v,
         )
         for k in ("num_positives_nat", "num_positives_adv", "num_negatives_nat", "num_negatives_adv"):
             m[k] = aux[k]
@@ -198,7 +244,19 @@ def ascl_step(state, batch, *, model, config):
         return loss, (bs, m)
 
     (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return _apply_update(state, grads, bs, loss, m)
+    new_state, m = _apply_update(state, grads, bs, loss, m)
+    return extra_bn_updates(model, new_state, (x, x_adv)[: lw.get("bn_extra_updates", 0)], mask=v), m
+
+
+def extra_bn_updates(model, state, inputs, *, mask=None):
+    """`state` with its BN running statistics updated by one train-mode forward per batch of
+    `inputs` (in order, 'clean' BN, no gradient; `mask` [B] as in the steps). No inputs: `state`."""
+    if not inputs:
+        return state
+    bs = state.batch_stats
+    for x in inputs:
+        _, bs = forward(model, state.params, bs, jax.lax.stop_gradient(x), mask=mask)
+    return state.replace(batch_stats=bs)
 
 
 def supcon_step(state, batch, *, model, config):
@@ -207,9 +265,11 @@ def supcon_step(state, batch, *, model, config):
     lw = config.loss
     v0, v1 = _split_views(batch["image"])
     x, y = jnp.concatenate([v0, v1]), jnp.concatenate([batch["label"], batch["label"]])
+    valid = batch.get("mask")
+    v = _tile(valid, 2)
 
     def loss_fn(params):
-        out, bs = forward(model, params, state.batch_stats, x)
+        out, bs = forward(model, params, state.batch_stats, x, mask=v)
         f = losses.l2_normalize(out[lw.feature])
         b = v0.shape[0]
         scl = losses.supcon_loss(
@@ -217,10 +277,11 @@ def supcon_step(state, batch, *, model, config):
             batch["label"],
             temperature=lw.temperature,
             base_temperature=lw.temperature,
+            valid=valid,
         )
-        ce = losses.cross_entropy(out["logits"], y)
+        ce = losses.cross_entropy(out["logits"], y, valid=v)
         loss = lw.nat_ce_weight * ce + lw.scl_weight * scl
-        return loss, (bs, {"ce_nat": ce, "scl": scl, "acc_nat": _accuracy(out["logits"], y)})
+        return loss, (bs, {"ce_nat": ce, "scl": scl, "acc_nat": _accuracy(out["logits"], y, v)})
 
     (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return _apply_update(state, grads, bs, loss, m)
@@ -237,41 +298,48 @@ def acl_pretrain_step(state, batch, *, model, config):
     both = jnp.concatenate([v1, v2])
     variant = lw.acl_variant
     adv_bn = "adv" if config.model.bn == "dual" else "clean"
-    proj_adv = attacks.model_forward(
-        model, _variables(state.params, state.batch_stats), bn=adv_bn, bn_mode=ca.bn_mode, output="proj"
-    )
+    valid = batch.get("mask")  # [N] per image (both views)
+    v = _tile(valid, 2)  # rows of `both`
+    variables = _variables(state.params, state.batch_stats)
     key = state.step_key()
     if variant in ("a2a", "ds"):
-        x_adv = _pgd(ca, attacks.nt_xent_objective(proj_adv, temperature=t), both, key)
-    elif variant == "a2s":
-        clean_fn = attacks.model_forward(
-            model, _variables(state.params, state.batch_stats), bn="clean", bn_mode=ca.bn_mode, output="proj"
+        proj_adv = attacks.model_forward(
+            model, variables, bn=adv_bn, bn_mode=ca.bn_mode, output="proj", mask=v
         )
-        x_adv = _pgd(ca, attacks.nt_xent_objective(proj_adv, other_proj=clean_fn(v2), temperature=t), v1, key)
+        x_adv = _pgd(ca, attacks.nt_xent_objective(proj_adv, temperature=t, valid=valid), both, key)
+    elif variant == "a2s":
+        proj_adv = attacks.model_forward(
+            model, variables, bn=adv_bn, bn_mode=ca.bn_mode, output="proj", mask=valid
+        )
+        clean_fn = attacks.model_forward(
+            model, variables, bn="clean", bn_mode=ca.bn_mode, output="proj", mask=valid
+        )
+        objective = attacks.nt_xent_objective(proj_adv, other_proj=clean_fn(v2), temperature=t, valid=valid)
+        x_adv = _pgd(ca, objective, v1, key)
 
     def loss_fn(params):
         bs, m = state.batch_stats, {}
         if variant == "s2s":
-            out, bs = forward(model, params, bs, both, bn="clean")
+            out, bs = forward(model, params, bs, both, bn="clean", mask=v)
             n = v1.shape[0]
-            loss = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t)
+            loss = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t, valid=valid)
             m["nt_xent_std"] = loss
         elif variant == "a2a":
-            out, bs = forward(model, params, bs, x_adv, bn=adv_bn)
+            out, bs = forward(model, params, bs, x_adv, bn=adv_bn, mask=v)
             n = v1.shape[0]
-            loss = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t)
+            loss = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t, valid=valid)
             m["nt_xent_adv"] = loss
         elif variant == "a2s":
-            out_a, bs = forward(model, params, bs, x_adv, bn=adv_bn)
-            out_c, bs = forward(model, params, bs, v2, bn="clean")
-            loss = losses.nt_xent_loss(out_a["proj"], out_c["proj"], temperature=t)
+            out_a, bs = forward(model, params, bs, x_adv, bn=adv_bn, mask=valid)
+            out_c, bs = forward(model, params, bs, v2, bn="clean", mask=valid)
+            loss = losses.nt_xent_loss(out_a["proj"], out_c["proj"], temperature=t, valid=valid)
             m["nt_xent_a2s"] = loss
         else:  # ds
             n = v1.shape[0]
-            out, bs = forward(model, params, bs, both, bn="clean")
-            out_a, bs = forward(model, params, bs, x_adv, bn=adv_bn)
-            l_std = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t)
-            l_adv = losses.nt_xent_loss(out_a["proj"][:n], out_a["proj"][n:], temperature=t)
+            out, bs = forward(model, params, bs, both, bn="clean", mask=v)
+            out_a, bs = forward(model, params, bs, x_adv, bn=adv_bn, mask=v)
+            l_std = losses.nt_xent_loss(out["proj"][:n], out["proj"][n:], temperature=t, valid=valid)
+            l_adv = losses.nt_xent_loss(out_a["proj"][:n], out_a["proj"][n:], temperature=t, valid=valid)
             loss = l_std + lw.acl_alpha * l_adv
             if lw.acl_average:
                 loss = loss / (1.0 + lw.acl_alpha)
@@ -291,19 +359,22 @@ CLASSIFIER = "classifier"
 def linear_eval_step(state, batch, *, model, config):
     """Only the classifier's parameters train (the optimizer masks the rest, see
     `trainable_mask`); the encoder runs with BN in eval mode, so its statistics stay frozen."""
-    x, y = batch["image"], batch["label"]
+    x, y, v = batch["image"], batch["label"], batch.get("mask")
     if config.init.linear_mode == "adversarial":
         x = _pgd(
             config.attack,
-            attacks.ce_objective(
-                attacks.model_forward(
-                    model,
-                    _variables(state.params, state.batch_stats),
-                    bn="clean",
-                    bn_mode="eval",
-                    output="logits",
+            _masked_objective(
+                attacks.ce_objective(
+                    attacks.model_forward(
+                        model,
+                        _variables(state.params, state.batch_stats),
+                        bn="clean",
+                        bn_mode="eval",
+                        output="logits",
+                    ),
+                    y,
                 ),
-                y,
+                v,
             ),
             x,
             state.step_key(),
@@ -311,8 +382,8 @@ def linear_eval_step(state, batch, *, model, config):
 
     def loss_fn(params):
         out, _ = forward(model, params, state.batch_stats, x, train=False)
-        loss = losses.cross_entropy(out["logits"], y)
-        return loss, (state.batch_stats, {"ce": loss, "acc": _accuracy(out["logits"], y)})
+        loss = losses.cross_entropy(out["logits"], y, valid=v)
+        return loss, (state.batch_stats, {"ce": loss, "acc": _accuracy(out["logits"], y, v)})
 
     (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return _apply_update(state, grads, bs, loss, m)
@@ -333,13 +404,13 @@ def semi_student_step(state, batch, *, model, config):
     batch: 'image' [b, ...], 'label' [b] (true labels for labelled rows, argmax pseudo-labels for
     the others), 'teacher_logits' [b, C] (soft pseudo-labels of step ii), 'labelled' bool [b].
     The attack is CE-PGD against 'label' (SPEC 3.7)."""
-    x, y = batch["image"], batch["label"]
+    x, y, v = batch["image"], batch["label"], batch.get("mask")
     s = config.semi
-    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key())
+    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key(), mask=v)
 
     def loss_fn(params):
-        out, bs = forward(model, params, state.batch_stats, x)
-        out_a, bs = forward(model, params, bs, x_adv)
+        out, bs = forward(model, params, state.batch_stats, x, mask=v)
+        out_a, bs = forward(model, params, bs, x_adv, mask=v)
         loss, aux = losses.acl_semi_supervised_loss(
             out["logits"],
             out_a["logits"],
@@ -349,8 +420,9 @@ def semi_student_step(state, batch, *, model, config):
             alpha=s.alpha,
             temperature=s.temperature,
             beta=s.beta,
+            valid=v,
         )
-        aux = dict(aux, acc_nat=_accuracy(out["logits"], y), acc_adv=_accuracy(out_a["logits"], y))
+        aux = dict(aux, acc_nat=_accuracy(out["logits"], y, v), acc_adv=_accuracy(out_a["logits"], y, v))
         return loss, (bs, aux)
 
     (loss, (bs, m)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
