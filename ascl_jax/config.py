@@ -68,6 +68,10 @@ SCHEDULES = ("constant", "piecewise", "warmup_cosine")
 LINEAR_EVAL_MODES = ("standard", "adversarial")
 EVAL_ATTACKS = ("clean", "pgd", "mpgd", "autoattack")
 AUTOATTACK_VERSIONS = ("none", "fast", "standard")
+EVAL_CHECKPOINTS = ("last", "best")  # which checkpoint the headline evaluation uses
+SELECT_ON = ("val", "test")  # where eval.checkpoint='best' measures its selection metric
+NORMS = ("Linf", "L2", "L1")  # evaluation threat model
+DTYPES = ("float32", "bfloat16")  # model compute dtype
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
@@ -122,6 +126,9 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
             train_split="train",
             label_fraction=0.0,
             drop_remainder=False,
+            val_examples=0,
+            download=False,
+            idx_dir="",
         )
     )
 
@@ -151,6 +158,7 @@ def model_defaults(*, optional: bool = True) -> ml_collections.ConfigDict:
         bn_momentum=0.9,
         bn_running_var="unbiased",
         normalization="none",
+        dtype="float32",
     )
     if optional:
         m.update(_MODEL_OPTIONAL)
@@ -250,6 +258,12 @@ def base_config() -> ml_collections.ConfigDict:
             eps_sweep=(),
             bn_branch="clean",  # which BN set a dual-BN model is evaluated with
             sanity=True,  # gradient-masking checks (eps sweep, more steps, Square vs white-box)
+            norm="Linf",
+            checkpoint="last",
+            select_on="val",
+            select_every=1,
+            select_examples=500,
+            corruptions=(),
         )
     )
     c.analysis = ml_collections.ConfigDict(dict(enabled=False, num_examples=512, tsne_points=400))
@@ -389,6 +403,7 @@ def resolve_model(cfg: Any) -> ml_collections.ConfigDict:
     _choice(m["bn"], BN_TYPES, "model.bn")
     _choice(m["normalization"], NORMALIZATIONS, "model.normalization")
     _choice(m["bn_running_var"], BN_RUNNING_VARS, "model.bn_running_var")
+    _choice(m["dtype"], DTYPES, "model.dtype")
     if m["conv_init"] is not None and m["conv_init"] not in CONV_INITS:
         raise ConfigError(
             f"config.model.conv_init={m['conv_init']!r} is not allowed; choose None "
@@ -453,6 +468,9 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         _choice(a, EVAL_ATTACKS, "eval.attacks[]")
     _choice(c.eval.autoattack, AUTOATTACK_VERSIONS, "eval.autoattack")
     _choice(c.eval.bn_branch, BN_BRANCHES, "eval.bn_branch")
+    _choice(c.eval.get("norm", "Linf"), NORMS, "eval.norm")
+    _choice(c.eval.get("checkpoint", "last"), EVAL_CHECKPOINTS, "eval.checkpoint")
+    _choice(c.eval.get("select_on", "val"), SELECT_ON, "eval.select_on")
     if not 0 < c.eval.eps <= 1:
         raise ConfigError(f"config.eval.eps={c.eval.eps!r} must lie in (0, 1]")
     _choice(c.train_subset, TRAIN_SUBSETS, "train_subset")
