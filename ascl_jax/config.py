@@ -38,7 +38,10 @@ METHODS = (
 TRAIN_SUBSETS = ("", "labelled", "unlabelled")
 # data
 DATASETS = ("digits", "cifar10", "cifar100")
-AUGMENTS = ("none", "crop_flip", "simclr")
+AUGMENTS = ("none", "crop_flip", "shift_flip", "simclr")
+# Order of the test split: tfds' stored order, or the original CIFAR order (tfds 'id' test_NNNNN,
+# as torchvision reads it), so "the first n test images" is the authors' subset.
+TEST_ORDERS = ("tfds", "original")
 NUM_VIEWS = (1, 2)
 # model
 ARCHS = ("cnn", "resnet20", "resnet18", "preact_resnet18", "wrn34_10", "tiny")
@@ -70,6 +73,7 @@ EVAL_ATTACKS = ("clean", "pgd", "mpgd", "autoattack")
 AUTOATTACK_VERSIONS = ("none", "fast", "standard")
 EVAL_CHECKPOINTS = ("last", "best")  # which checkpoint the headline evaluation uses
 SELECT_ON = ("val", "test")  # where eval.checkpoint='best' measures its selection metric
+SELECT_METRICS = ("robust", "clean")  # the selection metric: PGD robust or natural accuracy
 NORMS = ("Linf", "L2", "L1")  # evaluation threat model
 DTYPES = ("float32", "bfloat16")  # model compute dtype
 
@@ -91,8 +95,9 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
       eval_batch_size: global evaluation batch.
       num_train / num_test: sizes of `train_split` / 'test'; -1 derives them from the known
         dataset sizes (set them for splits like 'train[:90%]' and under tfds mock_data).
-      augment: one of AUGMENTS: 'none', 'crop_flip' (pad + random crop + flip, SPEC 1.7) or
-        'simclr' (SPEC 3.5).
+      augment: one of AUGMENTS: 'none', 'crop_flip' (pad + random crop + flip, SPEC 1.7: the
+        authors' code), 'shift_flip' (random shifts of up to 10% of the size + flip, ASCL §4.1's
+        wording after Pang et al. 2019) or 'simclr' (SPEC 3.5).
       num_views: 1, or 2 independent augmentations of each image (`image` gains a view axis).
       crop_padding: pixels of padding for 'crop_flip' (4 for CIFAR, 1 for the 8x8 digits).
       flip: horizontal flips in 'crop_flip' / 'simclr' (True for CIFAR; False for digits, where
@@ -105,6 +110,10 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
         smaller batch is trained on (padded to a multiple of the device count, with a `mask` that
         keeps the padded rows out of every loss, metric and BN statistic); True: pool // batch_size
         steps, the incomplete batch skipped (ASCL's single-view `load_data(drop_last=True)`).
+      test_order: one of TEST_ORDERS: 'tfds' (the stored order) or 'original' (the test split
+        sorted by the index in tfds' 'id', 'test_00042' -> 42: CIFAR's file order, which the
+        authors' torchvision loaders read; "the first 1000 test images" is then their subset).
+        The embedded digits split has one order; both values give it.
 
     `resolve_data` also accepts None for data_dir, num_train, num_test, crop_padding, flip and
     label_fraction, and -1 for crop_padding, all meaning the default.
@@ -129,6 +138,7 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
             val_examples=0,
             download=False,
             idx_dir="",
+            test_order="tfds",
         )
     )
 
@@ -209,6 +219,9 @@ def base_config() -> ml_collections.ConfigDict:
             # updated parameters. Read by method 'ascl' only (see steps.ascl_step).
             bn_extra_updates=2,
             trades_beta=6.0,
+            # method 'supcon': L2-normalise the features before SupCon (SupConResNet); False: the raw
+            # features, as ASCL's scl_nat_2trans (Table 6 orgSCL, SPEC 2).
+            supcon_normalize=True,
             # ACL: DS loss = l_std + acl_alpha * l_adv (paper), divided by (1 + acl_alpha) when
             # acl_average (the code averages the two terms, SPEC 3.4). a2s / ds route the adversarial
             # view through the 'adv' BN set of model.bn='dual'; with bn='single' both views share one
@@ -261,6 +274,7 @@ def base_config() -> ml_collections.ConfigDict:
             norm="Linf",
             checkpoint="last",
             select_on="val",
+            select_metric="robust",
             select_every=1,
             select_examples=500,
             corruptions=(),
@@ -373,6 +387,7 @@ def resolve_data(cfg: Any) -> ml_collections.ConfigDict:
             f"config.data.drop_remainder={d['drop_remainder']!r} is not allowed; allowed: True, False"
         )
     d["drop_remainder"] = bool(d["drop_remainder"])
+    _choice(d["test_order"], TEST_ORDERS, "data.test_order")
     split = d["train_split"]
     if not isinstance(split, str) or not split.strip():
         raise ConfigError(
@@ -471,6 +486,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(c.eval.get("norm", "Linf"), NORMS, "eval.norm")
     _choice(c.eval.get("checkpoint", "last"), EVAL_CHECKPOINTS, "eval.checkpoint")
     _choice(c.eval.get("select_on", "val"), SELECT_ON, "eval.select_on")
+    _choice(c.eval.get("select_metric", "robust"), SELECT_METRICS, "eval.select_metric")
     if not 0 < c.eval.eps <= 1:
         raise ConfigError(f"config.eval.eps={c.eval.eps!r} must lie in (0, 1]")
     _choice(c.train_subset, TRAIN_SUBSETS, "train_subset")
@@ -546,9 +562,28 @@ def load(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
     return module.get_config() if arg is None else module.get_config(arg)
 
 
-def cifar_base(dataset: str = "cifar10", arch: str = "resnet20") -> ml_collections.ConfigDict:
-    """The papers' CIFAR setting (SPEC 4): batch 128, crop(32, pad 4)+flip, PGD-10 8/255, 2/255
-    (CIFAR-100: eps 0.01, step 0.001 for ASCL), evaluation PGD-20 and AutoAttack on 1000 images."""
+PAPERS = ("ascl", "acl")  # whose evaluation protocol `cifar_base` sets
+DECAY_CONVENTIONS = ("code", "paper")  # `multistep_epochs`: the authors' MultiStepLR or the text
+
+
+def cifar_base(
+    dataset: str = "cifar10", arch: str = "resnet20", paper: str = "ascl"
+) -> ml_collections.ConfigDict:
+    """The papers' CIFAR setting: batch 128, RandomCrop(32, pad 4) + flip (SPEC 1.7, 3.6), inputs in
+    [0, 1], the test split in CIFAR's original order (`data.test_order='original'`), and the
+    training attack and evaluation protocol of `paper` (one of PAPERS):
+
+    'ascl' (ASCL §4.1 "Attack Setting" / "Generating Adversarial Examples", appendix §6): training
+      PGD-10 at eps 8/255, step 2/255 (CIFAR-100: eps 0.01, step 0.001); evaluation PGD-250 and
+      mPGD-250 at the same eps / step on the full test set, AutoAttack standard on the first 1000
+      test images; headline checkpoint: the best PGD robust accuracy on the test set, measured every
+      epoch (the authors' 02a_adversarial_training.py keeps `model_best.pt`, SPEC 1.6).
+    'acl' (ACL §3 "Experimental settings": PGD hyperparameters of Chen et al. 2020, the same on
+      CIFAR-10 and CIFAR-100; SPEC 3.6): training PGD-10 at 8/255, 2/255; evaluation PGD-20 at 8/255,
+      2/255 on the full test set, no AutoAttack; checkpoint 'last' here (pre-training has no
+      classifier); fine-tuning configs select with `acl_select`.
+    """
+    _choice(paper, PAPERS, "cifar_base(paper)")
     c = base_config()
     c.data.name = dataset
     c.data.batch_size = 128
@@ -556,17 +591,61 @@ def cifar_base(dataset: str = "cifar10", arch: str = "resnet20") -> ml_collectio
     c.data.augment = "crop_flip"
     c.data.crop_padding = 4
     c.data.flip = True
+    c.data.test_order = "original"
     c.model.arch = arch
     c.model.normalization = dataset
-    c.eval.attacks = ("clean", "pgd", "mpgd", "autoattack")
-    c.eval.autoattack = "standard"
-    c.eval.autoattack_examples = 1000
     c.log_every_steps = 50
     c.checkpoint_every_steps = 1000
-    if dataset == "cifar100":
-        c.attack.eps, c.attack.step_size = 0.01, 0.001
-        c.eval.eps, c.eval.step_size = 0.01, 0.001
+    c.attack.update(dict(eps=8 / 255, step_size=2 / 255, num_steps=10))
+    c.eval.update(dict(eps=8 / 255, step_size=2 / 255, num_examples=-1))
+    if paper == "ascl":
+        c.eval.update(
+            dict(
+                attacks=("clean", "pgd", "mpgd", "autoattack"),
+                pgd_steps=250,
+                mpgd_steps=250,
+                autoattack="standard",
+                autoattack_examples=1000,
+                checkpoint="best",
+                select_on="test",
+                select_metric="robust",
+                select_every=1,
+                select_examples=10_000,  # the authors' full test loader
+            )
+        )
+        if dataset == "cifar100":
+            c.attack.eps, c.attack.step_size = 0.01, 0.001
+            c.eval.eps, c.eval.step_size = 0.01, 0.001
+    else:
+        c.eval.update(dict(attacks=("clean", "pgd"), pgd_steps=20, autoattack="none", checkpoint="last"))
     return c
+
+
+def acl_select(c: ml_collections.ConfigDict, metric: str = "robust") -> ml_collections.ConfigDict:
+    """ACL's model selection (ACL §3: "The fine-tuned models are selected based on the held-out
+    validation RA"; SPEC 3.6-3.7): the 5000-image validation split (`split/valid_idx_std.npy`) is held
+    out of the 50k training images (45k train), measured every epoch; `metric` 'robust' (RA,
+    `ata_best_model.pt`) or 'clean' (TA, `best_model.pt`: the semi-supervised teacher)."""
+    _choice(metric, SELECT_METRICS, "eval.select_metric")
+    c.data.train_split = "train"
+    c.data.val_examples = 5000
+    c.eval.update(
+        dict(checkpoint="best", select_on="val", select_metric=metric, select_every=1, select_examples=5000)
+    )
+    return c
+
+
+def multistep_epochs(milestones, convention: str = "code") -> tuple[int, ...]:
+    """`optim.decay_epochs` (0-indexed epochs the new lr starts at) of a PyTorch MultiStepLR.
+
+    convention 'code' (DECAY_CONVENTIONS): ACL's loops call `scheduler.step()` at the START of each
+    1-indexed epoch (train_trades.py `for epoch in range(1, epochs + 1)`, SPEC 3.6), so milestone m
+    lowers the lr from 0-indexed epoch m - 1 on: milestones (15, 20) give 14 epochs at 0.1.
+    'paper': from epoch m on (ACL §3 "decaying by 10 times at epoch 15 and 20" read literally).
+    """
+    _choice(convention, DECAY_CONVENTIONS, "decay")
+    shift = 1 if convention == "code" else 0
+    return tuple(int(m) - shift for m in milestones)
 
 
 def resnet20_adam(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -619,6 +698,9 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.num_examples = 32
     c.eval.autoattack = "fast" if c.eval.autoattack != "none" else "none"
     c.eval.autoattack_examples = 16
+    c.eval.select_examples = min(c.eval.select_examples, 16)
+    if c.data.val_examples:
+        c.data.val_examples = min(c.data.val_examples, 16)
     c.analysis.num_examples = 32
     c.analysis.tsne_points = 32
     c.progress_bar = False

@@ -2,7 +2,9 @@
 
 ResNet-18 with ACL's 3-layer MLP head (dual BN everywhere), batch 512, 1000 epochs, LARS lr 5.0,
 wd 1e-6, 10 warm-up epochs then cosine; NT-Xent t=0.5; PGD-5 (8/255, 2/255) on the NT-Xent of both
-views with BN in eval mode and an unclipped random start; SimCLR augmentation, two views.
+views with BN in eval mode and an unclipped random start (8/255, 2/255 on CIFAR-10 and CIFAR-100:
+`config.cifar_base(paper='acl')`); SimCLR augmentation, two views; all 50k training images (the
+authors' train_simCLR.py reads the whole training set); no evaluation, the last checkpoint.
   --config configs/acl_pretrain.py:variant=ds,dataset=cifar10   (variant: s2s, a2a, a2s, ds)
   --config configs/acl_pretrain.py:variant=ds,bn=single          (Table 4 SingleBN column)
 Then fine-tune with configs/acl_finetune.py or evaluate linearly with configs/acl_linear.py.
@@ -13,7 +15,7 @@ from ascl_jax import config
 
 def get_config(arg=None):
     a = config.parse_arg(arg, variant="ds", dataset="cifar10", bn="")
-    c = config.cifar_base(a["dataset"], "resnet18")
+    c = config.cifar_base(a["dataset"], "resnet18", paper="acl")
     c.name = f"acl_pretrain:{a['variant']},{a['dataset']}" + (f",bn={a['bn']}" if a["bn"] else "")
     c.method = "acl_pretrain"
     c.data.update(dict(batch_size=512, augment="simclr", num_views=2))
@@ -43,6 +45,7 @@ def get_config(arg=None):
     )
     c.eval.attacks = ()  # the encoder has no trained classifier yet: fine-tune or probe it
     c.eval.autoattack = "none"
+    c.eval.checkpoint = "last"  # train_simCLR.py's model_1000.pt is fine-tuned / probed
     c.checkpoint_every_steps = 2000
     if a["smoke"]:
         c = config.smoke(c)

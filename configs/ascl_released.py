@@ -1,8 +1,15 @@
-"""The authors' released setting (tuananhbui89/ASCL run_cifar10.py, SPEC 1.1 item 8 and 4):
-ascl_pgd_2trans (two augmentations, 4b contrastive rows), Leaked selection, -Linf similarity on
-L2-normalised features, tau 0.2, a linear 128-d head (p1), alpha=0 (no natural CE), lambda_VAT=2
-with KL/(N*C), PGD-10 eps 0.031 step 0.007 in train mode, SGD 0.1 / wd 5e-4, 120 epochs with
-decays at 100/105/110.   --config configs/ascl_released.py:arch=resnet18   (resnet18, wrn34_10)
+"""The authors' released setting (tuananhbui89/ASCL run_cifar10.py, SPEC 1.1 item 8 and 4), trained
+and evaluated with the RELEASE's protocol, not the paper's:
+
+Training: ascl_pgd_2trans (two augmentations, 4b contrastive rows), Leaked selection, -Linf
+similarity on L2-normalised features, tau 0.2, a linear 128-d head (p1), alpha=0 (no natural CE),
+lambda_VAT=2 with KL/(N*C), PGD-10 eps 0.031 step 0.007 in train mode, SGD 0.1 / wd 5e-4, 120 epochs
+with decays at 100/105/110.
+Evaluation (02e_evaluate_robustness.py with mysetting.py's defaults eval_best=True,
+eval_auto_ver='custom'): PGD-200 at eps 0.031, step 0.007 and AutoAttack APGD-CE + APGD-T at eps
+0.031 on all 10,000 test images, no mPGD; the checkpoint is model_best.pt: the best PGD-10
+(0.031, 0.007) robust accuracy on the test set, every epoch (02a_adversarial_training.py).
+  --config configs/ascl_released.py:arch=resnet18   (resnet18, wrn34_10)
 """
 
 from ascl_jax import config
@@ -10,7 +17,7 @@ from ascl_jax import config
 
 def get_config(arg=None):
     a = config.parse_arg(arg, arch="resnet18")
-    c = config.cifar_base("cifar10", a["arch"])
+    c = config.cifar_base("cifar10", a["arch"], paper="ascl")
     c.name = f"ascl_released:{a['arch']}"
     c.method = "ascl"
     c.data.num_views = 2
@@ -41,5 +48,16 @@ def get_config(arg=None):
             num_epochs=120,
         )
     )
-    c.eval.eps, c.eval.step_size = 0.031, 0.007
+    c.eval.update(
+        dict(
+            eps=0.031,
+            step_size=0.007,
+            attacks=("clean", "pgd", "autoattack"),
+            pgd_steps=200,
+            autoattack="fast",  # APGD-CE + APGD-T (AutoAttack 'custom' in the release)
+            autoattack_examples=10_000,
+            select_examples=10_000,
+        )
+    )
+    # TODO(aa merge): eval.autoattack_attacks=("apgd-ce", "apgd-t") replaces autoattack="fast".
     return config.smoke(c) if a["smoke"] else c

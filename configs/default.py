@@ -3,7 +3,7 @@
 The README's first command runs this config. A small CNN (Carlini & Wagner 2017), PGD-10 at
 eps 0.1 (digits pixels are multiples of 1/16, so 8/255 would hardly move them), Adam 1e-3,
 40 epochs of 12 steps (the last, partial batch kept); then clean / PGD-20 / mPGD /
-AutoAttack-fast evaluation, R-DIV and plots.
+AutoAttack-fast evaluation of the LAST checkpoint (a demo: no checkpoint selection), R-DIV and plots.
 Finishes in a few minutes on 2 CPU cores.
 
   python -m ascl_jax.main --config configs/default.py --workdir runs/default
@@ -39,6 +39,7 @@ def get_config(arg=None):
             autoattack="fast",
             autoattack_examples=360,
             eps_sweep=(0.025, 0.05, 0.1, 0.15, 0.2),
+            checkpoint="last",  # the demo evaluates its last checkpoint
         )
     )
     c.analysis.enabled = True

@@ -29,7 +29,7 @@ DOCUMENTED_ARGS = {
     "ascl_table4": _grid(strategy=("global", "hard", "soft", "leaked")),
     "ascl_table5": _grid(head=("identity", "p1", "p2"), strategy=("global", "leaked")),
     "ascl_table6": _grid(
-        row=("orgscl", "adv", "adv_scl", "adv_vat", "adv_vat_scl"), arch=("resnet18", "wrn34_10")
+        row=("orgscl", "orgscl_ce", "adv", "adv_scl", "adv_vat", "adv_vat_scl"), arch=("resnet18", "wrn34_10")
     ),
     "ascl_table7": ["", "scl=2.0,vat=0.0", "scl=0.5,vat=1.0"],
     "ascl_released": _grid(arch=("resnet18", "wrn34_10")),

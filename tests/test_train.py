@@ -95,7 +95,7 @@ def test_supcon_step_equals_manual_loss():
     """orgSCL (ASCL Table 6): the step's loss is CE + SupCon on the normalised two-view features."""
     from ascl_jax import data, losses
 
-    c = load_config("ascl_table6", "row=orgscl,smoke")
+    c = load_config("ascl_table6", "row=orgscl_ce,smoke")
     c.data.name, c.model.normalization = "digits", "digits"
     c.data.num_train = c.data.num_test = -1
     c.data.crop_padding, c.data.flip = 1, False

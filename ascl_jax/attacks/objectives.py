@@ -168,8 +168,9 @@ def model_forward(
     'z' [B, h]) or, with ``output=None``, the whole dict {'z', 'proj', 'logits'}.
 
     bn: BN branch of a dual-BN model ('clean' | 'adv'; ignored by single-BN models).
-    bn_mode: 'eval' = running statistics (ACL's contrastive attack and TRADES, SPEC 3.3/3.6;
-    evaluation), independent per example; 'train' = batch statistics of the attacked batch with
+    bn_mode: 'eval' = running statistics (ACL's contrastive attack and ACL's TRADES, SPEC 3.3/3.6;
+    evaluation), independent per example; 'train' also for ASCL's TRADES baseline (its trades.py
+    calls model.train() before the attack); 'train' = batch statistics of the attacked batch with
     the running-statistics update discarded (ASCL's training attack runs in train mode, SPEC 1.6,
     but here the updates are not kept: deepmind ``test_local_stats``), which couples the rows of
     a batch.

@@ -108,10 +108,11 @@ def pgd_linf(
     Start: ``init='uniform'``: x + U(-eps, eps) (ASCL/ACL); ``init='normal'``: x + 0.001·N(0, 1)
     (TRADES); ``random_start=False``: x; ``x_init`` [B, H, W, C]: an explicit start (overrides the
     random start; lets callers make the start independent of the batch composition).
-    ``clip_start``: clip the start to [0, 1] (ASCL); ACL's contrastive PGD and TRADES do not
-    (``clip_start=False``). Each of the ``num_steps`` steps: x_adv <- x_adv + step_size·sign(grad),
-    then projection onto the eps-ball around x and onto [0, 1]. With ``num_steps=0`` the projected
-    start is returned. ``eps == 0`` returns x unchanged.
+    ``clip_start``: clip the start to [0, 1] before the first step (ASCL's pgd_attack). The
+    authors' TRADES (ACL's and ASCL's trades.py), ACL's contrastive PGD and ACL's utils.pgd_attack
+    do not: their configs pass ``clip_start=False`` (configs/acl_*.py, ascl_table2 row=trades).
+    Each of the ``num_steps`` steps: x_adv <- x_adv + step_size·sign(grad), then projection onto
+    the eps-ball around x and onto [0, 1]. With ``num_steps=0`` the projected start is returned. ``eps == 0`` returns x unchanged.
 
     All steps are one traced computation (no host round trip); ``unroll``/``max_unroll`` choose the
     loop form (module docstring; ``resolve_unroll``); ``canonicalize`` (default:

@@ -11,6 +11,11 @@ Augmentations of the papers (SPEC §1.7, §3.5):
 
 - ``crop_flip``: torchvision ``RandomCrop(32, padding=4)`` + ``RandomHorizontalFlip`` (ASCL, TRADES,
   Madry AT: "random horizontal flips and random shifts with scale 10%").
+- ``shift_flip``: random shifts of up to 10% of the height / width + horizontal flip (ASCL §4.1:
+  "random horizontal flips and random shifts with scale 10% ... as used in Pang et al. (2019)",
+  whose Keras ``ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1,
+  horizontal_flip=True)`` draws real-valued shifts, resamples bilinearly and fills with the nearest
+  edge pixel). The authors' code uses ``crop_flip``; this is the paper's wording as a switch.
 - ``simclr``: ``RandomResizedCrop(32, scale=(0.1, 1.0), bicubic)``, horizontal flip,
   ``ColorJitter(0.4, 0.4, 0.4, 0.1)`` with p = 0.8, ``RandomGrayscale`` with p = 0.2 (ACL
   pre-training).
@@ -68,6 +73,40 @@ def crop_flip(image: tf.Tensor, seed: tf.Tensor, *, padding: int, flip: bool) ->
     image = pad_random_crop(image, s[0], padding=padding)
     if flip:
         image = random_flip(image, s[1])
+    return image
+
+
+def translate(image: tf.Tensor, dy, dx) -> tf.Tensor:
+    """``out[i, j] = image[i + dy, j + dx]``, bilinear between pixels, nearest edge pixel outside.
+
+    Args:
+      image: float32 [H, W, C]; dy, dx: float32 scalars (pixels, may be fractional).
+    Returns:
+      float32 [H, W, C] (scipy ``ndimage.shift(image, (-dy, -dx, 0), order=1, mode='nearest')``).
+    """
+    one, zero = tf.ones([], tf.float32), tf.zeros([], tf.float32)
+    dy, dx = tf.cast(dy, tf.float32), tf.cast(dx, tf.float32)
+    transform = tf.stack([one, zero, dx, zero, one, dy, zero, zero])[None]  # output (x, y) <- (x+dx, y+dy)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=image[None],
+        transforms=transform,
+        output_shape=tf.shape(image)[:2],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="NEAREST",
+    )[0]
+    return tf.ensure_shape(out, image.shape)
+
+
+def shift_flip(image: tf.Tensor, seed: tf.Tensor, *, fraction: float = 0.1, flip: bool) -> tf.Tensor:
+    """Random shift (dy, dx) ~ U(-fraction, fraction) * (H, W) (``translate``), then optional flip."""
+    s = _split(seed, 3)
+    height, width = float(image.shape[0]), float(image.shape[1])
+    dy = _uniform(s[0], (), -fraction * height, fraction * height)
+    dx = _uniform(s[1], (), -fraction * width, fraction * width)
+    image = translate(image, dy, dx)
+    if flip:
+        image = random_flip(image, s[2])
     return image
 
 
@@ -231,6 +270,8 @@ def augment(image: tf.Tensor, seed: tf.Tensor, *, kind: str, padding: int, flip:
         return image
     if kind == "crop_flip":
         return crop_flip(image, seed, padding=padding, flip=flip)
+    if kind == "shift_flip":
+        return shift_flip(image, seed, flip=flip)
     if kind == "simclr":
         return simclr(image, seed, flip=flip)
     raise ValueError(f"augment={kind!r}; allowed: {AUGMENTS}")

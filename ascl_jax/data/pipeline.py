@@ -357,10 +357,17 @@ def load_eval_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The first ``num_examples`` examples of ``split`` as full arrays (one process, no sharding).
 
-    For small evaluation sets, e.g. AutoAttack on the first 1000 test images.
+    For small evaluation sets, e.g. AutoAttack on the first 1000 test images. With
+    ``data.test_order='original'`` the 'test' split is first put in CIFAR's original order
+    (``sources.original_order`` of the first ``data.num_test`` stored examples: the whole split by
+    default), so "the first n" are the authors' first n.
     Returns (images float32 [N, H, W, C] in [0, 1], labels int32 [N]).
     """
     r = sources.resolve(data_cfg)
     total = _eval_total(r, split, num_examples)
+    if split == "test" and config_lib.resolve_data(data_cfg).test_order == "original":
+        ex = sources.load_examples(r, split, r.num_test, 0, 1)
+        keep = sources.original_order(r, split, r.num_test)[:total]
+        return ex.image[keep].astype(np.float32) * np.float32(1.0 / r.pixel_max), ex.label[keep].copy()
     ex = sources.load_examples(r, split, total, 0, 1)
     return ex.image.astype(np.float32) * np.float32(1.0 / r.pixel_max), ex.label.copy()

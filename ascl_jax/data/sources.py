@@ -384,6 +384,40 @@ def load_examples(r: DataSpec, split: str, total: int, process_index: int, proce
     )
 
 
+def original_order(r: DataSpec, split: str, total: int) -> np.ndarray:
+    """The permutation that puts the first ``total`` stored examples of ``split`` (those
+    ``load_examples(r, split, total, 0, 1)`` returns) in CIFAR's original order.
+
+    tfds stores each example's ``id`` '<split>_<n>' (n = its position in CIFAR's files, the order
+    torchvision's loaders read); the stored order is tfds' shuffled one. Returns int64 [total] with
+    ``examples[perm]`` in original order: ``perm = argsort(n)``. The digits split has one order:
+    ``arange``. Raises ValueError if an id is not of that form.
+    """
+    if r.name == "digits":
+        return np.arange(total)
+    import_tf()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    builder = tfds.builder(r.name, data_dir=r.data_dir)
+    ds = builder.as_dataset(
+        split=_first_n(r, split, total),
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=tfds.ReadConfig(interleave_cycle_length=1),
+    ).map(lambda ex: {"id": ex["id"]})
+    ids = [i.decode() for i in _read_numpy(ds.with_options(tf_options()), ("id",))["id"][:total]]
+    numbers = []
+    for i in ids:
+        m = re.fullmatch(r"[A-Za-z]+_(\d+)", i)
+        if m is None:
+            raise ValueError(
+                f"data.test_order='original' needs tfds ids '<split>_<n>' in {r.name} {split!r}; "
+                f"got {i!r} (use data.test_order='tfds')"
+            )
+        numbers.append(int(m.group(1)))
+    return np.argsort(np.asarray(numbers, np.int64), kind="stable")
+
+
 def load_labels(r: DataSpec) -> np.ndarray:
     """All labels of ``train_split`` (first ``num_train``), int32 [num_train], canonical order."""
     if r.name == "digits":

@@ -18,8 +18,11 @@ from ascl_jax.config import ConfigError
 
 def learning_rate_schedule(optim_cfg, steps_per_epoch: int, total_steps: int) -> optax.Schedule:
     """Step-indexed schedule. Step decays are given in epochs (`decay_epochs`, `decay_factors`:
-    the lr is multiplied by factor k from epoch decay_epochs[k] on, factors are absolute, e.g.
-    (0.1, 0.01, 0.001))."""
+    the lr is multiplied by factor k from 0-indexed epoch decay_epochs[k] on, i.e. from step
+    decay_epochs[k] * steps_per_epoch; factors are absolute, e.g. (0.1, 0.01, 0.001)). ASCL's
+    `adjust_learning_rate(epoch)` (0-indexed, SPEC 1.8) is this directly; a PyTorch MultiStepLR
+    stepped at the start of 1-indexed epochs (ACL, SPEC 3.6) with milestone m is decay epoch m - 1
+    (`config.multistep_epochs`)."""
     lr = float(optim_cfg.learning_rate)
     if optim_cfg.schedule == "constant":
         return optax.constant_schedule(lr)

@@ -261,7 +261,8 @@ def extra_bn_updates(model, state, inputs, *, mask=None):
 
 def supcon_step(state, batch, *, model, config):
     """ASCL Table 6 "orgSCL": the original SupCon (SPEC §2) on two standard augmentations, no
-    adversary: nat_ce_weight * CE over both views + scl_weight * SupCon(L2-normalised features)."""
+    adversary: nat_ce_weight * CE over both views + scl_weight * SupCon(f), f = the L2-normalised
+    `loss.feature` (`loss.supcon_normalize`, default) or the raw one (the authors' scl_nat_2trans)."""
     lw = config.loss
     v0, v1 = _split_views(batch["image"])
     x, y = jnp.concatenate([v0, v1]), jnp.concatenate([batch["label"], batch["label"]])
@@ -270,7 +271,7 @@ def supcon_step(state, batch, *, model, config):
 
     def loss_fn(params):
         out, bs = forward(model, params, state.batch_stats, x, mask=v)
-        f = losses.l2_normalize(out[lw.feature])
+        f = losses.l2_normalize(out[lw.feature]) if lw.get("supcon_normalize", True) else out[lw.feature]
         b = v0.shape[0]
         scl = losses.supcon_loss(
             jnp.stack([f[:b], f[b:]], axis=1),
