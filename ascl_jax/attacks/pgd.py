@@ -112,7 +112,8 @@ def pgd_linf(
     authors' TRADES (ACL's and ASCL's trades.py), ACL's contrastive PGD and ACL's utils.pgd_attack
     do not: their configs pass ``clip_start=False`` (configs/acl_*.py, ascl_table2 row=trades).
     Each of the ``num_steps`` steps: x_adv <- x_adv + step_size·sign(grad), then projection onto
-    the eps-ball around x and onto [0, 1]. With ``num_steps=0`` the projected start is returned. ``eps == 0`` returns x unchanged.
+    the eps-ball around x and onto [0, 1]. With ``num_steps=0`` the projected start is returned.
+    ``eps == 0`` returns x unchanged.
 
     All steps are one traced computation (no host round trip); ``unroll``/``max_unroll`` choose the
     loop form (module docstring; ``resolve_unroll``); ``canonicalize`` (default:
