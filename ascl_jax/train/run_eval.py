@@ -57,11 +57,10 @@ def evaluate_state(config, model, state, workdir, mesh) -> dict:
         eps_sweep=tuple(ce.eps_sweep) or None,
         sanity=ce.sanity,
     )
-    # Which "first n test images" the subsets (num_examples, autoattack_examples) are.
+    # Which "first n test images" the subsets are (eval.json, and report.json's 'eval').
     res["test_order"] = config.data.get("test_order", "tfds")
     evaluation.write_eval_json(workdir, res)
     out = dict(
-        test_order=res["test_order"],
         clean_accuracy=res["clean_accuracy"],
         robust_accuracy=res["robust_accuracy"],
         overall_robust_accuracy=res["overall"]["robust_accuracy"],

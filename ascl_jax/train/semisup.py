@@ -1,6 +1,6 @@
 """ACL's semi-supervised routine (ACL §2.2.1, Eq. 3, Table 2; SPEC 3.7), one command, one workdir.
 
-  workdir/1_pretrain/   ACL (DS) pre-training on all training images (labels unused)
+  workdir/1_pretrain/   ACL (DS) pre-training on all training images (50k on CIFAR; labels unused)
   workdir/2_teacher/    standard CE training on the labelled subset from the ACL weights with the
                         clean BN set ('normal' BN, --bnNameCnt 0)
   workdir/pseudo_labels.npz   the teacher's logits on the un-augmented training images (eval mode)
