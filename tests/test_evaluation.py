@@ -428,10 +428,10 @@ def test_first_n_examples_and_autoattack_subset(linear, digits):
     x, y = digits
     r = _small_eval(linear, x, y, num_examples=40, autoattack_examples=24)
     assert r["num_evaluated"] == 40
-    assert r["num_examples"] == {"pgd5": 40, "autoattack": 24}
+    assert r["num_examples"] == {"pgd5": 40, "autoattack-custom": 24}
     assert r["overall"]["num_examples"] == 24
     pe = r["per_example"]
-    assert np.all(pe["robust_autoattack"][24:] == -1) and np.all(pe["robust_pgd5"] >= 0)
+    assert np.all(pe["robust_autoattack-custom"][24:] == -1) and np.all(pe["robust_pgd5"] >= 0)
     assert np.all(pe["robust_overall"][24:] == -1)
 
 

@@ -38,6 +38,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 
+from ascl_jax.config import AUTOATTACK_COMPONENTS as COMPONENTS
+from ascl_jax.config import AUTOATTACK_VERSIONS
 from ascl_jax.evaluation.apgd import (
     apgd_checkpoints,
     apgd_program,
@@ -67,8 +69,7 @@ from ascl_jax.evaluation.projections import (
 )
 from ascl_jax.evaluation.square import SQUARE_THRESHOLDS, square_p, square_program
 
-COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
-VERSIONS = ("standard", "plus", "rand", "custom")
+VERSIONS = tuple(v for v in AUTOATTACK_VERSIONS if v != "none")
 # The reference's attack lists (AutoAttack.set_version), per version and norm.
 ATTACKS = {
     ("standard", "Linf"): ("apgd-ce", "apgd-t", "fab-t", "square"),

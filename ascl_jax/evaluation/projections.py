@@ -18,7 +18,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-NORMS = ("Linf", "L2", "L1")
+from ascl_jax.config import NORMS
+
 # The dual exponent's norm of a gradient: the distance to a linearised boundary under ``norm`` is
 # |f| / ||grad f||_dual (FAB, Croce & Hein 2020b, Eq. 4).
 DUAL = {"Linf": "L1", "L2": "L2", "L1": "Linf"}

@@ -83,7 +83,9 @@ def parse_attack(
             raise ValueError(
                 f"unknown AutoAttack version {v!r} in {name!r}; choose one of {list(aa.VERSIONS)}"
             )
-        return "autoattack", "autoattack" if v == version else n, dict(version=v)
+        # Only AutoAttack-standard is reported as plain 'autoattack'.
+        key = "autoattack" if v == version == "standard" else n
+        return "autoattack", key, dict(version=v)
     if n in aa.COMPONENTS:
         return "component", n, dict(component=n)
     raise ValueError(f"unknown attack {name!r}; allowed: {ATTACK_HELP}")
