@@ -51,7 +51,7 @@ def _percent(a: float) -> str:
     return str(round(100.0 * float(a), 2))
 
 
-def _eps_string(eps: float, norm: str) -> str:
+def eps_string(eps: float, norm: str) -> str:
     """'8/255' when eps is a whole number of 255ths under L-inf (RobustBench's spelling), else
     the shortest decimal."""
     k = eps * 255.0
@@ -150,7 +150,7 @@ class AutoAttackResult:
         rec = {k: None for k in ROBUSTBENCH_FIELDS}
         rec.update(number_forward_passes=1)
         rec.update(info)
-        rec.update(eps=_eps_string(self.eps, self.norm), clean_acc=_percent(self.clean_accuracy))
+        rec.update(eps=eps_string(self.eps, self.norm), clean_acc=_percent(self.clean_accuracy))
         rec["autoattack_acc"] = _percent(self.robust_accuracy)
         if self.version != "standard":
             note = (
