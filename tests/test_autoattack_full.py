@@ -374,3 +374,38 @@ def test_bad_input(linear, digits):
         autoattack_callable(
             lambda z: jax.nn.softmax(f(z)), x, y, eps=0.05, version="custom", attacks=("apgd-ce",), n_iter=2
         )
+
+
+def test_pgd_l2_in_evaluate_and_config_fields(linear, digits):
+    from ascl_jax import config, evaluation
+
+    x, y = digits[0][:48], digits[1][:48]
+    w, b = (jnp.asarray(a) for a in linear)
+    res = evaluation.evaluate(
+        lambda p, z: z.reshape(z.shape[0], -1) @ p[0] + p[1], x, y, params=(w, b), norm="L2", eps=0.5,
+        step_size=0.125, attacks=("pgd10",), batch_size=48, sanity=False, progress=False, keep_adv=True,
+    )  # fmt: skip
+    dist = _distances(linear, x, y, "L2")
+    rob = res["per_example"]["robust_pgd10"] == 1
+    clean = res["per_example"]["clean_correct"]
+    assert res["norm"] == "L2" and res["robust_accuracy"]["pgd10"] < res["clean_accuracy"]
+    assert not np.any(~rob & clean & (dist > 0.5 * (1 + 1e-4)))
+    delta = (res["adversarial_images"]["pgd10"] - x).reshape(len(x), -1)
+    assert np.linalg.norm(delta, axis=1).max() <= 0.5 * (1 + 1e-5)
+    with pytest.raises(ValueError, match="L1"):
+        evaluation.evaluate(_predict(linear), x, y, norm="L1", eps=1.0, attacks=("pgd",), sanity=False)
+
+    c = config.load("default")
+    assert c.eval.autoattack == "custom" and tuple(c.eval.autoattack_attacks) == ("apgd-ce", "apgd-t")
+    for field, value, msg in (
+        ("autoattack", "fast", "eval.autoattack"),
+        ("autoattack_attacks", ("apgd-ce", "cw"), "eval.autoattack_attacks"),
+        ("autoattack_attacks", (), "autoattack_attacks"),
+    ):
+        bad = config.load("default")
+        bad.eval[field] = value
+        with pytest.raises(config.ConfigError, match=msg):
+            config.validate(bad)
+    ok = config.load("default")
+    ok.eval.update(dict(norm="L1", eps=12.0, autoattack="standard", autoattack_attacks=()))
+    config.validate(ok)  # L2 / L1 radii above 1 are valid (checked against the image size later)
