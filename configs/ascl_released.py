@@ -54,10 +54,10 @@ def get_config(arg=None):
             step_size=0.007,
             attacks=("clean", "pgd", "autoattack"),
             pgd_steps=200,
-            autoattack="fast",  # APGD-CE + APGD-T (AutoAttack 'custom' in the release)
+            autoattack="custom",  # the release's AutoAttack(version='custom', APGD-CE + APGD-T)
+            autoattack_attacks=("apgd-ce", "apgd-t"),
             autoattack_examples=10_000,
             select_examples=10_000,
         )
     )
-    # TODO(aa merge): eval.autoattack_attacks=("apgd-ce", "apgd-t") replaces autoattack="fast".
     return config.smoke(c) if a["smoke"] else c

@@ -114,6 +114,12 @@ def _checkpoint(c) -> str:
     return f"best {metric} acc. on {where}, every {e.select_every} ep ({e.select_examples} ex.)"
 
 
+def _aa_version(e) -> str:
+    if e.autoattack == "custom":
+        return "custom: " + " + ".join(e.get("autoattack_attacks", ()))
+    return e.autoattack
+
+
 def _optimizer(o) -> str:
     wd = f", wd {o.weight_decay:g}" if o.weight_decay else ""
     return f"{o.name} {o.learning_rate:g}{wd}"
@@ -136,7 +142,7 @@ def columns(c) -> tuple[str, ...]:
         _num(e.eps) if set(attacks) - {"clean"} else "—",
         _num(e.step_size) if ("pgd" in attacks or "mpgd" in attacks) else "—",
         _examples(c) if attacks else "—",
-        e.autoattack if "autoattack" in attacks else "—",
+        _aa_version(e) if "autoattack" in attacks else "—",
         _checkpoint(c) if attacks else e.get("checkpoint", "last"),
     )
 

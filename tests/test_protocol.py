@@ -216,7 +216,8 @@ CASES = [
             "eval.pgd_steps": 200,
             "eval.eps": 0.031,
             "eval.step_size": 0.007,
-            "eval.autoattack": "fast",  # APGD-CE + APGD-T
+            "eval.autoattack": "custom",  # the release's AutoAttack(version='custom')
+            "eval.autoattack_attacks": ("apgd-ce", "apgd-t"),
             "eval.autoattack_examples": 10_000,
             "eval.checkpoint": "best",
             "eval.select_on": "test",
