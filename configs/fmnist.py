@@ -27,10 +27,15 @@ Evaluation: clean, PGD-20 and mPGD-20 (9 targets) on all 10,000 test images, Aut
 (APGD-CE, APGD-T, FAB-T, Square) on the first 1,000 (file order of the source read), last
 checkpoint, no gradient-masking sweep; R-DIV (ASCL §2) of PGD-20 latents of the first 1,000 test
 images; ASCL's positives / negatives per anchor (Fig. 4) from the training metrics.
-Time on 2 CPU cores (estimates; reproduce.py records each run's wall time): ASCL PGD-10 ~260
-img/s, i.e. ~4 min an epoch, ADV / TRADES a little less, NAT ~10x faster, acl_ds ~2x slower; the
-evaluation ~10-25 min a run, most of it mPGD on 10,000 and AutoAttack's APGD-T / FAB-T / Square
-on the robust ones of the 1,000.
+Time on 2 CPU cores (reproduce.py records each run's wall time in reproduce.json): training, from
+the issue's ~260 img/s for the ASCL PGD-10 step, ~4 min an epoch (ADV / TRADES a little less, NAT
+~10x less, acl_ds ~2x more), i.e. ~20 min a run. Evaluation, measured in CPU-seconds per test
+image with every row surviving every attack (the worst case; a robust row costs this, a broken one
+less): PGD-20 0.026, mPGD-20 0.20, AutoAttack standard ~4.6 (APGD-CE, APGD-T x9, FAB-T x9, Square
+5000). So a run whose robust accuracy is ~70% spends about 2 + 12 + 25 min evaluating on 2 cores
+(the figures were taken on an oversubscribed machine; a quiet one may be up to 2x faster), which is
+more than the 45 minutes a run the issue targets: the set (12 runs) takes ~8-12 hours, in as
+many sittings as wanted (reproduce.py resumes). The knob is `epochs`; the protocol is fixed.
 """
 
 from ascl_jax import config

@@ -437,25 +437,40 @@ def _sittings(workdir):
     return (_read(os.path.join(workdir, "reproduce_sittings.json")) or {}).get("sittings", [])
 
 
+def _note_source(workdir, source):
+    """Records which Fashion-MNIST source (tfds / IDX files: their example orders differ) the run reads."""
+    os.makedirs(workdir, exist_ok=True)
+    state = _read(os.path.join(workdir, "reproduce_sittings.json")) or {}
+    state["data_source"] = source
+    with open(os.path.join(workdir, "reproduce_sittings.json"), "w") as f:
+        json.dump(state, f, indent=2)
+
+
 def _record_sitting(workdir, seconds, finished):
     os.makedirs(workdir, exist_ok=True)
+    state = _read(os.path.join(workdir, "reproduce_sittings.json")) or {}
     sittings = _sittings(workdir) + [
         dict(
             wall_seconds=round(seconds, 1), finished=finished, cpus=os.cpu_count(), at=time.strftime("%F %T")
         )
     ]
     with open(os.path.join(workdir, "reproduce_sittings.json"), "w") as f:
-        json.dump({"sittings": sittings}, f, indent=2)
+        json.dump({**state, "sittings": sittings}, f, indent=2)
 
 
-def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=None, log=print):
+def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=None, source_fn=None, log=print):
     """Runs each run of FMNIST_RUNS (or `only`) whose results are missing; returns {run: status}
     with status 'skipped' (results present), 'copied' (finished in its workdir) or 'ran'.
-    train_fn(config, workdir) trains + evaluates (default ascl_jax.train.run; tests pass a fake)."""
+    train_fn(config, workdir) trains + evaluates (default ascl_jax.train.run; tests pass a fake);
+    source_fn(data_cfg) names the data source (default ascl_jax.data.fashion_mnist_source)."""
     if train_fn is None:
         from ascl_jax import train
 
         train_fn = train.run
+    if source_fn is None:
+        from ascl_jax import data
+
+        source_fn = data.fashion_mnist_source
     unknown = sorted(set(only) - set(FMNIST_RUNS))
     if unknown:
         raise SystemExit(f"--only: unknown run(s) {unknown}; known: {list(FMNIST_RUNS)}")
@@ -487,6 +502,7 @@ def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=Non
         else:
             c = config.load("fmnist", arg)
             log(f"{name}: training in {wd} ({arg})")
+            _note_source(wd, source_fn(c.data))
             t, finished = time.time(), False
             try:
                 train_fn(c, wd)
@@ -495,6 +511,7 @@ def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=Non
                 _record_sitting(wd, time.time() - t, finished)
             status[name] = "ran"
         sit = _sittings(wd)
+        source = _read(os.path.join(wd, "reproduce_sittings.json")) or {}
         copy_results(
             wd,
             dest,
@@ -503,6 +520,7 @@ def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=Non
                 config_arg=arg,
                 sittings=sit,
                 wall_seconds=round(sum(x["wall_seconds"] for x in sit), 1),
+                data_source=source.get("data_source"),
             ),
         )
         log(f"{name}: results copied to {dest}")
@@ -931,6 +949,11 @@ def fmnist_report(results_root):
         "from the number of test images.",
         "",
     ]
+    sources_ = sorted(
+        {str((_read(os.path.join(results_root, n, META)) or {}).get("data_source")) for n in results}
+    )
+    if results:
+        lines += [f"Fashion-MNIST read from: {', '.join(sources_)} (IDX = the original files' order).", ""]
     if missing:
         lines += [f"Runs not (yet) in the results: {', '.join(missing)}.", ""]
     lines += [

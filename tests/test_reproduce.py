@@ -115,7 +115,9 @@ def _fake_train(log):
 def test_runs_skip_resume_and_copy(tmp_path):
     res, wd = str(tmp_path / "results"), str(tmp_path / "runs")
     calls = []
-    status = rp.run_fmnist(res, wd, train_fn=_fake_train(calls), log=lambda *_: None)
+    status = rp.run_fmnist(
+        res, wd, source_fn=lambda d: "idx", train_fn=_fake_train(calls), log=lambda *_: None
+    )
     assert set(status.values()) == {"ran"} and len(calls) == len(rp.FMNIST_RUNS)
     for name in rp.FMNIST_RUNS:
         d = pathlib.Path(res) / name
@@ -130,13 +132,20 @@ def test_runs_skip_resume_and_copy(tmp_path):
     assert "pretrained=" + os.path.join(wd, "acl_ds_s0") in rp.run_arg("acl_ds_trades_s0", wd)
     # A second sitting: everything is skipped, nothing trains.
     calls.clear()
-    status = rp.run_fmnist(res, wd, train_fn=_fake_train(calls), log=lambda *_: None)
+    status = rp.run_fmnist(
+        res, wd, source_fn=lambda d: "idx", train_fn=_fake_train(calls), log=lambda *_: None
+    )
     assert set(status.values()) == {"skipped"} and calls == []
     # Results removed but the workdir finished: copied again without training.
     import shutil
 
     shutil.rmtree(os.path.join(res, "adv_s1"))
-    assert rp.run_fmnist(res, wd, only=("adv_s1",), train_fn=_fake_train(calls))["adv_s1"] == "copied"
+    assert (
+        rp.run_fmnist(res, wd, only=("adv_s1",), source_fn=lambda d: "idx", train_fn=_fake_train(calls))[
+            "adv_s1"
+        ]
+        == "copied"
+    )
     assert calls == []
     # An interrupted run resumes in the same workdir, and its sittings add up.
     shutil.rmtree(os.path.join(res, "trades_s1"))
@@ -146,9 +155,14 @@ def test_runs_skip_resume_and_copy(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        rp.run_fmnist(res, wd, only=("trades_s1",), train_fn=interrupted)
+        rp.run_fmnist(res, wd, only=("trades_s1",), source_fn=lambda d: "idx", train_fn=interrupted)
     assert not os.path.exists(os.path.join(res, "trades_s1"))
-    assert rp.run_fmnist(res, wd, only=("trades_s1",), train_fn=_fake_train(calls))["trades_s1"] == "ran"
+    assert (
+        rp.run_fmnist(res, wd, only=("trades_s1",), source_fn=lambda d: "idx", train_fn=_fake_train(calls))[
+            "trades_s1"
+        ]
+        == "ran"
+    )
     assert calls == [os.path.join(wd, "trades_s1")]
     meta = json.loads((pathlib.Path(res) / "trades_s1" / "reproduce.json").read_text())
     assert [s["finished"] for s in meta["sittings"]] == [True, False, True]
@@ -157,14 +171,16 @@ def test_runs_skip_resume_and_copy(tmp_path):
     m = pathlib.Path(res) / "nat_s0" / "reproduce.json"
     m.write_text(json.dumps(dict(config_arg="method=nat,seed=0,epochs=9")))
     with pytest.raises(SystemExit, match="epochs=9"):
-        rp.run_fmnist(res, wd, only=("nat_s0",), train_fn=_fake_train(calls))
+        rp.run_fmnist(res, wd, only=("nat_s0",), source_fn=lambda d: "idx", train_fn=_fake_train(calls))
     # The fine-tuning needs its pre-training's checkpoint, which results do not keep.
     shutil.rmtree(os.path.join(res, "acl_ds_trades_s0"))
     shutil.rmtree(os.path.join(wd, "acl_ds_s0"))
     with pytest.raises(SystemExit, match="acl_ds_s0"):
-        rp.run_fmnist(res, wd, only=("acl_ds_trades_s0",), train_fn=_fake_train(calls))
+        rp.run_fmnist(
+            res, wd, only=("acl_ds_trades_s0",), source_fn=lambda d: "idx", train_fn=_fake_train(calls)
+        )
     with pytest.raises(SystemExit, match="unknown"):
-        rp.run_fmnist(res, wd, only=("adv_s9",), train_fn=_fake_train(calls))
+        rp.run_fmnist(res, wd, only=("adv_s9",), source_fn=lambda d: "idx", train_fn=_fake_train(calls))
 
 
 def _row(md, text):
@@ -175,7 +191,7 @@ def _row(md, text):
 
 def test_report_from_result_files(tmp_path):
     res, wd = str(tmp_path / "results"), str(tmp_path / "runs")
-    rp.run_fmnist(res, wd, train_fn=_fake_train([]), log=lambda *_: None)
+    rp.run_fmnist(res, wd, source_fn=lambda d: "idx", train_fn=_fake_train([]), log=lambda *_: None)
     md = rp.fmnist_report(res)
     # Per run: accuracy with its Wilson interval from the number of test images.
     lo, hi = rp.wilson(600, 1000)
@@ -196,7 +212,7 @@ def test_report_from_result_files(tmp_path):
     assert "Spearman rho" in _row(md, "Lower R-DIV goes with higher AA accuracy across runs")
     # The seed spread of a two-seed method.
     assert "| ASCL Leaked | aa | 60.00 / 61.00 | 1.00 |" in md
-    assert "Runs not (yet)" not in md
+    assert "Runs not (yet)" not in md and "read from: idx" in md
     # The section replaces only itself; the digits section stays below.
     out = tmp_path / "REPRODUCTION.md"
     out.write_text("# Reproduction report\n\nGenerated (digits).\n\n| run | clean |\n")
