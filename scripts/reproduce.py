@@ -897,8 +897,11 @@ def claim_rows(results):
         rows.append((section, text, show(ia, q), show(ib, q), paper, verdict(ia, ib, op)))
     for q, paper in (("pos", "42.8%"), ("neg", "6.3%")):
         ia, ib = interval("ASCL Leaked", q), interval("ASCL Global", q)
+        what = "positives" if q == "pos" else "negatives"
         if ia is None or ib is None or not ib[0]:
-            rows.append(("ASCL Fig. 4", f"Leaked / Global {q} ratio", "–", "–", paper, "not measured"))
+            rows.append(
+                ("ASCL Fig. 4", f"Leaked / Global {what} ratio below 100%", "–", "–", paper, "not measured")
+            )
             continue
         v = "holds" if ia[1] is not None and ia[2] < ib[1] else verdict(ia, ib, "<")
         rows.append(
