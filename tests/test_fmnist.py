@@ -110,7 +110,7 @@ def test_idx_files_through_the_pipeline(idx_dir, tmp_path):
     x, y = data.load_eval_arrays(cfg, "test")  # the gzipped files
     ref_images, ref_labels = _dataset(20, 100)
     np.testing.assert_array_equal(np.rint(x[..., 0] * 255), ref_images)
-    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert x.min() >= 0.0 and x.max() <= 1.0
     np.testing.assert_array_equal(y, ref_labels)
     assert x.dtype == np.float32 and x.shape == (20, 28, 28, 1)
     xs, _ = data.load_eval_arrays(cfg, "train[10:20]")  # a slice keeps the files' order
