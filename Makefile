@@ -28,3 +28,9 @@ test: install
 # Re-executes the example notebook and saves its outputs (commit the result).
 notebook: install
 	$(BIN)/python examples/run_notebook.py examples/ascl_losses.ipynb
+
+# The Fashion-MNIST reproduction (issue 15): trains the runs whose results are not yet in
+# results/fashion_mnist/ (workdirs in runs/fashion_mnist/, resumable), then writes REPRODUCTION.md.
+.PHONY: reproduce
+reproduce: install
+	$(BIN)/python scripts/reproduce.py --dataset fashion_mnist

@@ -37,7 +37,7 @@ METHODS = (
 )
 TRAIN_SUBSETS = ("", "labelled", "unlabelled")
 # data
-DATASETS = ("digits", "cifar10", "cifar100")
+DATASETS = ("digits", "cifar10", "cifar100", "fashion_mnist")
 AUGMENTS = ("none", "crop_flip", "shift_flip", "simclr")
 # Order of the test split: tfds' stored order, or the original CIFAR order (tfds 'id' test_NNNNN,
 # as torchvision reads it), so "the first n test images" is the authors' subset.
@@ -50,7 +50,8 @@ BN_TYPES = ("single", "dual")
 BN_BRANCHES = ("clean", "adv")
 # BN running-variance update: PyTorch's unbiased batch variance var * n / (n - 1), or Flax's biased one.
 BN_RUNNING_VARS = ("unbiased", "biased")
-NORMALIZATIONS = ("cifar10", "cifar100", "imagenet", "digits", "none")  # per-dataset mean/std
+# per-dataset mean/std
+NORMALIZATIONS = ("cifar10", "cifar100", "imagenet", "digits", "fashion_mnist", "none")
 CONV_INITS = ("kaiming_fan_out", "kaiming_fan_in", "torch")
 CNN_PADDINGS = ("auto", "VALID", "SAME")
 MLP_LAYERS = (2, 3)  # acl_mlp head: 3 layers (ACL default) or 2 (ACL --twoLayerProj)
@@ -79,8 +80,35 @@ SELECT_ON = ("val", "test")  # where eval.checkpoint='best' measures its selecti
 SELECT_METRICS = ("robust", "clean")  # the selection metric: PGD robust or natural accuracy
 NORMS = ("Linf", "L2", "L1")  # evaluation threat model
 DTYPES = ("float32", "bfloat16")  # model compute dtype
+# CIFAR-10-C (Hendrycks & Dietterich 2019; tfds `cifar10_corrupted/<name>_<severity>`): the 15
+# benchmark corruptions and the 4 extra ones, in tfds' names; severities 1..5. eval.corruptions holds
+# 'all', names (every severity) or 'name:severity' items.
+CORRUPTIONS = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "frosted_glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic",
+    "pixelate",
+    "jpeg_compression",
+    "gaussian_blur",
+    "saturate",
+    "spatter",
+    "speckle_noise",
+)
+CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)
 
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
+# data.idx_dir='': where Debian's dataset-fashion-mnist package installs the four IDX files.
+IDX_DIR_DEFAULT = "/usr/share/datasets/fashion-mnist"
 
 
 class ConfigError(ValueError):
@@ -91,9 +119,17 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
     """The data section (`config.data`) with the defaults for dataset `name`.
 
     Fields:
-      name: one of DATASETS.
+      name: one of DATASETS: 'digits' (embedded), 'cifar10' / 'cifar100' (tfds), 'fashion_mnist'
+        (tfds when prepared in data_dir, else the four IDX files in idx_dir).
       data_dir: tfds data directory ('' : `$TFDS_DATA_DIR` or `~/tensorflow_datasets`); unused
         for digits.
+      download: False (default): never download; a dataset that is not prepared fails at once with
+        the commands that prepare it. True: tfds downloads and prepares a missing dataset into
+        data_dir (needs network; cifar10, cifar100, cifar10_corrupted, fashion_mnist).
+      idx_dir: fashion_mnist only: the folder of the original IDX files
+        (`{train,t10k}-{images-idx3,labels-idx1}-ubyte`, plain or `.gz`), read when tfds'
+        fashion_mnist is not prepared in data_dir and download is False; '' = IDX_DIR_DEFAULT
+        (where Debian's `dataset-fashion-mnist` package installs them).
       batch_size: global training batch (all processes); divisible by the process count.
       eval_batch_size: global evaluation batch.
       num_train / num_test: sizes of `train_split` / 'test'; -1 derives them from the known
@@ -102,9 +138,13 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
         authors' code), 'shift_flip' (random shifts of up to 10% of the size + flip, ASCL §4.1's
         wording after Pang et al. 2019) or 'simclr' (SPEC 3.5).
       num_views: 1, or 2 independent augmentations of each image (`image` gains a view axis).
-      crop_padding: pixels of padding for 'crop_flip' (4 for CIFAR, 1 for the 8x8 digits).
+      crop_padding: pixels of padding for 'crop_flip' (4 for CIFAR, 1 for the 8x8 digits, 2 for
+        Fashion-MNIST, whose garments fill the 28x28 frame: 37% of the training images have ink in
+        the first or last column, so a 4-pixel shift would cut them).
       flip: horizontal flips in 'crop_flip' / 'simclr' (True for CIFAR; False for digits, where
-        mirrored digits mislead).
+        mirrored digits mislead, and for Fashion-MNIST, whose shoes all point one way: 99.7% of
+        the sneakers, 100% of the ankle boots, 93% of the sandals are closer to their class mean
+        than their mirror images are, so flips would train on poses the test set lacks).
       train_split: tfds split string, e.g. 'train' or 'train[:45000]' (ACL 45k/5k).
       label_fraction: 0.0 (no labelled split), or the fraction of `train_split` that is labelled
         (0.01, 0.1 in ACL semi-supervised, SPEC 3.7).
@@ -123,6 +163,7 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
     """
     _choice(name, DATASETS, "data.name")
     digits = name == "digits"
+    cifar = name in ("cifar10", "cifar100")
     return ml_collections.ConfigDict(
         dict(
             name=name,
@@ -133,8 +174,8 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
             num_test=-1,  # -1: the dataset's full split sizes
             augment="crop_flip",
             num_views=1,
-            crop_padding=1 if digits else 4,
-            flip=not digits,
+            crop_padding={"digits": 1, "fashion_mnist": 2}.get(name, 4),
+            flip=cifar,
             train_split="train",
             label_fraction=0.0,
             drop_remainder=False,
@@ -406,7 +447,40 @@ def resolve_data(cfg: Any) -> ml_collections.ConfigDict:
         else:
             d[field] = _positive_int(value, f"data.{field}")
     d["data_dir"] = str(d["data_dir"]) if d["data_dir"] else ""
+    if not isinstance(d["download"], (bool, np.bool_)):
+        raise ConfigError(f"config.data.download={d['download']!r} is not allowed; allowed: True, False")
+    d["download"] = bool(d["download"])
+    if not isinstance(d["idx_dir"], str):
+        raise ConfigError(
+            f"config.data.idx_dir={d['idx_dir']!r} is not allowed; allowed: a folder path, or '' "
+            f"for {IDX_DIR_DEFAULT!r}"
+        )
     return ml_collections.ConfigDict(d)
+
+
+def parse_corruptions(items: Any) -> tuple[tuple[str, int], ...]:
+    """`eval.corruptions` as (corruption, severity) pairs in CORRUPTIONS x CORRUPTION_SEVERITIES order.
+
+    items: a tuple of 'all' (every corruption and severity), corruption names (all 5 severities)
+    or 'name:severity' strings; () = none. Duplicates are merged. Raises ConfigError naming
+    eval.corruptions and listing the allowed names for anything else."""
+    if isinstance(items, str):
+        items = (items,)
+    chosen: set[tuple[str, int]] = set()
+    for item in items:
+        name, sep, sev = str(item).strip().partition(":")
+        if name == "all" and not sep:
+            chosen.update((c, s) for c in CORRUPTIONS for s in CORRUPTION_SEVERITIES)
+            continue
+        if name not in CORRUPTIONS or (sep and sev.strip() not in [str(s) for s in CORRUPTION_SEVERITIES]):
+            raise ConfigError(
+                f"config.eval.corruptions item {item!r} is not allowed; allowed: 'all', a corruption "
+                f"name (all severities) or 'name:severity' with severity in "
+                f"{list(CORRUPTION_SEVERITIES)}; the names are {list(CORRUPTIONS)}"
+            )
+        sevs = [int(sev)] if sep else CORRUPTION_SEVERITIES
+        chosen.update((name, s) for s in sevs)
+    return tuple(sorted(chosen, key=lambda cs: (CORRUPTIONS.index(cs[0]), cs[1])))
 
 
 def resolve_model(cfg: Any) -> ml_collections.ConfigDict:
@@ -508,6 +582,17 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError(f"config.eval.eps={c.eval.eps!r} must lie in (0, 1] for eval.norm='Linf'")
     if not c.eval.eps > 0:  # L2 / L1: up to the box's diameter, checked with the image shape
         raise ConfigError(f"config.eval.eps={c.eval.eps!r} must be > 0")
+    if parse_corruptions(c.eval.get("corruptions", ())):
+        if c.data.name != "cifar10":
+            raise ConfigError(
+                f"config.eval.corruptions are CIFAR-10-C images (32x32x3, CIFAR-10's classes); "
+                f"config.data.name={c.data.name!r} must be 'cifar10'"
+            )
+        if "clean" not in c.eval.attacks:
+            raise ConfigError(
+                "config.eval.corruptions needs 'clean' in config.eval.attacks (the evaluation they "
+                f"run with); got eval.attacks={tuple(c.eval.attacks)}"
+            )
     _choice(c.train_subset, TRAIN_SUBSETS, "train_subset")
     if c.method == "semi_student":
         if not 0 < c.semi.labelled_batch < c.data.batch_size:

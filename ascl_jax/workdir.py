@@ -90,6 +90,7 @@ class Report(TypedDict, total=False):
     eval_eps: float
     sanity: dict | None  # gradient-masking checks
     eval: dict  # = eval.json
+    corruptions: dict  # CIFAR-10-C: {'mean', 'mean_per_corruption', 'mean_per_severity', ...}
     # analysis (config.analysis)
     analysis: dict  # {'plots', 'r_div', 'skipped', 'errors'}
     r_div: dict | None  # {'intra', 'inter', 'ratio', ...}

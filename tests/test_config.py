@@ -47,6 +47,11 @@ DOCUMENTED_ARGS = {
         pretrained=("runs/acl_ds",), branch=("adv", "clean"), mode=("standard", "adversarial")
     ),
     "acl_semisup": _grid(fraction=(0.01, 0.1), dataset=("cifar10", "cifar100")),
+    "fmnist": _grid(
+        method=("nat", "adv", "trades", "ascl_global", "ascl_hard", "ascl_soft", "ascl_leaked", "acl_ds"),
+        seed=(0, 1),
+    )
+    + ["method=acl_ds_trades,pretrained=runs/acl_ds"],
 }
 CASES = [
     (name, arg + tail)

@@ -1,9 +1,12 @@
-"""Input data: tfds CIFAR-10/100 and the embedded scikit-learn digits, through tf.data.
+"""Input data: the embedded scikit-learn digits, tfds CIFAR-10/100, Fashion-MNIST (tfds or its IDX
+files) and CIFAR-10-C, through tf.data.
 
 Modules, in data-flow order:
 
-- ``sources``: the datasets as in-memory arrays (digits split, tfds reads, split sizes, per-process
-  shards, ``dataset_info``, ``check_prepared``).
+- ``idx``: the original Fashion-MNIST IDX files, parsed and checked with numpy.
+- ``sources``: the datasets as in-memory arrays (digits split, tfds reads, Fashion-MNIST's source,
+  split sizes, per-process shards, ``dataset_info``, ``check_prepared``; ``data.download``).
+- ``corrupted``: the CIFAR-10-C sets of the corruption evaluation (``check_prepared``, ``load``).
 - ``semisup``: the labelled / unlabelled partition of the training split (``label_split``).
 - ``pipeline``: the training stream (per-process, exact per-epoch permutation, deterministic
   resume: ``make_train_iterator``, ``steps_per_epoch``, ``epoch_layout``) and ``load_eval_arrays``.
@@ -17,6 +20,8 @@ Every function takes the data section of a config (``config.data``, or any subse
 from ascl_jax.config import AUGMENTS, NUM_VIEWS
 from ascl_jax.config import DATASETS as NAMES
 from ascl_jax.config import data_defaults as default_config
+from ascl_jax.data import corrupted, idx
+from ascl_jax.data.idx import IdxFilesMissingError, IdxFormatError
 from ascl_jax.data.pipeline import (
     EpochLayout,
     epoch_layout,
@@ -30,6 +35,7 @@ from ascl_jax.data.sources import (
     DatasetNotPreparedError,
     check_prepared,
     dataset_info,
+    fashion_mnist_source,
     validate_config,
 )
 
@@ -40,6 +46,11 @@ __all__ = [
     "SUBSETS",
     "SPLIT_SIZES",
     "DatasetNotPreparedError",
+    "IdxFormatError",
+    "IdxFilesMissingError",
+    "corrupted",
+    "idx",
+    "fashion_mnist_source",
     "default_config",
     "validate_config",
     "dataset_info",

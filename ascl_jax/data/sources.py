@@ -1,4 +1,5 @@
-"""Dataset sources: the embedded scikit-learn digits and tfds CIFAR-10/100, as in-memory arrays.
+"""Dataset sources: the embedded scikit-learn digits, tfds CIFAR-10/100 and CIFAR-10-C, and
+Fashion-MNIST (tfds or its original IDX files), as in-memory arrays.
 
 Datasets (``data_cfg.name``):
 
@@ -11,6 +12,12 @@ Datasets (``data_cfg.name``):
   10 / 100 ('label', the fine label) classes. Must be prepared beforehand (this code never
   downloads; a missing dataset raises :class:`DatasetNotPreparedError` at once, with the command
   to prepare it).
+- ``'fashion_mnist'``: 28x28x1, 10 classes, 60,000 train / 10,000 test: tfds when prepared in
+  ``data_dir`` (or ``data.download``), else the IDX files of ``data.idx_dir`` (:mod:`.idx`;
+  :func:`fashion_mnist_source` says which). The sources' orders differ (IDX file order; tfds'
+  shuffled one), and so does any "first n test images" subset.
+- ``data.download=True`` lets tfds download and prepare a missing dataset into ``data_dir``
+  (network needed); CIFAR-10-C (``cifar10_corrupted``) is read by :mod:`ascl_jax.data.corrupted`.
 
 Split strings are tfds-style: ``'train'``, ``'test'``, ``'train[:45000]'``, ``'train[45000:]'`` (the
 ACL 45k/5k split, SPEC §3.6 -- a contiguous slice of tfds' fixed, already shuffled order, where ACL
@@ -45,23 +52,30 @@ from typing import Any
 import numpy as np
 
 from ascl_jax import config as config_lib
+from ascl_jax.data import idx
 
 # Known split sizes (tfds cifar10/cifar100 3.0.2; the fixed digits split of this module).
 SPLIT_SIZES = {
     "digits": {"train": 1437, "test": 360},
     "cifar10": {"train": 50_000, "test": 10_000},
     "cifar100": {"train": 50_000, "test": 10_000},
+    "fashion_mnist": {"train": 60_000, "test": 10_000},
 }
-_IMAGE_SHAPES = {"digits": (8, 8, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
-_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
-_PIXEL_MAX = {"digits": 16.0, "cifar10": 255.0, "cifar100": 255.0}
+_IMAGE_SHAPES = {
+    "digits": (8, 8, 1),
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+    "fashion_mnist": (28, 28, 1),
+}
+_NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "fashion_mnist": 10}
+_PIXEL_MAX = {"digits": 16.0, "cifar10": 255.0, "cifar100": 255.0, "fashion_mnist": 255.0}
 _DIGITS_NUM_TEST = 360
 _DIGITS_SPLIT_SEED = 0
 _TF_DATA_THREADS = max(1, os.cpu_count() or 1)
 
 
 class DatasetNotPreparedError(FileNotFoundError):
-    """A tfds dataset is not prepared in the data_dir (this code never downloads)."""
+    """A dataset is not prepared in data_dir (data.download False; fashion_mnist: nor in idx_dir)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +83,8 @@ class DataSpec:
     """The validated data config (``config.resolve_data``) with the dataset's facts.
 
     data_dir None = tfds' default; num_train / num_test resolved to split sizes; label_fraction
-    None = no labelled split; pixel_max: the stored pixel value that maps to 1.0.
+    None = no labelled split; pixel_max: the stored pixel value that maps to 1.0; download: tfds
+    may download; idx_dir: the fashion_mnist IDX folder ('' resolved to config.IDX_DIR_DEFAULT).
     """
 
     name: str
@@ -87,6 +102,8 @@ class DataSpec:
     image_shape: tuple[int, int, int]
     num_classes: int
     pixel_max: float
+    download: bool = False
+    idx_dir: str = config_lib.IDX_DIR_DEFAULT
 
 
 def _parse_split(spec: str) -> tuple[str, int | None, int | None] | None:
@@ -167,6 +184,8 @@ def resolve(data_cfg: Any) -> DataSpec:
         image_shape=_IMAGE_SHAPES[name],
         num_classes=_NUM_CLASSES[name],
         pixel_max=_PIXEL_MAX[name],
+        download=d.download,
+        idx_dir=d.idx_dir or config_lib.IDX_DIR_DEFAULT,
     )
 
 
@@ -261,9 +280,9 @@ def stratified_choice(labels: np.ndarray, k: int, rng: np.random.Generator) -> n
 
 def _prepare_hint(name: str, root: str) -> str:
     return (
-        f"tfds dataset {name!r} is not prepared in data_dir={root!r}. This code never "
-        f"downloads (tfds would spend minutes retrying the network on an offline machine). "
-        f"Prepare it on a machine with network access:\n"
+        f"tfds dataset {name!r} is not prepared in data_dir={root!r}. With data.download=False "
+        f"(default) this code does not download (tfds would spend minutes retrying the network on "
+        f"an offline machine); set data.download=True where a network exists, or prepare it:\n"
         f"    tfds build {name} --data_dir {root}\n"
         f'or  python -c "import tensorflow_datasets as tfds; '
         f"tfds.builder('{name}', data_dir='{root}').download_and_prepare()\"\n"
@@ -273,12 +292,17 @@ def _prepare_hint(name: str, root: str) -> str:
     )
 
 
-def _tfds_dataset(r: DataSpec, split: Any, *, decode_image: bool = True):
-    """tf.data.Dataset of {'image': uint8 [H, W, C], 'label': int64} in canonical (file) order."""
+def _tfds_dataset(r: DataSpec, split: Any, *, decode_image: bool = True, name: str | None = None):
+    """tf.data.Dataset of {'image': uint8 [H, W, C], 'label': int64} in canonical (file) order.
+
+    name: the tfds name (default ``r.name``), e.g. 'cifar10_corrupted/fog_3'. A dataset that is
+    not prepared is downloaded and prepared first when ``r.download``."""
     import_tf()
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-    builder = tfds.builder(r.name, data_dir=r.data_dir)  # local only: no GCS, no download
+    name = name or r.name
+    builder = tfds.builder(name, data_dir=r.data_dir)  # local only: no GCS
+    _maybe_download(builder, r.download)
     decoders = None if decode_image else {"image": tfds.decode.SkipDecoding()}
     try:
         ds = builder.as_dataset(
@@ -290,18 +314,75 @@ def _tfds_dataset(r: DataSpec, split: Any, *, decode_image: bool = True):
     except AssertionError as e:  # tfds: "Dataset cifar10: could not find data in ..."
         if "could not find data" not in str(e):
             raise
-        root = os.path.dirname(os.path.dirname(builder.data_dir))
-        raise DatasetNotPreparedError(_prepare_hint(r.name, root)) from None
+        raise DatasetNotPreparedError(_prepare_hint(name, _data_root(builder))) from None
     keep = ("image", "label") if decode_image else ("label",)
     ds = ds.map(lambda ex: {k: ex[k] for k in keep})
     return ds.with_options(tf_options())
 
 
+def _data_root(builder) -> str:
+    """The data_dir a builder reads (``<root>/<name>[/<config>]/<version>``)."""
+    root = os.path.dirname(builder.data_dir)
+    return os.path.dirname(os.path.dirname(root) if builder.builder_config else root)
+
+
+def _maybe_download(builder, download: bool) -> None:
+    """``builder.download_and_prepare()`` when ``download`` and the dataset is not prepared."""
+    if download and not builder.is_prepared():
+        logging.info("data: downloading and preparing %s into %s", builder.name, _data_root(builder))
+        builder.download_and_prepare()
+
+
+def fashion_mnist_source(data_cfg: Any) -> str:
+    """'tfds' when tfds' fashion_mnist is prepared in data_dir or data.download is set, else 'idx'
+    (the IDX files of data.idx_dir). data_cfg: the data section or its DataSpec."""
+    r = data_cfg if isinstance(data_cfg, DataSpec) else resolve(data_cfg)
+    if r.download:
+        return "tfds"
+    import_tf()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    return "tfds" if tfds.builder(r.name, data_dir=r.data_dir).is_prepared() else "idx"
+
+
+def _fashion_mnist_hint(r: DataSpec, problem: str) -> str:
+    return (
+        f"fashion_mnist: {problem}. Either install the original IDX files (Debian/Ubuntu: "
+        f"`apt-get install dataset-fashion-mnist` puts them in {config_lib.IDX_DIR_DEFAULT!r}; or "
+        f"set data.idx_dir to a folder holding {[s for v in idx.FILES.values() for s in v]}, plain or "
+        f".gz), or set data.download=True on a machine with network access, or prepare tfds' "
+        f"fashion_mnist:\n" + _prepare_hint("fashion_mnist", r.data_dir or "~/tensorflow_datasets")
+    )
+
+
+def _in_memory(r: DataSpec) -> bool:
+    """Whether ``r``'s splits are numpy arrays held here (digits; fashion_mnist from IDX files)."""
+    return r.name == "digits" or (r.name == "fashion_mnist" and fashion_mnist_source(r) == "idx")
+
+
+def _memory_split(r: DataSpec, base: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [n, H, W, C], int32 labels [n]) of split ``base`` of an in-memory dataset."""
+    if r.name == "digits":
+        return _digits_arrays()[base]
+    try:
+        return idx.read_split_cached(r.idx_dir, base)
+    except idx.IdxFilesMissingError as e:
+        raise DatasetNotPreparedError(_fashion_mnist_hint(r, str(e))) from None
+
+
 def check_prepared(data_cfg: Any) -> None:
-    """Raises DatasetNotPreparedError at once if the tfds dataset is not prepared (no network)."""
+    """Raises DatasetNotPreparedError at once if the dataset is not there (no network): a tfds
+    dataset not prepared in data_dir, or fashion_mnist with neither tfds data nor its IDX files."""
     r = resolve(data_cfg)
-    if r.name != "digits":
-        _tfds_dataset(r, r.train_split, decode_image=False)
+    if r.name == "digits":
+        return
+    if r.name == "fashion_mnist" and fashion_mnist_source(r) == "idx":
+        try:
+            idx.check_files(r.idx_dir)
+        except idx.IdxFilesMissingError as e:
+            raise DatasetNotPreparedError(_fashion_mnist_hint(r, str(e))) from None
+        return
+    _tfds_dataset(r, r.train_split, decode_image=False)
 
 
 @dataclasses.dataclass
@@ -343,16 +424,22 @@ def _first_n(r: DataSpec, split: str, total: int) -> str:
 def load_examples(r: DataSpec, split: str, total: int, process_index: int, process_count: int) -> Examples:
     """The examples of process ``process_index`` in the first ``total`` examples of ``split``."""
     lo, hi = shard_bounds(total, process_index, process_count)
-    if r.name == "digits":
+    if _in_memory(r):
         base, a, b = _parse_split(split) or (None, None, None)
-        if base not in SPLIT_SIZES["digits"]:
+        if base not in SPLIT_SIZES[r.name]:
             raise ValueError(
-                f"split={split!r} for digits; allowed: 'train', 'test' or an absolute "
+                f"split={split!r} for {r.name}; allowed: 'train', 'test' or an absolute "
                 "slice such as 'train[:1000]'"
             )
-        images, labels = _digits_arrays()[base]
+        images, labels = _memory_split(r, base)
         start = a or 0
         stop = min(len(labels) if b is None else b, start + total)
+        if r.name == "fashion_mnist" and stop - start < total:
+            raise ValueError(
+                f"fashion_mnist split {split!r}: the IDX files in {r.idx_dir!r} hold {len(labels)} "
+                f"{base} examples, the config needs {total} from position {start} (data.num_train / "
+                "data.num_test, eval.num_examples)"
+            )
         images, labels = images[start:stop][lo:hi], labels[start:stop][lo:hi]
     else:
         import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -420,8 +507,22 @@ def original_order(r: DataSpec, split: str, total: int) -> np.ndarray:
 
 def load_labels(r: DataSpec) -> np.ndarray:
     """All labels of ``train_split`` (first ``num_train``), int32 [num_train], canonical order."""
-    if r.name == "digits":
+    if _in_memory(r):
         return load_examples(r, r.train_split, r.num_train, 0, 1).label
     spec = _first_n(r, r.train_split, r.num_train)
     labels = _read_numpy(_tfds_dataset(r, spec, decode_image=False), ("label",))["label"]
     return labels[: r.num_train].astype(np.int32)
+
+
+def tfds_arrays(r: DataSpec, split: str, *, name: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images [n, H, W, C], int32 labels [n]) of tfds dataset ``name`` (default ``r.name``)
+    split ``split``, in file order, from ``r.data_dir`` (downloaded first when ``r.download``).
+    Raises DatasetNotPreparedError when it is not prepared."""
+    arrays = _read_numpy(_tfds_dataset(r, split, name=name), ("image", "label"))
+    return arrays["image"].astype(np.uint8), arrays["label"].astype(np.int32)
+
+
+def check_tfds(r: DataSpec, name: str, split: str = "test") -> None:
+    """Raises DatasetNotPreparedError (with the commands that prepare it) when tfds dataset ``name``
+    is not prepared in ``r.data_dir``; reads no example (downloads first when ``r.download``)."""
+    _tfds_dataset(r, split, decode_image=False, name=name)

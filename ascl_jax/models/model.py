@@ -65,11 +65,14 @@ DEFAULT_CONV_INIT = {
 # config.NORMALIZATIONS name.
 # digits: sklearn ``load_digits`` (1797 images, 8x8, 1 channel) scaled by 1/16; mean and std over all
 # pixels of all images (0.305260..., 0.376049...).
+# fashion_mnist: the 60,000 training images (28x28, 1 channel) scaled by 1/255; mean and (population)
+# std over all their pixels (0.286041, 0.353024).
 NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "digits": ((0.30526,), (0.37605,)),
+    "fashion_mnist": ((0.28604,), (0.35302,)),
     "none": ((0.0,), (1.0,)),
 }
 

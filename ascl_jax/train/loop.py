@@ -65,6 +65,7 @@ def train_and_evaluate(
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_divides(config.data.batch_size, mesh=mesh)
     last_batch_plan(config, mesh.devices.size)  # a bad last batch is a ConfigError before training
+    run_eval.check_corruption_data(config)  # missing CIFAR-10-C data fails before training
     resuming = workdir_lib.check_or_write_config(config, workdir)
     repl, dsh = parallel.replicated(mesh), parallel.data_sharded(mesh)
     model, info = build_model(config)

@@ -3,6 +3,8 @@
 evaluate_state: clean / PGD / mPGD / AutoAttack on the test split (`config.eval`) -> eval.json,
 per_example.npz and report.json's 'eval', then the analysis when `config.analysis.enabled`.
 analyze_state: R-DIV (ASCL §2) of benign vs PGD latents, the plots of ASCL Figs. 3-5 and 7.
+evaluate_corruptions: accuracy on CIFAR-10-C (`config.eval.corruptions`, ACL §3 Fig. 2) -> eval.json's
+'corruptions' and report.json's summary of it.
 evaluate_workdir / analyze_workdir: the same for the latest checkpoint of a workdir (the CLI's
 --mode=evaluate and --mode=analyze), merged into its report.json.
 """
@@ -12,8 +14,11 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ascl_jax import analysis, attacks, data, evaluation, parallel
+from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
 from ascl_jax.train.setup import restore_run
 
@@ -35,6 +40,7 @@ def evaluate_state(config, model, state, workdir, mesh) -> dict:
     attacks_ = [a for a in ce.attacks if not (a == "autoattack" and ce.autoattack == "none")]
     if not attacks_:
         return {}
+    check_corruption_data(config)
     n = ce.num_examples if ce.num_examples > 0 else None
     images, labels = data.load_eval_arrays(config.data, "test", n)
     res = evaluation.evaluate(
@@ -61,6 +67,9 @@ def evaluate_state(config, model, state, workdir, mesh) -> dict:
     )
     # Which "first n test images" the subsets are (eval.json, and report.json's 'eval').
     res["test_order"] = config.data.get("test_order", "tfds")
+    corruptions = evaluate_corruptions(config, model, state, mesh)
+    if corruptions:
+        res["corruptions"] = corruptions
     evaluation.write_eval_json(workdir, res)
     out = dict(
         clean_accuracy=res["clean_accuracy"],
@@ -69,11 +78,71 @@ def evaluate_state(config, model, state, workdir, mesh) -> dict:
         eval_eps=res["eps"],
         sanity=evaluation.summary(res).get("sanity"),
     )
+    if corruptions:
+        out["corruptions"] = {k: v for k, v in corruptions.items() if k != "accuracy"}
     if config.analysis.enabled:
         out["analysis"] = analyze_state(config, model, state, workdir, mesh, images, labels, eval_results=res)
         if out["analysis"].get("r_div"):
             out["r_div"] = out["analysis"]["r_div"]
     return out
+
+
+def check_corruption_data(config) -> None:
+    """Raises DatasetNotPreparedError at once when a CIFAR-10-C set of `config.eval.corruptions`
+    is not prepared (call before training / evaluating); a no-op without corruptions."""
+    pairs = config_lib.parse_corruptions(config.eval.get("corruptions", ()))
+    if pairs:
+        data.corrupted.check_prepared(config.data, pairs)
+
+
+def corruption_accuracy(logits_fn, variables, data_cfg, pairs, *, num_examples, batch_size, mesh) -> dict:
+    """Accuracy of `logits_fn(variables, x)` ([B, 32, 32, 3] in [0, 1] -> [B, 10]) on CIFAR-10-C.
+
+    pairs: (corruption, severity) pairs (`config.parse_corruptions`); num_examples: the first n
+    images of each set (None = all 10,000); batches of `batch_size` on `mesh`'s data axis, one
+    compiled prediction for every set. Returns {'accuracy': {corruption: {'<severity>': acc}},
+    'mean' (over the pairs), 'mean_per_corruption': {corruption: mean over its severities},
+    'mean_per_severity': {'<severity>': mean over its corruptions}, 'num_examples': n per set,
+    'num_sets'}; accuracies are fractions in [0, 1]."""
+    predict = jax.jit(lambda v, x: jnp.argmax(logits_fn(v, x), axis=-1))
+    sharding = parallel.data_sharded(mesh)
+    acc: dict[str, dict[str, float]] = {}
+    sizes = set()
+    for c, sev in pairs:
+        x, y = data.corrupted.load(data_cfg, c, sev, num_examples)
+        pred = parallel.map_batches(lambda start, xb: predict(variables, xb), (x,), batch_size, sharding)
+        acc.setdefault(c, {})[str(sev)] = float(np.mean(pred == y))
+        sizes.add(len(y))
+    flat = [(c, s, a) for c, per in acc.items() for s, a in per.items()]
+    return dict(
+        accuracy=acc,
+        mean=float(np.mean([a for *_, a in flat])),
+        mean_per_corruption={c: float(np.mean(list(per.values()))) for c, per in acc.items()},
+        mean_per_severity={
+            s: float(np.mean([a for _, s2, a in flat if s2 == s])) for s in sorted({s for _, s, _ in flat})
+        },
+        num_examples=min(sizes) if len(sizes) == 1 else sorted(sizes),
+        num_sets=len(flat),
+    )
+
+
+def evaluate_corruptions(config, model, state, mesh) -> dict:
+    """CIFAR-10-C accuracy of `state` (eval-mode BN of `config.eval.bn_branch`) for
+    `config.eval.corruptions` on the first `eval.num_examples` images of each set (-1 = all);
+    {} when no corruption is configured. See `corruption_accuracy` for the result."""
+    ce = config.eval
+    pairs = config_lib.parse_corruptions(ce.get("corruptions", ()))
+    if not pairs:
+        return {}
+    return corruption_accuracy(
+        _logits_fn(model, ce.bn_branch),
+        _variables(state),
+        config.data,
+        pairs,
+        num_examples=ce.num_examples if ce.num_examples > 0 else None,
+        batch_size=config.data.eval_batch_size,
+        mesh=mesh,
+    )
 
 
 def latents(config, model, state, images, labels, mesh, *, eps):
