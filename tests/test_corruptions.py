@@ -123,14 +123,19 @@ def test_mode_evaluate_writes_corruptions(tmp_path):
     c = config.load("ascl_table2", "row=ours,smoke")
     c.method = "nat"  # the cheapest step to compile: the test is about the evaluation
     c.num_train_steps = 1
-    c.eval.update(dict(attacks=("clean",), autoattack="none", num_examples=16, sanity=False))
+    c.eval.update(
+        dict(attacks=("clean",), autoattack="none", num_examples=16, sanity=False, checkpoint="last")
+    )
     c.analysis.enabled = False
-    c.data.update(num_train=16, num_test=16)
+    c.data.update(num_train=16, num_test=16, test_order="tfds")  # the mock has no 'id' feature
     wd = str(tmp_path / "wd")
     with tfds.testing.mock_data(num_examples=N, as_dataset_fn=_as_dataset):
         train.train_and_evaluate(c, wd, evaluate=False)
         override = config.load("ascl_table2", "row=ours,smoke")
-        override.eval.update(dict(attacks=("clean",), autoattack="none", num_examples=16, sanity=False))
+        override.eval.update(
+            dict(attacks=("clean",), autoattack="none", num_examples=16, sanity=False, checkpoint="last")
+        )
+        override.data.test_order = "tfds"
         override.eval.corruptions = ("fog:2", "zoom_blur:5")
         override.analysis.enabled = False
         report = train.evaluate_workdir(wd, override)

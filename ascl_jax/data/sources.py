@@ -43,7 +43,6 @@ oversubscribing the cores JAX uses).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import re
@@ -52,7 +51,8 @@ from typing import Any
 import numpy as np
 
 from ascl_jax import config as config_lib
-from ascl_jax.data import idx
+from ascl_jax.data import digits, idx
+from ascl_jax.data.digits import stratified_choice  # noqa: F401  (re-exported)
 
 # Known split sizes (tfds cifar10/cifar100 3.0.2; the fixed digits split of this module).
 SPLIT_SIZES = {
@@ -69,8 +69,6 @@ _IMAGE_SHAPES = {
 }
 _NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "fashion_mnist": 10}
 _PIXEL_MAX = {"digits": 16.0, "cifar10": 255.0, "cifar100": 255.0, "fashion_mnist": 255.0}
-_DIGITS_NUM_TEST = 360
-_DIGITS_SPLIT_SEED = 0
 _TF_DATA_THREADS = max(1, os.cpu_count() or 1)
 
 
@@ -248,36 +246,6 @@ def tf_options():
     return options
 
 
-@functools.lru_cache(maxsize=1)
-def _digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Fixed digits split: {'train': (uint8 [1437, 8, 8, 1] in 0..16, int32 [1437]), 'test': ..}."""
-    from sklearn.datasets import load_digits  # pylint: disable=g-import-not-at-top
-
-    d = load_digits()
-    images = np.rint(d.images).astype(np.uint8)[..., None]
-    labels = d.target.astype(np.int32)
-    rng = np.random.default_rng(_DIGITS_SPLIT_SEED)
-    test_idx = stratified_choice(labels, _DIGITS_NUM_TEST, rng)
-    is_test = np.zeros(len(labels), bool)
-    is_test[test_idx] = True
-    out = {"train": (images[~is_test], labels[~is_test]), "test": (images[is_test], labels[is_test])}
-    for v in out.values():
-        v[0].setflags(write=False)
-        v[1].setflags(write=False)
-    return out
-
-
-def stratified_choice(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """Sorted positions of ``k`` examples; class quotas ``k n_c / n``, largest-remainder rounded."""
-    classes, counts = np.unique(labels, return_counts=True)
-    exact = k * counts / counts.sum()
-    quota = np.floor(exact).astype(int)
-    short = k - quota.sum()
-    quota[np.argsort(-(exact - quota), kind="stable")[:short]] += 1
-    chosen = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota)]
-    return np.sort(np.concatenate(chosen))
-
-
 def _prepare_hint(name: str, root: str) -> str:
     return (
         f"tfds dataset {name!r} is not prepared in data_dir={root!r}. With data.download=False "
@@ -363,7 +331,7 @@ def _in_memory(r: DataSpec) -> bool:
 def _memory_split(r: DataSpec, base: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 images [n, H, W, C], int32 labels [n]) of split ``base`` of an in-memory dataset."""
     if r.name == "digits":
-        return _digits_arrays()[base]
+        return digits.arrays()[base]
     try:
         return idx.read_split_cached(r.idx_dir, base)
     except idx.IdxFilesMissingError as e:
