@@ -17,6 +17,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# URLs through fsspec (as ascl_jax.storage sets it), before anything uses epath
+os.environ.setdefault("EPATH_USE_TF", "false")
 from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402  (before anything imports jax)
 
 xla_flags.tune_cpu_flags()

@@ -129,6 +129,9 @@ def check_workdir(workdir: PathLike) -> None:
             f"(or pip install {client})"
         )
     probe = path(url) / f".ascl_jax_probe.{socket.gethostname()}.{os.getpid()}.{jax.process_index()}"
+    client_log = logging.getLogger(client)
+    level = client_log.level
+    client_log.setLevel(logging.CRITICAL)  # its traceback of a refused request: the error below says it
     try:
         probe.write_bytes(b"ascl_jax write probe\n")
         probe.unlink()
@@ -139,6 +142,8 @@ def check_workdir(workdir: PathLike) -> None:
             f"(gs://: `gcloud auth application-default login` or the VM's service account; "
             f"s3://: AWS_* variables or ~/.aws). Nothing was trained."
         ) from e
+    finally:
+        client_log.setLevel(level)
 
 
 # --------------------------------------------------------------------------------------------

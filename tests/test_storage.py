@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import urllib.parse
+import urllib.request
 
-import gcsfs
 import numpy as np
 import pytest
 
@@ -139,17 +140,24 @@ def _run(env, sandbox, *args, script=None):
     )
 
 
-def _client(emulator):
-    """gcsfs's plain client on the emulator (not its zonal-bucket variant, which asks a gRPC
-    control plane that the emulator does not serve); a fresh one, without a listing cache."""
-    return gcsfs.core.GCSFileSystem(endpoint_url=emulator, token="anon", skip_instance_cache=True)
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read()
 
 
-def _bucket(emulator):
-    """The names of every object in the bucket (relative to gs://ascl/), and a reader of one."""
-    fs = _client(emulator)
-    names = {p.split("/", 1)[1] for p in fs.find(BUCKET)}
-    return names, lambda name: fs.cat_file(f"{BUCKET}/{name}")
+def _bucket(emulator, bucket=BUCKET):
+    """The names of every object in the bucket (relative to gs://ascl/), and a reader of one, through
+    the emulator's JSON API (plain HTTP: not the client under test)."""
+    listing = json.loads(_get(f"{emulator}/storage/v1/b/{bucket}/o"))
+    assert "nextPageToken" not in listing
+    names = {item["name"] for item in listing.get("items", [])}
+
+    def read(name):
+        return _get(
+            f"{emulator}/download/storage/v1/b/{bucket}/o/{urllib.parse.quote(name, safe='')}?alt=media"
+        )
+
+    return names, read
 
 
 @pytest.fixture(scope="module")
@@ -224,14 +232,15 @@ def test_unusable_bucket_is_a_clear_error_before_any_work(emulator, env, sandbox
     assert r.returncode == 2, r.stderr[-3000:]
     assert "error (StorageError): --workdir gs://locked/run is not writable" in r.stderr
     assert "credentials" in r.stderr and "Nothing was trained" in r.stderr
+    assert "Traceback" not in r.stderr  # one line, not the client's traceback
     # a bucket that does not exist
     r = _run(env, sandbox, "--mode", "evaluate", "--workdir", "gs://no-such-bucket/run")
     assert r.returncode == 2, r.stderr[-3000:]
     assert "--workdir gs://no-such-bucket/run is not writable" in r.stderr
     names, _ = _bucket(emulator)
     assert not any(n.startswith("no-such-bucket") or "locked" in n for n in names)
-    fs = _client(emulator)
-    assert not fs.exists("no-such-bucket")  # the probe never creates a bucket
+    buckets = json.loads(_get(f"{emulator}/storage/v1/b?project=test"))
+    assert [b["name"] for b in buckets["items"]] == [BUCKET]  # the probe never creates a bucket
     assert _local_files(sandbox) == []
 
 

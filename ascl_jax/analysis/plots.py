@@ -5,7 +5,8 @@ positives / negatives over training (ASCL Fig. 4), t-SNE of latents with adversa
 
 Plots are regenerated artifacts: every plot function overwrites an existing file at its path.
 Paths go through `ascl_jax.storage` (local, gs://, s3://): a figure is rendered in memory and
-written whole; the returned path is an `epath.Path`.
+written whole, by process 0 only (in a multi-process run every process renders it); the returned
+path is an `epath.Path`.
 matplotlib and scikit-learn are imported inside the functions that need them.
 """
 
@@ -15,6 +16,7 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
 from ascl_jax import storage
@@ -34,7 +36,8 @@ def _png_path(path: PathLike, default_name: str) -> storage.Path:
     p = storage.path(path)
     if not p.suffix or p.is_dir():
         p = p / default_name
-    storage.makedirs(p.parent)
+    if jax.process_index() == 0:
+        storage.makedirs(p.parent)
     return p
 
 
@@ -51,7 +54,8 @@ def _save(fig, path: storage.Path) -> storage.Path:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    storage.write_bytes(path, buf.getvalue())  # overwrites: plots are regenerated artifacts
+    if jax.process_index() == 0:  # a shared file: one writer
+        storage.write_bytes(path, buf.getvalue())  # overwrites: plots are regenerated artifacts
     return path
 
 

@@ -106,7 +106,6 @@ def run_analysis(
       ``ratio_mean_of_batches``, ``num_batches``, ``batch_size``, ``num_rows``).
     """
     plot_dir = storage.path(workdir) / plots_subdir
-    storage.makedirs(plot_dir)
     report = dict(report or {})
     name = model_name or str(report.get("method", "model"))
     result: dict[str, Any] = {"plots": {}, "r_div": None, "skipped": {}, "errors": {}}
