@@ -37,6 +37,11 @@ setuptools.setup(
             "nbclient>=0.10",  # tests/test_notebook.py and `make notebook` execute the example notebook
             "nbformat>=5.10",
             "ipykernel>=6.29",
+            "gcsfs>=2024.2",  # tests/test_storage.py: gs:// workdirs against a local emulator
+            "gcp-storage-emulator==2026.7.19",  # pinned: tests/gcs_emulator.py patches two of its handlers
         ],
+        # object-storage workdirs (ascl_jax.storage, docs/storage.md): fsspec's client per scheme
+        "gcs": ["gcsfs>=2024.2"],
+        "s3": ["s3fs>=2024.2"],
     },
 )

@@ -3,6 +3,8 @@
 Every config field can be overridden, e.g. `--config.optim.learning_rate=0.01`.
 Modes: train (train, then evaluate into report.json), evaluate (a workdir's latest checkpoint ->
 eval.json, merged into report.json), analyze (R-DIV and plots of a workdir's checkpoint).
+--workdir is a local directory or a URL (gs://bucket/dir, s3://bucket/dir; docs/storage.md): a
+URL workdir is probed (writable from this process) before any work.
 Multi-host: `--multihost` calls jax.distributed.initialize() (auto-detected on Cloud TPU, Slurm,
 Open MPI; or give --coordinator/--num_processes/--process_id), before any other JAX call.
 """
@@ -15,6 +17,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# URLs through fsspec (as ascl_jax.storage sets it), before anything uses epath
+os.environ.setdefault("EPATH_USE_TF", "false")
 from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402  (before anything imports jax)
 
 xla_flags.tune_cpu_flags()
@@ -46,6 +50,13 @@ def main(argv):
     handler.setFormatter(logging.Formatter("ascl_jax: %(message)s"))
     ours.addHandler(handler)
     from ascl_jax import config as config_lib
+    from ascl_jax import storage
+
+    try:
+        storage.check_workdir(_WORKDIR.value)  # a URL workdir: writable from here, before any work
+    except storage.StorageError as e:
+        print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
+        sys.exit(2)
     from ascl_jax import train, workdir
 
     try:
@@ -60,6 +71,7 @@ def main(argv):
     except (
         config_lib.ConfigError,
         workdir.WorkdirError,
+        storage.StorageError,
         train.NonFiniteLossError,
         FileNotFoundError,
         ValueError,

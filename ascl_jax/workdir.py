@@ -7,11 +7,16 @@
   report.json       the run's summary, keys of `Report` (`write_report`, `update_report`, `read_report`)
   eval.json         `summary` of `evaluation.evaluate`'s result (`write_eval_json`)
   per_example.npz   its per-example arrays (`write_eval_json`, `load_per_example`, `compare_per_example`)
-  plots/, events.*  the analysis' PNGs, TensorBoard scalars (written by their libraries)
+  plots/            the analysis' PNGs (`ascl_jax.analysis`)
+  events.out.tfevents.*  TensorBoard scalars (`ascl_jax.storage.ScalarWriter`)
 
-Rules every writer here keeps: only process 0 writes; JSON files are written atomically (a temporary
-file, then `os.replace`), with `indent=2, sort_keys=True`; a file a new run replaces is archived, not
-lost: `write_report` keeps the previous report as `report.<local %Y%m%d-%H%M%S>.json`,
+A workdir is a local directory or a URL (gs://bucket/dir, s3://bucket/dir); every file goes through
+`ascl_jax.storage` (etils.epath), a URL is never turned into a local path.
+
+Rules every writer here keeps: only process 0 writes; a file is written whole
+(`storage.write_bytes`: a temporary file then `os.replace` locally, one object upload on object
+storage); JSON with `indent=2, sort_keys=True`; a file a new run replaces is archived, not lost:
+`write_report` keeps the previous report as `report.<local %Y%m%d-%H%M%S>.json`,
 `write_eval_json` the previous eval.json and per_example.npz as `eval.<UTC>.json` /
 `per_example.<UTC>.npz` (`on_exists='archive'`; 'error' refuses, 'overwrite' replaces).
 
@@ -24,6 +29,7 @@ differ on resume.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 import logging
 import os
@@ -34,6 +40,8 @@ from typing import Any, TypedDict
 import jax
 import ml_collections
 import numpy as np
+
+from ascl_jax import storage
 
 log = logging.getLogger("ascl_jax")
 
@@ -109,17 +117,21 @@ def _is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def _join(workdir, name: str) -> str:
+    return str(storage.path(workdir) / name)
+
+
+def _exists(path: str) -> bool:
+    return storage.path(path).exists()
+
+
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True, default=float)
-        f.write("\n")
-    os.replace(tmp, path)  # atomic: readers see all of it or nothing
+    text = json.dumps(obj, indent=2, sort_keys=True, default=float) + "\n"
+    storage.write_bytes(path, text.encode("utf-8"))  # whole: readers see all of it or nothing
 
 
 def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(storage.path(path).read_text())
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,11 +161,13 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
     """Writes workdir/config.json, or checks the existing one. Returns True when resuming.
 
     Raises WorkdirError when the workdir holds a run of a different config (listing the fields
-    that differ) so that nothing already written is lost.
+    that differ) so that nothing already written is lost, and `storage.StorageError` when a URL
+    workdir cannot be written (`storage.check_workdir`).
     """
-    path = os.path.join(workdir, CONFIG_JSON)
+    storage.check_workdir(workdir)
+    path = _join(workdir, CONFIG_JSON)
     new = config_to_dict(config)
-    if os.path.exists(path):
+    if _exists(path):
         try:
             old = _read_json(path)
         except (OSError, json.JSONDecodeError) as e:
@@ -173,15 +187,15 @@ def check_or_write_config(config: ml_collections.ConfigDict, workdir: str) -> bo
             )
         return True
     if _is_writer():
-        os.makedirs(workdir, exist_ok=True)
+        storage.makedirs(workdir)
         _write_json(path, new)
     return False
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """workdir/config.json -> ConfigDict (JSON lists read back as tuples)."""
-    path = os.path.join(workdir, CONFIG_JSON)
-    if not os.path.exists(path):
+    path = _join(workdir, CONFIG_JSON)
+    if not _exists(path):
         raise WorkdirError(f"{workdir} holds no run: {path} is missing")
     d = _read_json(path)
 
@@ -200,8 +214,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 def append_metrics(workdir: str, step: int, metrics: Mapping[str, float]) -> None:
     """Appends {'step': step, **metrics} as one line to workdir/metrics.jsonl."""
     if _is_writer():
-        with open(os.path.join(workdir, METRICS_JSONL), "a") as f:
-            f.write(json.dumps(dict(step=step, **metrics)) + "\n")
+        storage.makedirs(workdir)
+        storage.append_text(_join(workdir, METRICS_JSONL), json.dumps(dict(step=step, **metrics)) + "\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,8 +224,8 @@ def append_metrics(workdir: str, step: int, metrics: Mapping[str, float]) -> Non
 
 def read_report(workdir: str) -> dict:
     """workdir/report.json, or {} when it is missing or cannot be parsed."""
-    path = os.path.join(workdir, REPORT_JSON)
-    if not os.path.exists(path):
+    path = _join(workdir, REPORT_JSON)
+    if not _exists(path):
         return {}
     try:
         report = _read_json(path)
@@ -233,7 +247,7 @@ def _archive_name(path: str) -> str:
     stem, ext = os.path.splitext(path)
     backup = f"{stem}.{time.strftime('%Y%m%d-%H%M%S')}{ext}"
     n = 1
-    while os.path.exists(backup):
+    while _exists(backup):
         backup = f"{stem}.{time.strftime('%Y%m%d-%H%M%S')}-{n}{ext}"
         n += 1
     return backup
@@ -245,11 +259,11 @@ def write_report(workdir: str, report: Mapping[str, Any]) -> str | None:
     _check_keys(report)
     if not _is_writer():
         return None
-    path = os.path.join(workdir, REPORT_JSON)
+    path = _join(workdir, REPORT_JSON)
     backup = None
-    if os.path.exists(path):
+    if _exists(path):
         backup = _archive_name(path)
-        os.replace(path, backup)
+        storage.move(path, backup)
         log.info("the previous report.json was kept as %s", backup)
     _write_json(path, dict(report))
     return backup
@@ -263,8 +277,8 @@ def update_report(workdir: str, updates: Mapping[str, Any]) -> dict:
         return dict(updates)
     report = read_report(workdir)
     report.update(updates)
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, REPORT_JSON), report)
+    storage.makedirs(workdir)
+    _write_json(_join(workdir, REPORT_JSON), report)
     return report
 
 
@@ -298,7 +312,7 @@ def summary(results: dict) -> dict:
 def _utc_timestamp(workdir: str) -> str:
     ts = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     out, i = ts, 1
-    while os.path.exists(os.path.join(workdir, f"eval.{out}.json")):
+    while _exists(_join(workdir, f"eval.{out}.json")):
         out, i = f"{ts}-{i}", i + 1
     return out
 
@@ -321,18 +335,18 @@ def write_eval_json(
     if not workdir:
         raise ValueError("workdir must be a directory path")
     per_example = results.get("per_example") if per_example is None else per_example
-    eval_path = os.path.join(workdir, EVAL_JSON)
-    npz_path = os.path.join(workdir, PER_EXAMPLE)
+    eval_path = _join(workdir, EVAL_JSON)
+    npz_path = _join(workdir, PER_EXAMPLE)
     out = dict(
         eval_json=eval_path,
         per_example=npz_path if per_example else None,
-        report_json=os.path.join(workdir, REPORT_JSON),
+        report_json=_join(workdir, REPORT_JSON),
         archived=[],
     )
     if not _is_writer():
         return out
-    os.makedirs(workdir, exist_ok=True)
-    if os.path.exists(eval_path):
+    storage.makedirs(workdir)
+    if _exists(eval_path):
         if on_exists == "error":
             raise FileExistsError(
                 f"{eval_path} exists; pass on_exists='archive' to keep it as "
@@ -340,26 +354,26 @@ def write_eval_json(
             )
         if on_exists == "archive":
             ts = _utc_timestamp(workdir)
-            dst = os.path.join(workdir, f"eval.{ts}.json")
-            os.replace(eval_path, dst)
+            dst = _join(workdir, f"eval.{ts}.json")
+            storage.move(eval_path, dst)
             out["archived"].append(dst)
-            if os.path.exists(npz_path):
-                dst = os.path.join(workdir, f"per_example.{ts}.npz")
-                os.replace(npz_path, dst)
+            if _exists(npz_path):
+                dst = _join(workdir, f"per_example.{ts}.npz")
+                storage.move(npz_path, dst)
                 out["archived"].append(dst)
     summ = summary(results)
     _write_json(eval_path, summ)
     if per_example:
-        tmp = npz_path + ".tmp.npz"
-        np.savez_compressed(tmp, **{k: np.asarray(v) for k, v in per_example.items()})
-        os.replace(tmp, npz_path)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.asarray(v) for k, v in per_example.items()})
+        storage.write_bytes(npz_path, buf.getvalue())
     update_report(workdir, {"eval": summ})
     return out
 
 
 def load_per_example(path: str) -> dict:
     """per_example.npz -> dict of numpy arrays."""
-    with np.load(path) as z:
+    with np.load(io.BytesIO(storage.path(path).read_bytes())) as z:
         return {k: z[k] for k in z.files}
 
 

@@ -187,6 +187,7 @@ LAYERS = (
     "models",
     "losses",
     "attacks",
+    "storage",
     "workdir",
     "checkpointing",
     "evaluation",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -54,7 +53,7 @@ def selection_counts_over_training(
       (float64). T = 0 when nothing was logged.
     """
     if isinstance(metrics_history, (str, os.PathLike)):
-        records: Iterable[Mapping[str, Any]] = read_jsonl(resolve_metrics_file(pathlib.Path(metrics_history)))
+        records: Iterable[Mapping[str, Any]] = read_jsonl(resolve_metrics_file(metrics_history))
     else:
         records = metrics_history
     by_step: dict[int, dict[str, float]] = {}

@@ -4,17 +4,22 @@ positives / negatives over training (ASCL Fig. 4), t-SNE of latents with adversa
 (ASCL supplement Fig. 7).
 
 Plots are regenerated artifacts: every plot function overwrites an existing file at its path.
+Paths go through `ascl_jax.storage` (local, gs://, s3://): a figure is rendered in memory and
+written whole, by process 0 only (in a multi-process run every process renders it); the returned
+path is an `epath.Path`.
 matplotlib and scikit-learn are imported inside the functions that need them.
 """
 
 from __future__ import annotations
 
-import pathlib
+import io
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 
+from ascl_jax import storage
 from ascl_jax.analysis.counts import selection_counts_over_training
 from ascl_jax.analysis.records import PathLike
 
@@ -26,12 +31,13 @@ PNG_NAMES = {
 }
 
 
-def _png_path(path: PathLike, default_name: str) -> pathlib.Path:
+def _png_path(path: PathLike, default_name: str) -> storage.Path:
     """A directory (existing, or a path without suffix) gets ``default_name`` inside it."""
-    p = pathlib.Path(path)
-    if p.is_dir() or not p.suffix:
+    p = storage.path(path)
+    if not p.suffix or p.is_dir():
         p = p / default_name
-    p.parent.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        storage.makedirs(p.parent)
     return p
 
 
@@ -44,9 +50,12 @@ def _new_figure(figsize=(6.4, 4.8)):
     return fig
 
 
-def _save(fig, path: pathlib.Path) -> pathlib.Path:
+def _save(fig, path: storage.Path) -> storage.Path:
     fig.tight_layout()
-    fig.savefig(path, format="png")  # overwrites an existing file: plots are regenerated artifacts
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    if jax.process_index() == 0:  # a shared file: one writer
+        storage.write_bytes(path, buf.getvalue())  # overwrites: plots are regenerated artifacts
     return path
 
 
@@ -65,7 +74,7 @@ def _check_same_size(name, xs: np.ndarray, acc: np.ndarray, what: str) -> None:
         raise ValueError(f"model {name!r}: {xs.size} {what} but {acc.size} accuracies.")
 
 
-def _accuracy_plot(lines: list[tuple], out: pathlib.Path, xlabel: str, title: str) -> pathlib.Path:
+def _accuracy_plot(lines: list[tuple], out: storage.Path, xlabel: str, title: str) -> storage.Path:
     """Robust accuracy (%) against x, one line per model; saves the PNG ``out``.
 
     ``lines``: ``(name, x [k], acc [k] in percent, annotations [k] or None, linestyle)`` per model.
@@ -89,7 +98,7 @@ def plot_robust_accuracy_vs_eps(
     path: PathLike,
     *,
     title: str | None = None,
-) -> pathlib.Path:
+) -> storage.Path:
     """Robust accuracy against the perturbation size eps, one line per model (ASCL Figs. 3 and 5b).
 
     Args:
@@ -133,7 +142,7 @@ def plot_rdiv_vs_robust_accuracy(
     path: PathLike,
     *,
     title: str | None = None,
-) -> pathlib.Path:
+) -> storage.Path:
     """Robust accuracy against R-DIV (ASCL Figs. 2c and 5: the lower R-DIV, the higher robustness).
 
     Args:
@@ -165,7 +174,7 @@ def plot_selection_counts(
     path: PathLike,
     *,
     title: str | None = None,
-) -> pathlib.Path:
+) -> storage.Path:
     """Mean positives / negatives per anchor over training, natural vs adversarial (ASCL Fig. 4).
 
     Left panel: total positives and negatives per anchor (Fig. 4a); right panel: each split into
@@ -236,7 +245,7 @@ def plot_tsne(
     random_state: int = 0,
     perplexity: float = 30.0,
     title: str | None = None,
-) -> pathlib.Path:
+) -> storage.Path:
     """t-SNE of latents, benign points coloured by class, adversarial examples marked (supplement Fig. 7).
 
     The paper shows 1000 natural and 100 adversarial latents: the first ``max_points`` benign rows and

@@ -1,14 +1,16 @@
-"""Reading run records: numbers from JSON values, and the JSONL metrics file of a run."""
+"""Reading run records: numbers from JSON values, and the JSONL metrics file of a run (local or a
+URL, through `ascl_jax.storage`)."""
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from ascl_jax import storage
 
 PathLike = str | os.PathLike
 
@@ -33,9 +35,9 @@ def to_float(value: Any) -> float:
         return float("nan")
 
 
-def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+def read_jsonl(path: PathLike) -> list[dict[str, Any]]:
     records = []
-    with open(path, encoding="utf-8") as f:
+    with storage.path(path).open("r") as f:
         for line in f:
             line = line.strip()
             if not line:
@@ -50,7 +52,8 @@ def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
     return records
 
 
-def resolve_metrics_file(path: pathlib.Path) -> pathlib.Path:
+def resolve_metrics_file(path: PathLike) -> storage.Path:
+    path = storage.path(path)
     if path.is_dir():
         if (path / "metrics.jsonl").is_file():
             return path / "metrics.jsonl"

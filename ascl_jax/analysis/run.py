@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
-import pathlib
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from ascl_jax import storage
 from ascl_jax.analysis.counts import selection_counts_over_training
 from ascl_jax.analysis.plots import (
     PNG_NAMES,
@@ -105,8 +105,7 @@ def run_analysis(
       the scalar entries of :func:`r_div_batched` (``intra``, ``inter``, ``ratio``,
       ``ratio_mean_of_batches``, ``num_batches``, ``batch_size``, ``num_rows``).
     """
-    plot_dir = pathlib.Path(workdir) / plots_subdir
-    plot_dir.mkdir(parents=True, exist_ok=True)
+    plot_dir = storage.path(workdir) / plots_subdir
     report = dict(report or {})
     name = model_name or str(report.get("method", "model"))
     result: dict[str, Any] = {"plots": {}, "r_div": None, "skipped": {}, "errors": {}}

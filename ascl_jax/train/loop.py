@@ -14,7 +14,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from ascl_jax import checkpointing, parallel
+from ascl_jax import checkpointing, parallel, storage
 from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
 from ascl_jax.train import run_eval
@@ -175,9 +175,7 @@ def _mean_metrics(buffer):
 
 
 def _metric_writer(workdir):
-    from clu import metric_writers
-
-    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    return storage.ScalarWriter(workdir)  # TensorBoard scalars, process 0 only
 
 
 def _guard_finite(summary, step, last_good, workdir):

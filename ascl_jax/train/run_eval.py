@@ -11,13 +11,11 @@ evaluate_workdir / analyze_workdir: the same for the latest checkpoint of a work
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascl_jax import analysis, attacks, data, evaluation, parallel
+from ascl_jax import analysis, attacks, data, evaluation, parallel, storage
 from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
 from ascl_jax.train.setup import restore_run
@@ -190,14 +188,14 @@ def analyze_state(config, model, state, workdir, mesh, images, labels, eval_resu
         report.update(
             clean_accuracy=eval_results["clean_accuracy"], robust_accuracy=eval_results["robust_accuracy"]
         )
-    metrics = os.path.join(workdir, workdir_lib.METRICS_JSONL)
+    metrics = storage.path(workdir) / workdir_lib.METRICS_JSONL
     res = analysis.run_analysis(
         workdir,
         z_nat=z_nat,
         z_adv=z_adv,
         labels=y,
         eps_sweep_results=sweep,
-        metrics_path=metrics if os.path.exists(metrics) else None,
+        metrics_path=metrics if metrics.exists() else None,
         report=report,
         model_name=config.name,
         tsne_max_points=config.analysis.tsne_points,

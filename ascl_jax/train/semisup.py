@@ -17,12 +17,12 @@ its epoch loop, SPEC 3.7; not reproduced).
 from __future__ import annotations
 
 import copy
-import os
+import io
 
 import jax
 import numpy as np
 
-from ascl_jax import checkpointing, data, parallel
+from ascl_jax import checkpointing, data, parallel, storage
 from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
 from ascl_jax.train.loop import train_and_evaluate
@@ -38,17 +38,17 @@ def stage_configs(config, workdir: str) -> dict:
         c = copy.deepcopy(config.stages[name])
         c.unlock()
         if name in ("teacher", "student"):
-            c.init.workdir = os.path.join(workdir, "1_pretrain")
+            c.init.workdir = str(storage.path(workdir) / "1_pretrain")
         if name == "student":
-            c.semi.pseudo_labels = os.path.join(workdir, "pseudo_labels.npz")
-        out[name] = (c, os.path.join(workdir, f"{i}_{name}"))
+            c.semi.pseudo_labels = str(storage.path(workdir) / "pseudo_labels.npz")
+        out[name] = (c, str(storage.path(workdir) / f"{i}_{name}"))
     return out
 
 
 def pseudo_labels(config, workdir: str, path: str) -> str:
     """The teacher's logits on every training image (no augmentation, eval mode) -> .npz with
     'index', 'logits' [n, C] and 'labels'. Written once (atomically); an existing file is reused."""
-    if os.path.exists(path):
+    if storage.path(path).exists():
         return path
     mesh = parallel.make_mesh()
     tcfg, model, state = restore_run(workdir, mesh)
@@ -63,11 +63,11 @@ def pseudo_labels(config, workdir: str, path: str) -> str:
             lambda _, x: fn(x), (images,), tcfg.data.eval_batch_size, parallel.data_sharded(mesh)
         )
     if jax.process_index() == 0:
-        tmp = path + ".tmp.npz"
+        buf = io.BytesIO()
         np.savez(
-            tmp, index=np.arange(len(labels), dtype=np.int32), logits=logits, labels=labels.astype(np.int32)
+            buf, index=np.arange(len(labels), dtype=np.int32), logits=logits, labels=labels.astype(np.int32)
         )
-        os.replace(tmp, path)
+        storage.write_bytes(path, buf.getvalue())
     return path
 
 
@@ -82,8 +82,8 @@ def run(config, workdir: str) -> dict:
         c, wd = stages[name]
         if name == "student":
             pseudo_labels(config, stages["teacher"][1], c.semi.pseudo_labels)
-        previous = os.path.join(wd, workdir_lib.REPORT_JSON)
-        if os.path.exists(previous) and _finished(c, wd):
+        previous = storage.path(wd) / workdir_lib.REPORT_JSON
+        if previous.exists() and _finished(c, wd):
             reports[name] = workdir_lib.read_report(wd)  # done: not trained again
             continue
         reports[name] = train_and_evaluate(c, wd).report

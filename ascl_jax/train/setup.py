@@ -3,6 +3,7 @@ restored, or pre-trained) state, and the train batches of `config.method`."""
 
 from __future__ import annotations
 
+import io
 import math
 from typing import NamedTuple
 
@@ -10,7 +11,7 @@ import jax
 import numpy as np
 import optax
 
-from ascl_jax import checkpointing, data, models, parallel
+from ascl_jax import checkpointing, data, models, parallel, storage
 from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
 from ascl_jax.train import steps as train_steps
@@ -204,7 +205,7 @@ def semi_student_batches(config, plan=None, **kw):
     Yields {'image', 'label' (true labels, then argmax pseudo-labels), 'teacher_logits' [b, C],
     'labelled' bool [b]} (+ 'mask' bool [b] on a padded last batch). kw:
     `data.make_train_iterator`'s seed, start_step, process_index/count."""
-    with np.load(config.semi.pseudo_labels) as f:
+    with np.load(io.BytesIO(storage.path(config.semi.pseudo_labels).read_bytes())) as f:
         table = np.zeros((int(f["index"].max()) + 1, f["logits"].shape[1]), np.float32)
         table[f["index"]] = f["logits"]
     n_l = config.semi.labelled_batch
