@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 import warnings
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ascl_jax import storage
 from ascl_jax.evaluation import autoattack as aa
 from ascl_jax.evaluation import autoattack_driver
 from ascl_jax.evaluation import engine as engine_lib
@@ -166,10 +166,10 @@ class AutoAttackResult:
         existing file is an error unless ``overwrite``)."""
         text = json.dumps(self.robustbench_json(**info), indent=2) + "\n"
         if path is not None:
-            if os.path.exists(path) and not overwrite:
+            target = storage.path(path)  # local, gs://, s3://
+            if target.exists() and not overwrite:
                 raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-            with open(path, "w") as f:
-                f.write(text)
+            target.write_text(text)
         return text
 
 
