@@ -5,10 +5,13 @@ Modes: train (train, then evaluate into report.json), evaluate (a workdir's late
 eval.json, merged into report.json), analyze (R-DIV and plots of a workdir's checkpoint).
 Multi-host: `--multihost` calls jax.distributed.initialize() (auto-detected on Cloud TPU, Slurm,
 Open MPI; or give --coordinator/--num_processes/--process_id), before any other JAX call.
+Preemption: on SIGTERM a training run checkpoints the step it is computing, prints the command that
+resumes it (this same command) and exits with code 143 (`train.preemption.PREEMPTED_EXIT_CODE`).
 """
 
 import logging
 import os
+import shlex
 import sys
 
 from absl import app, flags
@@ -47,6 +50,7 @@ def main(argv):
     ours.addHandler(handler)
     from ascl_jax import config as config_lib
     from ascl_jax import train, workdir
+    from ascl_jax.train import preemption
 
     try:
         if _MODE.value == "train":
@@ -66,6 +70,11 @@ def main(argv):
     ) as e:
         print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
         sys.exit(2)
+    except preemption.Preempted as e:
+        if jax_process_index() == 0:
+            command = shlex.join([sys.executable, "-m", "ascl_jax.main", *sys.argv[1:]])
+            print(f"{e}\nresume with:\n  {command}", file=sys.stderr)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
     from ascl_jax import analysis
 
     if jax_process_index() == 0:
