@@ -70,7 +70,11 @@ def make_best_manager(workdir: str) -> ocp.CheckpointManager:
         keep_checkpoints_without_metrics=False,
         create=True,
     )
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, BEST_DIR)), options=options)
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, BEST_DIR)),
+        options=options,
+        item_handlers=ocp.StandardCheckpointHandler(),  # registered up front: metadata reads quietly
+    )
 
 
 def save_best(manager: ocp.CheckpointManager, step: int, state, value: float, metadata: dict) -> None:
