@@ -34,7 +34,7 @@ OVERRIDES = {
     "attack.num_steps": 2,  # the selection metric's PGD-2
     "eval.checkpoint": "best",
     "eval.select_examples": 64,
-    "eval.attacks": ("clean", "pgd"),
+    "eval.attacks": ("clean",),
     "eval.sanity": False,
     "eval.eps_sweep": (),
     "analysis.enabled": False,
