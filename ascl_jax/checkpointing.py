@@ -46,3 +46,67 @@ def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = N
 
 def save(manager: ocp.CheckpointManager, step: int, state, *, force: bool = False) -> bool:
     return manager.save(step, args=ocp.args.StandardSave(state), force=force)
+
+
+# --------------------------------------------------------------------------------------------------
+# The best checkpoint (eval.checkpoint='best') and per-step metadata.
+
+BEST_DIR = "best_checkpoint"
+BEST_METRIC = "select_value"
+
+
+def has_best(workdir: str) -> bool:
+    """Whether workdir/best_checkpoint exists (without creating it)."""
+    from etils import epath
+
+    return (epath.Path(workdir) / BEST_DIR).exists()
+
+
+def make_best_manager(workdir: str) -> ocp.CheckpointManager:
+    """The manager of workdir/best_checkpoint/<step>/: orbax keeps the one checkpoint of highest
+    metrics[BEST_METRIC] (`best_fn`, `best_mode='max'`, `max_to_keep=1`); checkpoints saved without
+    metrics are not kept. The metric is stored with the checkpoint, so it survives a restart."""
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=1,
+        best_fn=lambda m: float(m[BEST_METRIC]),
+        best_mode="max",
+        keep_checkpoints_without_metrics=False,
+        create=True,
+    )
+    return ocp.CheckpointManager(
+        storage.absolute(workdir) / BEST_DIR,
+        options=options,
+        item_handlers=ocp.StandardCheckpointHandler(),  # registered up front: metadata reads quietly
+    )
+
+
+def save_best(manager: ocp.CheckpointManager, step: int, state, value: float, metadata: dict) -> None:
+    """Saves `state` at `step` with metric `value` and JSON `metadata`, and waits for it (all
+    processes call it, as every orbax save)."""
+    manager.save(
+        step,
+        args=ocp.args.StandardSave(state),
+        metrics={BEST_METRIC: float(value)},
+        custom_metadata=dict(metadata),
+        force=True,
+    )
+    manager.wait_until_finished()
+
+
+def best_record(manager: ocp.CheckpointManager) -> dict | None:
+    """{'step', 'value', **custom metadata} of the best checkpoint `manager` holds, or None."""
+    step = manager.best_step()
+    if step is None:
+        return None
+    metrics = manager.metrics(step) or {}
+    return dict(step_metadata(manager, step), step=int(step), value=float(metrics[BEST_METRIC]))
+
+
+def save_with_metadata(manager: ocp.CheckpointManager, step: int, state, metadata: dict) -> bool:
+    """`save(..., force=True)` with JSON `metadata` stored in the step's orbax metadata."""
+    return manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=dict(metadata), force=True)
+
+
+def step_metadata(manager: ocp.CheckpointManager, step: int) -> dict:
+    """The custom metadata saved with checkpoint `step` ({} when there is none)."""
+    return dict(manager.metadata(step).custom_metadata or {})

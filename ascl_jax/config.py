@@ -77,7 +77,8 @@ AUTOATTACK_VERSIONS = ("none", "standard", "plus", "rand", "custom")
 AUTOATTACK_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 EVAL_CHECKPOINTS = ("last", "best")  # which checkpoint the headline evaluation uses
 SELECT_ON = ("val", "test")  # where eval.checkpoint='best' measures its selection metric
-SELECT_METRICS = ("robust", "clean")  # the selection metric: PGD robust or natural accuracy
+# the selection metric: accuracy under the training attack's PGD (eval-mode BN), or natural accuracy
+SELECT_METRICS = ("robust", "clean")
 NORMS = ("Linf", "L2", "L1")  # evaluation threat model
 DTYPES = ("float32", "bfloat16")  # model compute dtype
 # CIFAR-10-C (Hendrycks & Dietterich 2019; tfds `cifar10_corrupted/<name>_<severity>`): the 15
@@ -157,6 +158,10 @@ def data_defaults(name: str = "digits") -> ml_collections.ConfigDict:
         sorted by the index in tfds' 'id', 'test_00042' -> 42: CIFAR's file order, which the
         authors' torchvision loaders read; "the first 1000 test images" is then their subset).
         The embedded digits split has one order; both values give it.
+      val_examples: 0 (no held-out split), or the size of a validation split held out of training:
+        the last val_examples of the first num_train examples of `train_split` (deterministic, the
+        same for any process count; the training pool is the first num_train - val_examples), used
+        by `eval.select_on='val'` (`ascl_jax.data.load_val_arrays`).
 
     `resolve_data` also accepts None for data_dir, num_train, num_test, crop_padding, flip and
     label_fraction, and -1 for crop_padding, all meaning the default.
@@ -318,10 +323,18 @@ def base_config() -> ml_collections.ConfigDict:
             sanity=True,  # gradient-masking checks (eps sweep, more steps, Square vs white-box)
             norm="Linf",
             checkpoint="last",
+            # Checkpoint selection (ascl_jax.train.selection): 'last' evaluates the final state;
+            # 'best' keeps (workdir/best_checkpoint) and evaluates as the headline the state of
+            # highest select_metric ('robust': accuracy under PGD with config.attack's eps /
+            # step_size / num_steps, eval-mode BN, the ASCL authors' model_best.pt; 'clean': natural
+            # accuracy, ACL's semi-supervised teacher), measured every select_every epochs (and at
+            # the last step) on select_examples (-1: all) of select_on ('val': the data.val_examples
+            # held out of the training pool, ACL; 'test': the test split, the ASCL authors' code).
             select_on="val",
             select_metric="robust",
             select_every=1,
             select_examples=500,
+            select_metric="robust",
             corruptions=(),
         )
     )
@@ -577,7 +590,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         )
     _choice(c.eval.get("checkpoint", "last"), EVAL_CHECKPOINTS, "eval.checkpoint")
     _choice(c.eval.get("select_on", "val"), SELECT_ON, "eval.select_on")
-    _choice(c.eval.get("select_metric", "robust"), SELECT_METRICS, "eval.select_metric")
+    _validate_selection(c)
     if c.eval.get("norm", "Linf") == "Linf" and not 0 < c.eval.eps <= 1:
         raise ConfigError(f"config.eval.eps={c.eval.eps!r} must lie in (0, 1] for eval.norm='Linf'")
     if not c.eval.eps > 0:  # L2 / L1: up to the box's diameter, checked with the image shape
@@ -614,6 +627,49 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.method == "ascl" and c.loss.two_views and c.data.num_views != 2:
         raise ConfigError("config.loss.two_views=True needs config.data.num_views=2")
     return c
+
+
+def _validate_selection(c: ml_collections.ConfigDict) -> None:
+    """eval.select_* and data.val_examples, and their cross-field rules (eval.checkpoint='best'
+    needs a selection split and at least one selection per run, and a trained classifier)."""
+    e = c.eval
+    _choice(e.get("select_metric", "robust"), SELECT_METRICS, "eval.select_metric")
+    every = e.get("select_every", 1)
+    _positive_int(every, "eval.select_every")
+    n = e.get("select_examples", 500)
+    if not _is_int(n) or not (n > 0 or n == -1):
+        raise ConfigError(
+            f"config.eval.select_examples={n!r} is not allowed; allowed: a positive integer or -1 (all)"
+        )
+    val = c.data.get("val_examples", 0)
+    if not _is_int(val) or val < 0:
+        raise ConfigError(
+            f"config.data.val_examples={val!r} is not allowed; allowed: an integer >= 0 (0: no "
+            "held-out split)"
+        )
+    if e.get("checkpoint", "last") != "best":
+        return
+    if e.get("select_on", "val") == "val" and val == 0:
+        raise ConfigError(
+            "config.eval.checkpoint='best' with config.eval.select_on='val' needs a held-out split: "
+            "config.data.val_examples=0; set data.val_examples > 0 (taken out of the training pool) "
+            "or eval.select_on='test'"
+        )
+    if c.num_train_steps <= 0 and every > c.optim.num_epochs:
+        raise ConfigError(
+            f"config.eval.checkpoint='best' with config.eval.select_every={every} epochs exceeds "
+            f"config.optim.num_epochs={c.optim.num_epochs}; use select_every <= num_epochs"
+        )
+    if c.method in ("acl_pretrain", "semi_supervised"):
+        raise ConfigError(
+            f"config.eval.checkpoint='best' is not allowed for config.method={c.method!r}: "
+            + (
+                "the pre-trained encoder has no trained classifier to select on; select the "
+                "fine-tuning run (ACL §3)"
+                if c.method == "acl_pretrain"
+                else "set eval.checkpoint in the stage configs (config.stages.<name>.eval)"
+            )
+        )
 
 
 def parse_arg(arg: str | None, **defaults) -> dict:

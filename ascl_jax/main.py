@@ -7,10 +7,13 @@ eval.json, merged into report.json), analyze (R-DIV and plots of a workdir's che
 URL workdir is probed (writable from this process) before any work.
 Multi-host: `--multihost` calls jax.distributed.initialize() (auto-detected on Cloud TPU, Slurm,
 Open MPI; or give --coordinator/--num_processes/--process_id), before any other JAX call.
+Preemption: on SIGTERM a training run checkpoints the step it is computing, prints the command that
+resumes it (this same command) and exits with code 143 (`train.preemption.PREEMPTED_EXIT_CODE`).
 """
 
 import logging
 import os
+import shlex
 import sys
 
 from absl import app, flags
@@ -58,6 +61,7 @@ def main(argv):
         print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
         sys.exit(2)
     from ascl_jax import train, workdir
+    from ascl_jax.train import preemption
 
     try:
         if _MODE.value == "train":
@@ -78,6 +82,11 @@ def main(argv):
     ) as e:
         print(f"error ({type(e).__name__}): {e}", file=sys.stderr)
         sys.exit(2)
+    except preemption.Preempted as e:
+        if jax_process_index() == 0:
+            command = shlex.join([sys.executable, "-m", "ascl_jax.main", *sys.argv[1:]])
+            print(f"{e}\nresume with:\n  {command}", file=sys.stderr)
+        sys.exit(preemption.PREEMPTED_EXIT_CODE)
     from ascl_jax import analysis
 
     if jax_process_index() == 0:

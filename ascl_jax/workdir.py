@@ -99,6 +99,13 @@ class Report(TypedDict, total=False):
     sanity: dict | None  # gradient-masking checks
     eval: dict  # = eval.json
     corruptions: dict  # CIFAR-10-C: {'mean', 'mean_per_corruption', 'mean_per_severity', ...}
+    # checkpoint selection (ascl_jax.train.selection; eval.json holds the same three keys)
+    checkpoint: str  # the headline checkpoint, config.eval.checkpoint: 'last' or 'best'
+    # {'last'|'best': {step, epoch, clean_accuracy, robust_accuracy, overall_robust_accuracy}}
+    checkpoints: dict
+    # the rule (metric, split, examples, every_epochs, every_steps, bn_branch, attack) and the best
+    # (best_step, best_epoch, best_value)
+    selection: dict
     # analysis (config.analysis)
     analysis: dict  # {'plots', 'r_div', 'skipped', 'errors'}
     r_div: dict | None  # {'intra', 'inter', 'ratio', ...}

@@ -9,7 +9,8 @@ Modules, in data-flow order:
 - ``corrupted``: the CIFAR-10-C sets of the corruption evaluation (``check_prepared``, ``load``).
 - ``semisup``: the labelled / unlabelled partition of the training split (``label_split``).
 - ``pipeline``: the training stream (per-process, exact per-epoch permutation, deterministic
-  resume: ``make_train_iterator``, ``steps_per_epoch``, ``epoch_layout``) and ``load_eval_arrays``.
+  resume: ``make_train_iterator``, ``steps_per_epoch``, ``epoch_layout``), ``load_eval_arrays`` and the
+  held-out validation split (``training_pool``, ``val_split``, ``load_val_arrays``).
 - ``augment``: the stateless TensorFlow augmentations (imports TensorFlow; the others import it
   lazily, so ``import ascl_jax.data``, ``dataset_info`` and config validation stay light).
 
@@ -26,8 +27,11 @@ from ascl_jax.data.pipeline import (
     EpochLayout,
     epoch_layout,
     load_eval_arrays,
+    load_val_arrays,
     make_train_iterator,
     steps_per_epoch,
+    training_pool,
+    val_split,
 )
 from ascl_jax.data.semisup import SUBSETS, label_split
 from ascl_jax.data.sources import (
@@ -61,4 +65,7 @@ __all__ = [
     "epoch_layout",
     "EpochLayout",
     "load_eval_arrays",
+    "load_val_arrays",
+    "training_pool",
+    "val_split",
 ]

@@ -24,10 +24,16 @@ stateless, so ``make_train_iterator(..., start_step=k)`` starts directly at posi
 ``k * b_local`` (O(1) skip) and yields exactly the batches an uninterrupted iterator yields from
 step ``k`` on. The map runs with ``num_parallel_calls=AUTOTUNE, deterministic=True`` and a
 ``prefetch(AUTOTUNE)`` buffer, so the TF threads sleep once the buffer is full.
+
+Held-out validation split (``data.val_examples = v > 0``): the last ``v`` of the first
+``num_train`` examples of ``train_split`` (:func:`val_split`, :func:`load_val_arrays`); the
+training pool (:func:`training_pool`) is then the first ``num_train - v``, so every training-side
+count above (steps per epoch, layout, labelled / unlabelled subsets) is over ``num_train - v``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -68,7 +74,71 @@ def _drop_remainder(data_cfg: Any, drop_remainder: bool | None) -> bool:
     return bool(config_lib.resolve_data(data_cfg).drop_remainder)
 
 
+def training_pool(data_cfg: Any) -> Any:
+    """The data section of the training pool: ``data_cfg`` itself when ``val_examples`` is 0, else
+    a resolved copy with ``num_train`` reduced by ``val_examples`` (the held-out split is the last
+    ``val_examples`` of the first ``num_train`` examples of ``train_split``, :func:`val_split`).
+    Every training-side function here (steps, layout, iterator, label split) reads this pool.
+    Raises ConfigError (naming ``data.val_examples``) when the split would leave no training pool."""
+    v = _val_examples(data_cfg)
+    if v == 0:
+        return data_cfg
+    d = config_lib.resolve_data(data_cfg)
+    d.num_train = sources.resolve(data_cfg).num_train - v
+    d.val_examples = 0
+    return d
+
+
+def _val_examples(data_cfg: Any) -> int:
+    v = config_lib.resolve_data(data_cfg).get("val_examples", 0)
+    if not _is_int(v) or v < 0:
+        raise config_lib.ConfigError(
+            f"config.data.val_examples={v!r} is not allowed; allowed: an integer >= 0 (0: no held-out split)"
+        )
+    if v:
+        r = sources.resolve(data_cfg)
+        if v >= r.num_train:
+            raise config_lib.ConfigError(
+                f"config.data.val_examples={v} leaves no training pool: the training split "
+                f"{r.train_split!r} has {r.num_train} examples (data.num_train); use "
+                f"val_examples < {r.num_train}"
+            )
+    return int(v)
+
+
+def val_split(data_cfg: Any) -> tuple[str, int]:
+    """(tfds split string, size) of the held-out validation split: positions ``[num_train - v,
+    num_train)`` of ``train_split`` (v = ``data.val_examples``; a contiguous slice of the split's
+    fixed order, as ACL's 45k/5k ``train[:45000]`` / ``train[45000:]``), disjoint from the
+    training pool :func:`training_pool`. Raises ConfigError when ``val_examples`` is 0 or
+    ``train_split`` is not ``'name'`` / ``'name[a:b]'``."""
+    v = _val_examples(data_cfg)
+    if v == 0:
+        raise config_lib.ConfigError("config.data.val_examples=0: there is no held-out validation split")
+    r = sources.resolve(data_cfg)
+    parsed = re.fullmatch(r"\s*(\w+)\s*(?:\[\s*(\d*)\s*:\s*(\d*)\s*\])?\s*", r.train_split)
+    if parsed is None:
+        raise config_lib.ConfigError(
+            f"config.data.val_examples needs config.data.train_split of the form 'train' or "
+            f"'train[a:b]', not {r.train_split!r}"
+        )
+    base, a = parsed.group(1), int(parsed.group(2) or 0)
+    lo = a + r.num_train - v
+    return f"{base}[{lo}:{lo + v}]", v
+
+
+def load_val_arrays(data_cfg: Any, num_examples: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``num_examples`` (None: all) of the held-out split :func:`val_split`, un-augmented,
+    as :func:`load_eval_arrays` returns them: (float32 [n, H, W, C] in [0, 1], int32 [n])."""
+    split, v = val_split(data_cfg)
+    n = v if num_examples is None else min(v, _positive_int(num_examples, "num_examples"))
+    r = sources.resolve(data_cfg)
+    ex = sources.load_examples(r, split, n, 0, 1)
+    return ex.image.astype(np.float32) * np.float32(1.0 / r.pixel_max), ex.label.copy()
+
+
 def _pool_and_batch(data_cfg: Any, subset: str | None, batch_size: int | None) -> tuple[int, int]:
+    data_cfg = training_pool(data_cfg)
     r = sources.resolve(data_cfg)
     b = r.batch_size if batch_size is None else _positive_int(batch_size, "batch_size")
     pool = semisup.pool_size(r, subset)
@@ -124,6 +194,7 @@ def epoch_layout(
 ) -> EpochLayout:
     """The :class:`EpochLayout` of the training stream (module doc): process p's last batch holds
     ``n_p - (steps - 1) * b_local`` real rows, n_p its shard of the pool (``sources.shard_bounds``)."""
+    data_cfg = training_pool(data_cfg)
     pool, b = _pool_and_batch(data_cfg, subset, batch_size)
     b_local = _check_process(b, "batch_size", 0, process_count)
     steps = steps_per_epoch(data_cfg, subset=subset, batch_size=b, drop_remainder=drop_remainder)
@@ -178,6 +249,7 @@ def make_train_iterator(
       epochs of ``steps_per_epoch`` steps repeat forever. Data is loaded and checked before this
       returns.
     """
+    data_cfg = training_pool(data_cfg)
     r = sources.resolve(data_cfg)
     gb = r.batch_size if batch_size is None else _positive_int(batch_size, "batch_size")
     b_local = _check_process(gb, "batch_size", process_index, process_count)

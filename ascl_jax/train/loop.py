@@ -1,8 +1,13 @@
 """The run of one config: `train_and_evaluate(config, workdir) -> RunResult(report, state)`.
 
 mesh -> data (per-process, deterministic, resumable) -> state (replicated, or restored) ->
-jitted step loop (metrics fetched every `log_every_steps`, NaN/Inf guard, orbax checkpoints every
-`checkpoint_every_steps` and at the end) -> evaluation (clean, PGD, ...) -> report.json.
+jitted step loop (metrics fetched every `log_every_steps`, NaN/Inf guard, checkpoint selection
+every `eval.select_every` epochs with `eval.checkpoint='best'` (`selection`), orbax checkpoints
+every `checkpoint_every_steps`, at the end and on SIGTERM (`preemption`)) -> evaluation of the last
+and the best checkpoint (`run_eval.evaluate_run`) -> report.json.
+
+A checkpoint saved inside a logging window stores that window's per-step metrics in its orbax
+metadata, so a run resumed from it logs exactly the lines (and final metrics) of an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 from ascl_jax import checkpointing, parallel, storage
 from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
-from ascl_jax.train import run_eval
+from ascl_jax.train import preemption, run_eval, selection
 from ascl_jax.train import steps as train_steps
 from ascl_jax.train.setup import (
     build_model,
@@ -55,7 +60,12 @@ def train_and_evaluate(
     after this many steps of this invocation, as a preemption would; a later call with the same
     workdir resumes, and the report is {'stopped_at_step': step} (report.json is not written).
     evaluate: run `config.eval` (and the analysis) after training. A finished run writes
-    report.json (keeping a previous one as report.<timestamp>.json)."""
+    report.json (keeping a previous one as report.<timestamp>.json).
+
+    SIGTERM (`preemption.Watcher`) stops the loop after the step being computed, at a step every
+    process agrees on; that step is checkpointed, metrics.jsonl is complete up to it, and
+    `preemption.Preempted` is raised (the command line exits with PREEMPTED_EXIT_CODE). Raises
+    ConfigError / WorkdirError / NonFiniteLossError as their docs say."""
     if config.method == "semi_supervised":
         raise config_lib.ConfigError(
             "config.method='semi_supervised' runs three stages: use ascl_jax.train.run(config, workdir)"
@@ -66,10 +76,11 @@ def train_and_evaluate(
     parallel.check_batch_divides(config.data.batch_size, mesh=mesh)
     last_batch_plan(config, mesh.devices.size)  # a bad last batch is a ConfigError before training
     run_eval.check_corruption_data(config)  # missing CIFAR-10-C data fails before training
+    selection.check(config, *total_steps(config))  # before anything is written
     resuming = workdir_lib.check_or_write_config(config, workdir)
     repl, dsh = parallel.replicated(mesh), parallel.data_sharded(mesh)
     model, info = build_model(config)
-    _, n_steps = total_steps(config)
+    spe, n_steps = total_steps(config)
 
     variables = None
     if config.init.workdir:
@@ -79,14 +90,18 @@ def train_and_evaluate(
     mngr = checkpointing.make_manager(
         workdir, save_every=config.checkpoint_every_steps, max_to_keep=config.max_checkpoints
     )
-    start = 0
+    start, buffer = 0, []
     if mngr.latest_step() is not None:
         state = checkpointing.restore(mngr, state)
         start = int(jax.device_get(state.step))
+        buffer = _window_from_metadata(checkpointing.step_metadata(mngr, start))
         log.info("resumed %s from step %d", workdir, start)
     elif resuming:
         log.info("workdir %s has a config but no checkpoint: starting from step 0", workdir)
 
+    selector = None
+    if selection.enabled(config):
+        selector = selection.Selector(config, model, workdir, mesh, spe, n_steps)
     step_fn = train_steps.make_train_step(config, model, state_sharding=repl, data_sharding=dsh)
     batches = train_batches(config, start, mesh.devices.size)
     writer = _metric_writer(workdir)
@@ -97,10 +112,10 @@ def train_and_evaluate(
 
         bar = tqdm(total=n_steps, initial=start, desc=config.name, dynamic_ncols=True)
 
-    buffer, summary, last_good = [], {}, start
+    summary, last_good, preempted = {}, start, False
     t_first = step_first = None
     end = n_steps if stop_after_steps is None else min(n_steps, start + stop_after_steps)
-    with jax.set_mesh(mesh):
+    with jax.set_mesh(mesh), preemption.Watcher() as watcher:
         for step in range(start, end):
             batch = parallel.to_global(next(batches), dsh)
             state, metrics = step_fn(state, batch)
@@ -120,10 +135,17 @@ def train_and_evaluate(
                 bar.update(1)
                 if summary:
                     bar.set_postfix(loss=f"{summary.get('loss', float('nan')):.4f}", refresh=False)
-            if done % config.checkpoint_every_steps == 0 or done in (n_steps, end):
+            stop = watcher.reached(done)  # every process, every step (the sync point's contract)
+            if selector is not None and selector.due(done):
+                line = selector.update(done, state)
+                writer.write_scalars(done, {selector.key: line[selector.key]})
+            if done % config.checkpoint_every_steps == 0 or done in (n_steps, end) or stop:
                 _guard_finite(_mean_metrics([metrics]), done, last_good, workdir)
-                checkpointing.save(mngr, done, state, force=True)
+                checkpointing.save_with_metadata(mngr, done, state, _window_metadata(buffer))
                 last_good = done
+            if stop:
+                preempted, end = True, done
+                break
         jax.block_until_ready(state)
     throughput = None
     if step_first is not None and end > step_first:
@@ -132,14 +154,19 @@ def train_and_evaluate(
     if bar is not None:
         bar.close()
     writer.flush()
+    if preempted:
+        log.warning("preempted: checkpoint of step %d saved in %s", end, workdir)
+        raise preemption.Preempted(end, workdir)
     if end < n_steps:  # stopped part way: resume later with the same workdir
         return RunResult({"stopped_at_step": end}, state)
 
     report = _train_report(config, workdir, n_steps, throughput, summary)
+    if selector is not None:
+        report["selection"] = selector.summary()
     workdir_lib.write_report(workdir, report)
     if evaluate:
         with jax.set_mesh(mesh):
-            report.update(run_eval.evaluate_state(config, model, state, workdir, mesh))
+            report.update(run_eval.evaluate_run(config, model, state, workdir, mesh, last_step=n_steps))
     report["wall_seconds"] = time.time() - t_start
     return RunResult(workdir_lib.update_report(workdir, report), state)
 
@@ -166,6 +193,21 @@ def _train_report(config, workdir, n_steps, throughput, summary) -> dict:
         report["num_positives"] = (report["num_positives_nat"] + report["num_positives_adv"]) / 2
         report["num_negatives"] = (report["num_negatives_nat"] + report["num_negatives_adv"]) / 2
     return report
+
+
+def _window_metadata(buffer) -> dict:
+    """The per-step metrics of a logging window not yet logged, as JSON (values and dtypes)."""
+    if not buffer:
+        return {}
+    host = jax.device_get(buffer)
+    dtypes = {k: str(np.asarray(v).dtype) for m in host for k, v in m.items()}
+    return {"log_window": [{k: float(v) for k, v in m.items()} for m in host], "log_window_dtypes": dtypes}
+
+
+def _window_from_metadata(meta: dict) -> list:
+    """The inverse of `_window_metadata`: the window's per-step metrics, bit-equal host arrays."""
+    dtypes = meta.get("log_window_dtypes", {})
+    return [{k: np.asarray(v, dtypes[k]) for k, v in m.items()} for m in meta.get("log_window", [])]
 
 
 def _mean_metrics(buffer):

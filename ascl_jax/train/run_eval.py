@@ -3,10 +3,13 @@
 evaluate_state: clean / PGD / mPGD / AutoAttack on the test split (`config.eval`) -> eval.json,
 per_example.npz and report.json's 'eval', then the analysis when `config.analysis.enabled`.
 analyze_state: R-DIV (ASCL §2) of benign vs PGD latents, the plots of ASCL Figs. 3-5 and 7.
+evaluate_run: the last and (when kept, `eval.checkpoint='best'`) the best checkpoint of a run: the
+headline (`eval.checkpoint`) through evaluate_state, the other one with the same attacks (sanity
+checks and eps sweep off), both in report.json's / eval.json's 'checkpoints'.
 evaluate_corruptions: accuracy on CIFAR-10-C (`config.eval.corruptions`, ACL §3 Fig. 2) -> eval.json's
 'corruptions' and report.json's summary of it.
-evaluate_workdir / analyze_workdir: the same for the latest checkpoint of a workdir (the CLI's
---mode=evaluate and --mode=analyze), merged into its report.json.
+evaluate_workdir / analyze_workdir: the same for a workdir's checkpoints (the CLI's --mode=evaluate
+and --mode=analyze; analysis of the headline checkpoint), merged into its report.json.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ import numpy as np
 from ascl_jax import analysis, attacks, data, evaluation, parallel, storage
 from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
-from ascl_jax.train.setup import restore_run
+from ascl_jax.train import selection
+from ascl_jax.train.setup import restore_run, total_steps
 
 
 def _variables(state):
@@ -29,19 +33,68 @@ def _logits_fn(model, bn):
     return lambda variables, x: model.apply(variables, x, train=False, bn=bn)["logits"]
 
 
-def evaluate_state(config, model, state, workdir, mesh) -> dict:
+def _eval_attacks(config):
+    ce = config.eval
+    return [a for a in ce.attacks if not (a == "autoattack" and ce.autoattack == "none")]
+
+
+def evaluate_state(config, model, state, workdir, mesh, checkpoints: dict | None = None) -> dict:
     """Evaluates `state` with `config.eval` on the test split; writes eval.json, per_example.npz
     and report.json's 'eval'. Returns the headline report keys (clean_accuracy, robust_accuracy,
     overall_robust_accuracy, eval_eps, sanity; analysis and r_div when the analysis is enabled),
-    or {} when no attack is configured."""
+    or {} when no attack is configured. `checkpoints` (`evaluate_run`): {'checkpoint': headline
+    name, 'checkpoints': {name: {step, epoch, ...}}, 'selection': ...}; the headline's entry gets
+    this evaluation's accuracies, and the dict goes into eval.json and the returned keys."""
     ce = config.eval
-    attacks_ = [a for a in ce.attacks if not (a == "autoattack" and ce.autoattack == "none")]
+    attacks_ = _eval_attacks(config)
     if not attacks_:
         return {}
     check_corruption_data(config)
     n = ce.num_examples if ce.num_examples > 0 else None
     images, labels = data.load_eval_arrays(config.data, "test", n)
-    res = evaluation.evaluate(
+    res = _evaluate(config, model, state, mesh, images, labels, attacks_)
+    if checkpoints is not None:  # the headline's entry, and the other's when it is the same step
+        entries = checkpoints["checkpoints"]
+        for entry in entries.values():
+            if entry["step"] == entries[checkpoints["checkpoint"]]["step"]:
+                entry.update(_accuracies(res))
+        res.update(checkpoints)
+    # Which "first n test images" the subsets are (eval.json, and report.json's 'eval').
+    res["test_order"] = config.data.get("test_order", "tfds")
+    corruptions = evaluate_corruptions(config, model, state, mesh)
+    if corruptions:
+        res["corruptions"] = corruptions
+    evaluation.write_eval_json(workdir, res)
+    out = dict(
+        clean_accuracy=res["clean_accuracy"],
+        robust_accuracy=res["robust_accuracy"],
+        overall_robust_accuracy=res["overall"]["robust_accuracy"],
+        eval_eps=res["eps"],
+        sanity=evaluation.summary(res).get("sanity"),
+    )
+    if checkpoints is not None:
+        out.update(checkpoints)
+    if corruptions:
+        out["corruptions"] = {k: v for k, v in corruptions.items() if k != "accuracy"}
+    if config.analysis.enabled:
+        out["analysis"] = analyze_state(config, model, state, workdir, mesh, images, labels, eval_results=res)
+        if out["analysis"].get("r_div"):
+            out["r_div"] = out["analysis"]["r_div"]
+    return out
+
+
+def _accuracies(res) -> dict:
+    return dict(
+        clean_accuracy=res["clean_accuracy"],
+        robust_accuracy=dict(res["robust_accuracy"]),
+        overall_robust_accuracy=res["overall"]["robust_accuracy"],
+    )
+
+
+def _evaluate(config, model, state, mesh, images, labels, attacks_, *, secondary=False):
+    """evaluation.evaluate of `config.eval`; `secondary`: without sanity checks and eps sweep."""
+    ce = config.eval
+    return evaluation.evaluate(
         _logits_fn(model, ce.bn_branch),
         images,
         labels,
@@ -60,29 +113,53 @@ def evaluate_state(config, model, state, workdir, mesh) -> dict:
         seed=config.seed,
         mesh=mesh,
         progress=config.progress_bar and jax.process_index() == 0,
-        eps_sweep=tuple(ce.eps_sweep) or None,
-        sanity=ce.sanity,
+        eps_sweep=None if secondary else (tuple(ce.eps_sweep) or None),
+        sanity=False if secondary else ce.sanity,
     )
-    # Which "first n test images" the subsets are (eval.json, and report.json's 'eval').
-    res["test_order"] = config.data.get("test_order", "tfds")
-    corruptions = evaluate_corruptions(config, model, state, mesh)
-    if corruptions:
-        res["corruptions"] = corruptions
-    evaluation.write_eval_json(workdir, res)
-    out = dict(
-        clean_accuracy=res["clean_accuracy"],
-        robust_accuracy=res["robust_accuracy"],
-        overall_robust_accuracy=res["overall"]["robust_accuracy"],
-        eval_eps=res["eps"],
-        sanity=evaluation.summary(res).get("sanity"),
-    )
-    if corruptions:
-        out["corruptions"] = {k: v for k, v in corruptions.items() if k != "accuracy"}
-    if config.analysis.enabled:
-        out["analysis"] = analyze_state(config, model, state, workdir, mesh, images, labels, eval_results=res)
-        if out["analysis"].get("r_div"):
-            out["r_div"] = out["analysis"]["r_div"]
-    return out
+
+
+def evaluate_run(config, model, last_state, workdir, mesh, *, last_step: int) -> dict:
+    """Evaluates a run's last state (after `last_step` steps) and, when workdir/best_checkpoint
+    holds one, its best state; the headline is `config.eval.checkpoint` ('best' without a kept
+    best checkpoint is a WorkdirError). The headline runs `evaluate_state` (eval.json,
+    per_example.npz, sanity checks, analysis); the other the same attacks on the same examples
+    without sanity checks or eps sweep. Returns evaluate_state's keys plus 'checkpoint' (the
+    headline's name), 'checkpoints' ({'last'|'best': {step, epoch, clean_accuracy,
+    robust_accuracy, overall_robust_accuracy}}) and, with a best, 'selection' (the rule and the
+    best's step, epoch and metric value)."""
+    headline = config.eval.get("checkpoint", "last")
+    spe, _ = total_steps(config)
+    best = selection.best_record(workdir)
+    if headline == "best" and best is None:
+        raise workdir_lib.WorkdirError(
+            f"eval.checkpoint='best' but {workdir} holds no best checkpoint: train with "
+            "eval.checkpoint='best' (it keeps one), or evaluate with eval.checkpoint='last'"
+        )
+    states = {"last": last_state}
+    info = {"last": dict(step=int(last_step), epoch=selection.epoch_of(int(last_step), spe))}
+    if best is not None:
+        info["best"] = dict(step=best["step"], epoch=best["epoch"], select_value=best["value"])
+        if best["step"] == last_step:
+            states["best"] = last_state
+        else:
+            states["best"] = restore_run(workdir, mesh, checkpoint="best")[2]
+    checkpoints = {"checkpoint": headline, "checkpoints": info}
+    if best is not None:
+        checkpoints["selection"] = dict(
+            best.get("rule", {}), best_step=best["step"], best_epoch=best["epoch"], best_value=best["value"]
+        )
+    attacks_ = _eval_attacks(config)
+    for name in states:
+        if name == headline or not attacks_:
+            continue
+        if states[name] is states[headline]:
+            continue  # filled in from the headline's evaluation below
+        n = config.eval.num_examples if config.eval.num_examples > 0 else None
+        images, labels = data.load_eval_arrays(config.data, "test", n)
+        res = _evaluate(config, model, states[name], mesh, images, labels, attacks_, secondary=True)
+        info[name].update(_accuracies(res))
+    out = evaluate_state(config, model, states[headline], workdir, mesh, checkpoints)
+    return out or checkpoints
 
 
 def check_corruption_data(config) -> None:
@@ -209,13 +286,13 @@ def evaluate_workdir(workdir: str, override_config=None) -> dict:
     settings (or those of `override_config`, e.g. to run AutoAttack-standard later). Returns the
     updated report."""
     mesh = parallel.make_mesh()
-    config, model, state = restore_run(workdir, mesh)
+    config, model, state = restore_run(workdir, mesh, checkpoint="last")
     if override_config is not None:
         config.unlock()
         config.eval = override_config.eval
         config.analysis = override_config.analysis
     with jax.set_mesh(mesh):
-        out = evaluate_state(config, model, state, workdir, mesh)
+        out = evaluate_run(config, model, state, workdir, mesh, last_step=int(jax.device_get(state.step)))
     return workdir_lib.update_report(workdir, out)
 
 
@@ -223,7 +300,7 @@ def analyze_workdir(workdir: str) -> dict:
     """`--mode=analyze`: R-DIV, plots and summary for the latest checkpoint of `workdir`. Returns
     the updated report."""
     mesh = parallel.make_mesh()
-    config, model, state = restore_run(workdir, mesh)
+    config, model, state = restore_run(workdir, mesh)  # the headline checkpoint (eval.checkpoint)
     n = config.eval.num_examples if config.eval.num_examples > 0 else None
     images, labels = data.load_eval_arrays(config.data, "test", n)
     with jax.set_mesh(mesh):

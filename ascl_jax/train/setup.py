@@ -69,15 +69,32 @@ def abstract_state(config):
     return jax.eval_shape(state_fn)
 
 
-def restore_run(workdir: str, mesh=None):
-    """(config, model, state) of the latest checkpoint of a workdir, replicated over `mesh`."""
+def restore_run(workdir: str, mesh=None, checkpoint: str | None = None):
+    """(config, model, state) of a checkpoint of a workdir, replicated over `mesh`.
+
+    checkpoint: 'last' (the latest checkpoint), 'best' (workdir/best_checkpoint, kept by
+    `eval.checkpoint='best'`, `ascl_jax.train.selection`), or None: the one the run's
+    `eval.checkpoint` names (its headline). Raises WorkdirError when that checkpoint is missing."""
     config = workdir_lib.load_config(workdir)
+    which = checkpoint or config.eval.get("checkpoint", "last")
+    if which not in config_lib.EVAL_CHECKPOINTS:
+        raise config_lib.ConfigError(
+            f"checkpoint={which!r} is not allowed; choose one of {list(config_lib.EVAL_CHECKPOINTS)}"
+        )
     model, _ = build_model(config)
     mesh = mesh or parallel.make_mesh()
     abstract = abstract_state(config)
     abstract = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)), abstract
     )
+    if which == "best":
+        mngr = checkpointing.make_best_manager(workdir) if checkpointing.has_best(workdir) else None
+        if mngr is None or mngr.best_step() is None:
+            raise workdir_lib.WorkdirError(
+                f"{workdir} holds no best checkpoint ({checkpointing.BEST_DIR}/ is missing or empty): "
+                "train with eval.checkpoint='best' to keep one, or evaluate eval.checkpoint='last'"
+            )
+        return config, model, checkpointing.restore(mngr, abstract, step=mngr.best_step())
     mngr = checkpointing.make_manager(workdir, save_every=1, max_to_keep=config.max_checkpoints)
     if mngr.latest_step() is None:
         raise workdir_lib.WorkdirError(f"{workdir} holds no checkpoint (checkpoints/ is empty)")
