@@ -334,7 +334,6 @@ def base_config() -> ml_collections.ConfigDict:
             select_metric="robust",
             select_every=1,
             select_examples=500,
-            select_metric="robust",
             corruptions=(),
         )
     )
