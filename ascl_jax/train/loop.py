@@ -81,7 +81,7 @@ def train_and_evaluate(
     start = 0
     if mngr.latest_step() is not None:
         state = checkpointing.restore(mngr, state)
-        start = int(jax.device_get(state.step))
+        start = int(parallel.to_host(state.step))
         log.info("resumed %s from step %d", workdir, start)
     elif resuming:
         log.info("workdir %s has a config but no checkpoint: starting from step 0", workdir)
@@ -168,7 +168,7 @@ def _train_report(config, workdir, n_steps, throughput, summary) -> dict:
 
 
 def _mean_metrics(buffer):
-    host = jax.device_get(buffer)
+    host = parallel.to_host(buffer)
     keys = sorted(set().union(*[m.keys() for m in host]))
     return {k: float(np.mean([m[k] for m in host if k in m])) for k in keys}
 
