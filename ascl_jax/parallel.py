@@ -109,6 +109,15 @@ def to_host(tree):
     return jax.tree.unflatten(treedef, [read(x) for x in leaves])
 
 
+def sync(name: str) -> None:
+    """A barrier over all processes (`multihost_utils.sync_global_devices`); nothing with one
+    process. Used where process 0 writes a file that every process reads next."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def put_global(arr: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """A host array that every process holds in full -> global jax.Array with `sharding`.
 

@@ -2,17 +2,22 @@
 jax.distributed (localhost coordinator, launch/local_multiprocess.sh) gives the report numbers of
 one process with 8 devices reading the same two input streams (config.input_processes=2).
 
-One chain of CLI commands (launch/run_chain.py) covers every mode in one launch: training of each
-method family (ascl, nat, adv, trades, supcon, acl_pretrain), --mode=evaluate (clean, PGD, mPGD,
-AutoAttack-fast), --mode=analyze (R-DIV, t-SNE, plots), ACL pre-train -> TRADES fine-tune -> linear
-evaluation, and the semi-supervised routine (pre-train, teacher, pseudo-labels, student). The
-2-process chain and its 1-process reference run concurrently.
+One chain of CLI commands (launch/run_chain.py) covers every mode in one launch (digits, tiny
+model, 2 steps, one-step attacks): training of each method family (ascl with clean/PGD evaluation,
+adv, supcon; nat as the semi-supervised teacher, TRADES as the ACL fine-tuning), --mode=evaluate
+(clean, mPGD, AutoAttack-fast), --mode=analyze (R-DIV, t-SNE, plots), the semi-supervised routine
+(ACL(DS) pre-training, teacher, pseudo-labels, student), then TRADES fine-tuning and linear
+evaluation from that pre-training. The 2-process chain and its 1-process reference run
+concurrently.
 
 Tolerance: both runs execute the same SPMD programs on 8 devices over the same global batches;
-only the cross-device reductions (batch-norm statistics, losses, gradients) are summed by a
-different collective implementation (gloo between processes vs XLA's in-process all-reduce), so
-float32 sums may differ in the last bits: float metrics and R-DIV agree to rtol 1e-5 (atol 1e-6),
-accuracies (counts over the same examples) exactly.
+the cross-device sums (batch-norm statistics, losses, gradients) run in a different order (gloo
+between the processes, XLA's in-process all-reduce in one process), so float32 results differ in
+their last bits, and more where the sign() of a near-zero PGD gradient or LARS amplifies them
+(measured: 1e-7 relative for ASCL / AT / SupCon, 2e-5 for ACL's pre-training, the same spread as
+between two one-process runs that differ only in the collective implementation). Float metrics,
+R-DIV and pseudo-labels agree to rtol 2e-4 (atol 1e-6); accuracies and the per-example evaluation
+exactly.
 """
 
 import json
@@ -35,7 +40,8 @@ DIGITS = [
     "--config.data.crop_padding=1",
     "--config.data.flip=False",
 ]
-# every command: 2 input streams, the cheapest evaluation
+# every command: 2 input streams, 2 steps, one-step attacks, no sanity checks
+SHORT = ["--config.num_train_steps=2", "--config.attack.num_steps=1", "--config.eval.pgd_steps=1"]
 COMMON = ["--config.input_processes=2", "--config.eval.sanity=False"]
 CHEAP_EVAL = ["--config.eval.attacks=('clean', 'pgd')", "--config.analysis.enabled=False"]
 # report keys that are timings or paths, not numbers of the run
@@ -43,13 +49,21 @@ UNCOMPARED = {"wall_seconds", "train_images_per_second", "timing_s", "stages", "
 
 
 def _train(name, config, *extra, eval_=CHEAP_EVAL):
-    return ["--mode=train", f"--config={config}", f"--workdir={{root}}/{name}", *COMMON, *eval_, *extra]
+    return [
+        "--mode=train",
+        f"--config={config}",
+        f"--workdir={{root}}/{name}",
+        *COMMON,
+        *SHORT,
+        *eval_,
+        *extra,
+    ]
 
 
 def _semisup():
     out = ["--mode=train", "--config=configs/acl_semisup.py:smoke", "--workdir={root}/semi"]
     for s in ("pretrain", "teacher", "student"):
-        out += [f"--config.stages.{s}.input_processes=2", f"--config.stages.{s}.eval.sanity=False"]
+        out += [f"--config.stages.{s}.{o[len('--config.') :]}" for o in COMMON + SHORT]
     out.append("--config.stages.student.eval.attacks=('clean', 'pgd')")
     return out
 
@@ -62,12 +76,18 @@ CHAIN = [
         "--config=configs/default.py:smoke",
         "--workdir={root}/ascl",
         *COMMON,
-        "--config.eval.attacks=('clean', 'pgd', 'mpgd', 'autoattack')",
+        "--config.eval.attacks=('clean', 'mpgd', 'autoattack')",
+        "--config.eval.mpgd_steps=1",
         "--config.analysis.enabled=False",
     ],
     ["--mode=analyze", "--workdir={root}/ascl"],  # R-DIV, t-SNE, the plots
     _train("adv", "configs/default.py:smoke", "--config.method=adv"),
-    _train("supcon", "configs/ascl_table6.py:row=orgscl,smoke", *DIGITS),
+    _train(
+        "supcon",
+        "configs/ascl_table6.py:row=orgscl,smoke",
+        *DIGITS,
+        eval_=["--config.eval.attacks=('clean',)"],
+    ),
     _semisup(),  # ACL pre-training (DS), the nat teacher, pseudo-labels, the student
     _train("acl_ft", "configs/acl_finetune.py:smoke", *DIGITS, PRE),
     _train("acl_lin", "configs/acl_linear.py:mode=adversarial,smoke", *DIGITS, PRE),
@@ -75,18 +95,35 @@ CHAIN = [
 
 
 def _launch_chain(tmp_path):
-    """Starts the 2-process chain and its 1-process reference; returns their (process, root)."""
+    """Starts the 2-process chain and its 1-process reference; returns their (process, root).
+    Each run keeps a persistent compilation cache (locked, shared by its processes), so a program
+    that several commands of the chain compile alike (e.g. the same model's evaluation) compiles
+    once per run."""
     chain = tmp_path / "chain.json"
     chain.write_text(json.dumps(CHAIN))
     env = dict(os.environ, PY=sys.executable, PYTHONPATH=str(ROOT))
     env.pop("XLA_FLAGS", None)
+    env.update(
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(2**32),  # > 0 turns on the cache's file lock
+    )
     kw = dict(cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mp, sp = tmp_path / "mp", tmp_path / "sp"
     procs = [
-        subprocess.Popen(["bash", "launch/local_multiprocess.sh", "2", "4", chain, mp], env=env, **kw),
+        subprocess.Popen(
+            ["bash", "launch/local_multiprocess.sh", "2", "4", chain, mp],
+            env=dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache_mp")),
+            **kw,
+        ),
         subprocess.Popen(
             [sys.executable, "-m", "launch.run_chain", "--config", chain, "--workdir", sp],
-            env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu"),
+            env=dict(
+                env,
+                XLA_FLAGS="--xla_force_host_platform_device_count=8",
+                JAX_PLATFORMS="cpu",
+                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache_sp"),
+            ),
             **kw,
         ),
     ]
@@ -110,51 +147,68 @@ def _metrics(workdir):
         return [json.loads(line) for line in f]
 
 
-def _close(a, b, exact):
+def _close(key, a, b):
+    """Accuracies (counts over the same examples) exactly, other floats to RTOL / ATOL."""
     if math.isnan(a) or math.isnan(b):
         return math.isnan(a) and math.isnan(b)
-    return a == b if exact else abs(a - b) <= 1e-6 + 1e-5 * abs(b)
+    if "accuracy" in key:
+        return a == b
+    return abs(a - b) <= ATOL + RTOL * abs(b)
 
 
-def _exact(key):
-    return "accuracy" in key  # clean / robust / per-attack accuracies: counts over the same examples
+RTOL, ATOL = 2e-4, 1e-6
 
 
 def test_every_mode_two_processes_equal_one(tmp_path):
     runs = _launch_chain(tmp_path)
     for proc, root in runs:
-        out, _ = proc.communicate(timeout=900)
+        out, _ = proc.communicate(timeout=1200)
         assert proc.returncode == 0, f"{root.name}:\n{out[-4000:]}"
     (mp, sp) = (root for _, root in runs)
     a, b = (json.loads((r / "chain.json").read_text()) for r in (mp, sp))
     assert len(a) == len(b) == len(CHAIN)
     bad = []
     for ja, jb in zip(a, b):
-        cmd = " ".join(s for s in ja["argv"][:3])
+        cmd = " ".join(ja["argv"][:3])
         na, nb = _numbers(ja["report"]), _numbers(jb["report"])
         assert na.keys() == nb.keys(), (cmd, sorted(na.keys() ^ nb.keys()))
         assert na, cmd
-        bad += [f"{cmd}: {k} {na[k]!r} != {nb[k]!r}" for k in na if not _close(na[k], nb[k], _exact(k))]
+        bad += [f"{cmd}: {k} {na[k]!r} != {nb[k]!r}" for k in na if not _close(k, na[k], nb[k])]
     assert not bad, "\n".join(bad)
 
-    # what each mode must have produced, and the training curves step by step
-    rep = a[0]["report"]
-    assert rep["steps"] == 4 and rep["analysis"]["errors"] == {}, rep["analysis"]
-    assert {"tsne", "rdiv_vs_robust_accuracy"} <= set(a[2]["report"]["analysis"]["plots"])
+    # what each mode must have produced
+    assert a[0]["report"]["steps"] == 2 and set(a[0]["report"]["robust_accuracy"]) == {"pgd1"}
+    assert set(a[1]["report"]["robust_accuracy"]) == {"mpgd", "autoattack"}
+    ana = a[2]["report"]["analysis"]
+    assert ana["errors"] == {} and {"tsne", "rdiv_vs_robust_accuracy"} <= set(ana["plots"]), ana
     assert math.isfinite(a[2]["report"]["r_div"]["ratio"])
-    assert set(a[1]["report"]["robust_accuracy"]) >= {"pgd2", "mpgd", "autoattack"}
-    assert a[-1]["report"]["method"] == "semi_supervised"
-    for d in ("ascl", "nat", "adv", "trades", "supcon", "acl_pre", "acl_ft", "acl_lin", "semi/3_student"):
+    assert a[5]["report"]["method"] == "semi_supervised"
+    assert {"clean_accuracy", "robust_accuracy"} <= set(a[-1]["report"])
+    for name in os.listdir(sp / "ascl/plots"):
+        assert (mp / "ascl/plots" / name).stat().st_size > 0, name
+    # the training curves, the per-example evaluation, the teacher's pseudo-labels
+    for d in (
+        "ascl",
+        "adv",
+        "supcon",
+        "acl_ft",
+        "acl_lin",
+        "semi/1_pretrain",
+        "semi/2_teacher",
+        "semi/3_student",
+    ):
         ma, mb = _metrics(mp / d), _metrics(sp / d)
         assert [r["step"] for r in ma] == [r["step"] for r in mb]
         for ra, rb in zip(ma, mb):
             for k in rb:
-                np.testing.assert_allclose(ra[k], rb[k], rtol=1e-5, atol=1e-6, err_msg=f"{d} {k}")
-    pa = np.load(mp / "semi/pseudo_labels.npz")["logits"]
-    pb = np.load(sp / "semi/pseudo_labels.npz")["logits"]
-    np.testing.assert_allclose(pa, pb, rtol=1e-5, atol=1e-5)
-    for name in os.listdir(sp / "ascl/plots"):
-        assert (mp / "ascl/plots" / name).stat().st_size > 0, name
+                np.testing.assert_allclose(ra[k], rb[k], rtol=RTOL, atol=ATOL, err_msg=f"{d} {k}")
+    ea, eb = (np.load(r / "ascl/per_example.npz") for r in (mp, sp))
+    assert sorted(ea.files) == sorted(eb.files)
+    for k in eb.files:
+        np.testing.assert_array_equal(ea[k], eb[k], err_msg=k)
+    pa, pb = (np.load(r / "semi/pseudo_labels.npz") for r in (mp, sp))
+    np.testing.assert_array_equal(pa["index"], pb["index"])
+    np.testing.assert_allclose(pa["logits"], pb["logits"], rtol=RTOL, atol=ATOL)
 
 
 def test_to_host_reads_every_kind_of_leaf():
