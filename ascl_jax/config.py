@@ -28,6 +28,7 @@ METHODS = (
     "adv",
     "trades",
     "ascl",
+    "ascl_trades",
     "acl_pretrain",
     "trades_finetune",
     "linear_eval",
@@ -64,6 +65,7 @@ STRATEGIES = ("global", "hard", "soft", "leaked", "merge")
 SIMILARITIES = ("cosine", "dot", "neg_l1", "neg_l2", "neg_linf")
 LOSS_FEATURES = ("z", "proj")
 VAT_REDUCTIONS = ("mean", "batchmean", "sum")
+TRADES_REDUCTIONS = ("batchmean", "mean")  # ascl_trades: / b (authors' ascl_trades), / (b*C) (2trans)
 ACL_VARIANTS = ("s2s", "a2a", "a2s", "ds")
 # optimiser
 OPTIMIZERS = ("sgd", "adam", "lars")
@@ -265,12 +267,15 @@ def base_config() -> ml_collections.ConfigDict:
             # ASCL's training loop (mytrain.py) runs train-mode forwards after each optimizer step
             # (accuracy logging) that update the BN running statistics: 0 = none; 1 = the natural
             # batch; 2 (authors') = the natural batch, then the step's adversarial batch, at the
-            # updated parameters. Read by method 'ascl' only (see steps.ascl_step).
+            # updated parameters. Read by methods 'ascl' and 'ascl_trades' only (see steps.ascl_step).
             bn_extra_updates=2,
             trades_beta=6.0,
             # method 'supcon': L2-normalise the features before SupCon (SupConResNet); False: the raw
             # features, as ASCL's scl_nat_2trans (Table 6 orgSCL, SPEC 2).
             supcon_normalize=True,
+            # method 'ascl_trades' (authors' ascl.py): its TRADES term sum_i KL(p_nat || p_adv) / b
+            # ('batchmean', ascl_trades) or / (b*C) ('mean', the authors' ascl_trades_2trans).
+            trades_reduction="batchmean",
             # ACL: DS loss = l_std + acl_alpha * l_adv (paper), divided by (1 + acl_alpha) when
             # acl_average (the code averages the two terms, SPEC 3.4). a2s / ds route the adversarial
             # view through the 'adv' BN set of model.bn='dual'; with bn='single' both views share one
@@ -548,6 +553,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(c.loss.similarity, SIMILARITIES, "loss.similarity")
     _choice(c.loss.feature, LOSS_FEATURES, "loss.feature")
     _choice(c.loss.vat_reduction, VAT_REDUCTIONS, "loss.vat_reduction")
+    _choice(c.loss.get("trades_reduction", "batchmean"), TRADES_REDUCTIONS, "loss.trades_reduction")
     _choice(c.loss.acl_variant, ACL_VARIANTS, "loss.acl_variant")
     _positive(c.loss.temperature, "loss.temperature")
     _positive(c.loss.acl_temperature, "loss.acl_temperature")
@@ -623,7 +629,7 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         raise ConfigError("config.method='supcon' needs config.data.num_views=2 (two augmentations)")
     if c.method == "acl_pretrain" and c.data.num_views != 2:
         raise ConfigError("config.method='acl_pretrain' needs config.data.num_views=2 (two views)")
-    if c.method == "ascl" and c.loss.two_views and c.data.num_views != 2:
+    if c.method in ("ascl", "ascl_trades") and c.loss.two_views and c.data.num_views != 2:
         raise ConfigError("config.loss.two_views=True needs config.data.num_views=2")
     return c
 

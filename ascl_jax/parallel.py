@@ -65,13 +65,57 @@ def to_global(local_batch, sharding: NamedSharding):
     )
 
 
-def to_host(tree):
-    """A (possibly multi-host) global array tree -> numpy on every process."""
-    if jax.process_count() == 1:
-        return jax.device_get(tree)
-    from jax.experimental import multihost_utils
+def _replicated_like(x: jax.Array):
+    """The replicated sharding over the devices that hold `x`."""
+    s = x.sharding
+    if isinstance(s, NamedSharding):
+        return s.update(spec=P())
+    devices = sorted(s.device_set, key=lambda d: d.id)
+    return NamedSharding(jax.sharding.Mesh(np.asarray(devices), ("all",)), P())
 
-    return multihost_utils.process_allgather(tree, tiled=True)
+
+def _identity(*xs):
+    return xs
+
+
+def to_host(tree):
+    """Every array of `tree` as numpy, in full, on every process: the one way results leave the
+    devices (evaluation, latents, pseudo-labels, training metrics).
+
+    A global `jax.Array` of which this process holds only part (e.g. data-sharded over devices of
+    several processes) is gathered by one jitted copy of all such leaves to the replicated sharding,
+    then read from a local device; this is a collective, so every process must call `to_host` with
+    the same tree structure and shapes in the same order. Fully replicated and fully addressable
+    arrays, numpy arrays and Python scalars are read locally (no communication; numpy leaves are
+    never concatenated over processes). Returns the tree with numpy arrays (scalars as 0-d arrays).
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    remote = [
+        i
+        for i, x in enumerate(leaves)
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated
+    ]
+    if remote:
+        shardings = tuple(_replicated_like(leaves[i]) for i in remote)
+        gathered = jax.jit(_identity, out_shardings=shardings)(*(leaves[i] for i in remote))
+        for i, g in zip(remote, gathered):
+            leaves[i] = g
+
+    def read(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(x.addressable_data(0))  # fully replicated: any local copy is the value
+        return np.asarray(x)
+
+    return jax.tree.unflatten(treedef, [read(x) for x in leaves])
+
+
+def sync(name: str) -> None:
+    """A barrier over all processes (`multihost_utils.sync_global_devices`); nothing with one
+    process. Used where process 0 writes a file that every process reads next."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
 
 
 def put_global(arr: np.ndarray, sharding: NamedSharding) -> jax.Array:

@@ -2,16 +2,22 @@
 # N processes on this machine, each with D simulated CPU devices, joined by jax.distributed
 # through a localhost coordinator: the multi-host code path without a cluster (used by the tests).
 #   launch/local_multiprocess.sh 2 4 configs/default.py:smoke /tmp/mp [--config.x=...]
+#   launch/local_multiprocess.sh 2 4 chain.json /tmp/root
+# CONFIG is a config file (configs/*.py[:arg]: each process runs `python -m ascl_jax.main`) or a
+# .json list of CLI commands (each process runs them in sequence with launch/run_chain.py).
+# PY: the Python interpreter (default .venv/bin/python); PORT: the coordinator port (default random).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC=${1:?number of processes}; NDEV=${2:?devices per process}; CONFIG=${3:?config}; WORKDIR=${4:?workdir}
 shift 4
 PY=${PY:-.venv/bin/python}
 PORT=${PORT:-$((20000 + RANDOM % 20000))}
+ENTRY=ascl_jax.main
+if [[ "$CONFIG" == *.json ]]; then ENTRY=launch.run_chain; fi
 pids=()
 for ((i = 0; i < NPROC; i++)); do
   JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$NDEV" \
-    "$PY" -m ascl_jax.main --multihost --coordinator "localhost:$PORT" --num_processes "$NPROC" \
+    "$PY" -m "$ENTRY" --multihost --coordinator "localhost:$PORT" --num_processes "$NPROC" \
     --process_id "$i" --config "$CONFIG" --workdir "$WORKDIR" "$@" &
   pids+=($!)
 done

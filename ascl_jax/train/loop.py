@@ -93,7 +93,7 @@ def train_and_evaluate(
     start, buffer = 0, []
     if mngr.latest_step() is not None:
         state = checkpointing.restore(mngr, state)
-        start = int(jax.device_get(state.step))
+        start = int(parallel.to_host(state.step))
         buffer = _window_from_metadata(checkpointing.step_metadata(mngr, start))
         log.info("resumed %s from step %d", workdir, start)
     elif resuming:
@@ -211,7 +211,7 @@ def _window_from_metadata(meta: dict) -> list:
 
 
 def _mean_metrics(buffer):
-    host = jax.device_get(buffer)
+    host = parallel.to_host(buffer)
     keys = sorted(set().union(*[m.keys() for m in host]))
     return {k: float(np.mean([m[k] for m in host if k in m])) for k in keys}
 

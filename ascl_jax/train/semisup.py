@@ -47,7 +47,8 @@ def stage_configs(config, workdir: str) -> dict:
 
 def pseudo_labels(config, workdir: str, path: str) -> str:
     """The teacher's logits on every training image (no augmentation, eval mode) -> .npz with
-    'index', 'logits' [n, C] and 'labels'. Written once (atomically); an existing file is reused."""
+    'index', 'logits' [n, C] and 'labels'. Written once (atomically, by process 0; every process
+    returns once it is written); an existing file is reused."""
     if storage.path(path).exists():
         return path
     mesh = parallel.make_mesh()
@@ -68,6 +69,7 @@ def pseudo_labels(config, workdir: str, path: str) -> str:
             buf, index=np.arange(len(labels), dtype=np.int32), logits=logits, labels=labels.astype(np.int32)
         )
         storage.write_bytes(path, buf.getvalue())
+    parallel.sync("pseudo_labels")  # every process reads the file next (the student's batches)
     return path
 
 

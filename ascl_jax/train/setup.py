@@ -107,7 +107,7 @@ def pretrained_variables(config, model, image_shape):
     the chosen BN set of a dual-BN encoder, projection head dropped, classifier re-initialised
     to zero (ACL's cvt_state_dict) when `init.reset_classifier`."""
     _, _, pre = restore_run(config.init.workdir)
-    variables = {"params": jax.device_get(pre.params), "batch_stats": jax.device_get(pre.batch_stats)}
+    variables = parallel.to_host({"params": pre.params, "batch_stats": pre.batch_stats})
     if models.has_dual_bn(variables) and config.model.bn == "single":
         variables = models.select_bn_branch(variables, config.init.bn_branch)
     variables = models.strip_head(variables)

@@ -11,6 +11,11 @@ Methods (`config.method`):
           x + 0.001 N(0, 1) (SPEC 3.6). Also used by `trades_finetune`.
 - ascl:   L = nat_ce*CE(x) + adv_ce*CE(x_adv) + scl*L_SCL + vat*L_VAT (ASCL Eq. 6, SPEC 1.1);
           two_views=True is the authors' ascl_pgd_2trans variant (4b contrastive rows).
+- ascl_trades: ASCL with the TRADES objective (authors' `ascl.py::ascl_trades`, SPEC 1.1 item 9):
+          L = scl*L_SCL + vat*L_VAT + nat_ce*CE(x) + trades_beta * sum_i KL(p(x_i) || p(x_adv,i)) / b,
+          the attack maximising sum_i KL(p(x_i) || p(x_i + delta_i)) (`config.attack`: the
+          authors' uniform start, train-mode BN); loss.trades_reduction='mean' divides the KL by
+          b*C (the authors' ascl_trades_2trans, with two_views=True).
 - acl_pretrain: NT-Xent pre-training with S2S / A2A / A2S / DS (ACL §2.2, Algorithm 1, SPEC 3.4).
 - supcon: SupCon on two standard augmentations + CE, no adversary (ASCL Table 6 "orgSCL").
 - linear_eval: a frozen encoder (BN in eval mode), the classifier trained on clean (standard) or
@@ -103,6 +108,16 @@ def ce_attack(model, state, cfg_attack, x, y, key, mask=None):
     return _pgd(cfg_attack, _masked_objective(objective, mask), x, key)
 
 
+def kl_attack(model, state, cfg_attack, x, key, mask=None):
+    """The TRADES training attack of trades and ascl_trades: PGD (`config.attack`) maximising
+    sum_i KL(p(x_i) || p(x_adv,i)), p = softmax of the logits at the current parameters (the
+    clean logits held constant, BN in `cfg_attack.bn_mode`). mask: as in `ce_attack`."""
+    logits_fn = _attack_logits_fn(model, state, cfg_attack, mask=mask)
+    clean_logits = jax.lax.stop_gradient(logits_fn(x))
+    objective = _masked_objective(attacks.kl_objective(logits_fn, clean_logits), mask)
+    return _pgd(cfg_attack, objective, x, key)
+
+
 def _split_views(image):
     """[b, 2, H, W, C] -> two [b, H, W, C] views."""
     return image[:, 0], image[:, 1]
@@ -159,10 +174,7 @@ def adv_step(state, batch, *, model, config):
 
 def trades_step(state, batch, *, model, config):
     x, y, v = batch["image"], batch["label"], batch.get("mask")
-    logits_fn = _attack_logits_fn(model, state, config.attack, mask=v)
-    clean_logits = jax.lax.stop_gradient(logits_fn(x))
-    objective = _masked_objective(attacks.kl_objective(logits_fn, clean_logits), v)
-    x_adv = _pgd(config.attack, objective, x, state.step_key())
+    x_adv = kl_attack(model, state, config.attack, x, state.step_key(), mask=v)
 
     def loss_fn(params):
         out, bs = forward(model, params, state.batch_stats, x, mask=v)
@@ -186,6 +198,9 @@ def trades_step(state, batch, *, model, config):
 
 def ascl_step(state, batch, *, model, config):
     """ASCL (Eq. 6): PGD-CE attack, two train-mode forwards, masked SCL on [z_nat; z_adv] + VAT.
+    Method 'ascl_trades': the KL attack (`kl_attack`) and, in place of adv_ce*CE(x_adv), the
+    TRADES term trades_beta * KL(p_nat || p_adv) reduced by loss.trades_reduction (module doc);
+    metric 'trades_kl'.
 
     Then `config.loss.bn_extra_updates` = k train-mode forwards at the updated parameters whose
     only effect is the BN running-statistics update, as the accuracy logging after each optimizer
@@ -205,7 +220,11 @@ def ascl_step(state, batch, *, model, config):
         v = _tile(v, 2)
     else:
         x, instance_ids = batch["image"], None
-    x_adv = ce_attack(model, state, config.attack, x, y, state.step_key(), mask=v)
+    trades = config.method == "ascl_trades"
+    if trades:
+        x_adv = kl_attack(model, state, config.attack, x, state.step_key(), mask=v)
+    else:
+        x_adv = ce_attack(model, state, config.attack, x, y, state.step_key(), mask=v)
 
     def loss_fn(params):
         out, bs = forward(model, params, state.batch_stats, x, mask=v)
@@ -213,8 +232,13 @@ def ascl_step(state, batch, *, model, config):
         ln, la = out["logits"], out_a["logits"]
         m = {"acc_nat": _accuracy(ln, y, v), "acc_adv": _accuracy(la, y, v)}
         loss = 0.0
-        m["ce_adv"] = losses.cross_entropy(la, y, valid=v)
-        loss += lw.adv_ce_weight * m["ce_adv"]
+        if trades:
+            red = lw.get("trades_reduction", "batchmean")
+            m["trades_kl"] = losses.kl_divergence(ln, la, reduction=red, valid=v)
+            loss += lw.trades_beta * m["trades_kl"]
+        else:
+            m["ce_adv"] = losses.cross_entropy(la, y, valid=v)
+            loss += lw.adv_ce_weight * m["ce_adv"]
         if lw.nat_ce_weight:
             m["ce_nat"] = losses.cross_entropy(ln, y, valid=v)
             loss += lw.nat_ce_weight * m["ce_nat"]
@@ -436,6 +460,7 @@ STEPS = {
     "trades": trades_step,
     "trades_finetune": trades_step,
     "ascl": ascl_step,
+    "ascl_trades": ascl_step,
     "acl_pretrain": acl_pretrain_step,
     "linear_eval": linear_eval_step,
     "semi_student": semi_student_step,
