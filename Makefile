@@ -25,7 +25,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -n 2 -q tests
-	$(BIN)/python -m pytest -q --doctest-modules ascl_jax/losses ascl_jax/attacks ascl_jax/evaluation/runner.py ascl_jax/evaluation/autoattack_driver.py
+	$(BIN)/python -m pytest -q --doctest-modules ascl_jax/losses ascl_jax/attacks ascl_jax/evaluation/runner.py ascl_jax/evaluation/autoattack_driver.py ascl_jax/evaluation/autoattack_api.py
 
 # Re-executes the example notebook and saves its outputs (commit the result).
 notebook: install

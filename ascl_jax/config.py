@@ -68,7 +68,10 @@ SCHEDULES = ("constant", "piecewise", "warmup_cosine")
 # fine-tuning and evaluation
 LINEAR_EVAL_MODES = ("standard", "adversarial")
 EVAL_ATTACKS = ("clean", "pgd", "mpgd", "autoattack")
-AUTOATTACK_VERSIONS = ("none", "fast", "standard")
+# AutoAttack: 'none' or a version of the reference (fra31/auto-attack); 'custom' runs the components
+# in eval.autoattack_attacks with the reference's per-component defaults.
+AUTOATTACK_VERSIONS = ("none", "standard", "plus", "rand", "custom")
+AUTOATTACK_COMPONENTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
 EVAL_CHECKPOINTS = ("last", "best")  # which checkpoint the headline evaluation uses
 SELECT_ON = ("val", "test")  # where eval.checkpoint='best' measures its selection metric
 NORMS = ("Linf", "L2", "L1")  # evaluation threat model
@@ -260,6 +263,7 @@ def base_config() -> ml_collections.ConfigDict:
             pgd_restarts=1,
             mpgd_steps=20,
             autoattack="none",
+            autoattack_attacks=(),  # the components of autoattack='custom' (AUTOATTACK_COMPONENTS)
             autoattack_examples=1000,
             num_examples=-1,
             eps_sweep=(),
@@ -476,10 +480,25 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(c.eval.autoattack, AUTOATTACK_VERSIONS, "eval.autoattack")
     _choice(c.eval.bn_branch, BN_BRANCHES, "eval.bn_branch")
     _choice(c.eval.get("norm", "Linf"), NORMS, "eval.norm")
+    aa_attacks = tuple(c.eval.get("autoattack_attacks", ()))
+    for a in aa_attacks:
+        _choice(a, AUTOATTACK_COMPONENTS, "eval.autoattack_attacks[]")
+    if c.eval.autoattack == "custom" and not aa_attacks:
+        raise ConfigError(
+            "config.eval.autoattack='custom' needs config.eval.autoattack_attacks, a list from "
+            f"{AUTOATTACK_COMPONENTS}"
+        )
+    if c.eval.autoattack not in ("custom", "none") and aa_attacks:
+        raise ConfigError(
+            f"config.eval.autoattack_attacks={aa_attacks!r} is only used with "
+            f"config.eval.autoattack='custom' (got {c.eval.autoattack!r})"
+        )
     _choice(c.eval.get("checkpoint", "last"), EVAL_CHECKPOINTS, "eval.checkpoint")
     _choice(c.eval.get("select_on", "val"), SELECT_ON, "eval.select_on")
-    if not 0 < c.eval.eps <= 1:
-        raise ConfigError(f"config.eval.eps={c.eval.eps!r} must lie in (0, 1]")
+    if c.eval.get("norm", "Linf") == "Linf" and not 0 < c.eval.eps <= 1:
+        raise ConfigError(f"config.eval.eps={c.eval.eps!r} must lie in (0, 1] for eval.norm='Linf'")
+    if not c.eval.eps > 0:  # L2 / L1: up to the box's diameter, checked with the image shape
+        raise ConfigError(f"config.eval.eps={c.eval.eps!r} must be > 0")
     _choice(c.train_subset, TRAIN_SUBSETS, "train_subset")
     if c.method == "semi_student":
         if not 0 < c.semi.labelled_batch < c.data.batch_size:
@@ -632,7 +651,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.eval.pgd_steps = 2
     c.eval.mpgd_steps = 2
     c.eval.num_examples = 32
-    c.eval.autoattack = "fast" if c.eval.autoattack != "none" else "none"
+    if c.eval.autoattack != "none":  # a custom list, labelled 'autoattack-custom' in the results
+        c.eval.autoattack, c.eval.autoattack_attacks = "custom", ("apgd-ce", "apgd-t")
     c.eval.autoattack_examples = 16
     c.analysis.num_examples = 32
     c.analysis.tsne_points = 32

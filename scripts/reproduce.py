@@ -6,7 +6,7 @@ Runs, on the embedded digits dataset with the small CNN (configs/default.py's se
 seed and one budget: NAT, ADV, TRADES, ASCL Global / Hard / Soft / Leaked, and ACL(DS)
 pre-training + TRADES fine-tuning (and TRADES from random init, ACL's RI column). Each run is an
 ordinary workdir under --workdir (so a second call resumes / reuses finished runs). Then writes
-the report: a table of clean, PGD-20, AutoAttack-fast robust accuracy, R-DIV and the final mean
+the report: a table of clean, PGD-20, AA-custom (APGD-CE + APGD-T) accuracy, R-DIV and the final mean
 positives / negatives per anchor, which of the papers' orderings hold here, and for every table of
 the papers the GPU/TPU command, the paper's numbers and the expected time per epoch from bench/.
 """
@@ -244,11 +244,11 @@ def write_report(reports):
         "dataset (sklearn, 1437 train / 360 test 8x8 images), the small CNN of `configs/default.py`, "
         f"seed 0, {args.epochs} epochs of {spe} steps (the last batch of an epoch kept), "
         "PGD-10 training at eps 0.1 (step 0.025); evaluation "
-        "on the 360 test images: PGD-20 and AutoAttack-fast (APGD-CE + APGD-T) at eps 0.1; R-DIV on the "
+        "on the 360 test images: PGD-20 and AA-custom (APGD-CE + APGD-T) at eps 0.1; R-DIV on the "
         "first 360 test images (PGD-20 latents). These are small-scale checks of the papers' orderings, "
         "not their numbers.",
         "",
-        "| run | clean | PGD-20 | AA-fast | R-DIV | positives/anchor | negatives/anchor | train img/s "
+        "| run | clean | PGD-20 | AA-custom | R-DIV | positives/anchor | negatives/anchor | train img/s "
         "| wall s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]

@@ -33,6 +33,7 @@ ENTRY_POINTS = [(losses, n) for n in LOSSES] + [
     (attacks, "model_forward"),
     (evaluation, "evaluate"),
     (evaluation, "run_autoattack"),
+    (evaluation, "autoattack_callable"),
 ]
 
 

@@ -17,7 +17,7 @@ from ascl_jax import evaluation
 from ascl_jax.evaluation import autoattack as aa
 
 EPS = 0.1
-SMALL_AA = dict(n_iter=10, n_queries=100)
+SMALL_AA = dict(n_iter=10, n_queries=100, apgd_ce_restarts=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -261,7 +261,8 @@ def test_autoattack_matches_analytic_robustness_multiclass(linear, digits):
         jax.random.key(0),
         params=linear,
         eps=EPS,
-        version="fast",
+        components=("apgd-ce", "apgd-t"),
+        apgd_ce_restarts=1,
         n_iter=10,
         batch_size=64,
         progress=False,
@@ -386,7 +387,8 @@ def _small_eval(linear, x, y, **kw):
         eps=EPS,
         step_size=EPS / 4,
         attacks=("pgd5", "autoattack"),
-        version="fast",
+        version="custom",
+        autoattack_attacks=("apgd-ce", "apgd-t"),
         aa_options=SMALL_AA,
         batch_size=32,
         seed=0,
@@ -426,10 +428,10 @@ def test_first_n_examples_and_autoattack_subset(linear, digits):
     x, y = digits
     r = _small_eval(linear, x, y, num_examples=40, autoattack_examples=24)
     assert r["num_evaluated"] == 40
-    assert r["num_examples"] == {"pgd5": 40, "autoattack": 24}
+    assert r["num_examples"] == {"pgd5": 40, "autoattack-custom": 24}
     assert r["overall"]["num_examples"] == 24
     pe = r["per_example"]
-    assert np.all(pe["robust_autoattack"][24:] == -1) and np.all(pe["robust_pgd5"] >= 0)
+    assert np.all(pe["robust_autoattack-custom"][24:] == -1) and np.all(pe["robust_pgd5"] >= 0)
     assert np.all(pe["robust_overall"][24:] == -1)
 
 
@@ -445,7 +447,7 @@ def test_bad_input_errors(linear, digits):
         with pytest.raises(ValueError, match="eps"):
             evaluation.evaluate(linear_logits, x, y, params=linear, eps=bad)
     with pytest.raises(ValueError, match="version"):
-        evaluation.evaluate(linear_logits, x, y, params=linear, attacks=("autoattack",), version="plus")
+        evaluation.evaluate(linear_logits, x, y, params=linear, attacks=("autoattack",), version="fast")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         evaluation.evaluate(linear_logits, x * 255, y, params=linear)
     with pytest.raises(ValueError, match="NHWC"):
@@ -453,7 +455,7 @@ def test_bad_input_errors(linear, digits):
     with pytest.raises(ValueError, match="labels"):
         evaluation.evaluate(linear_logits, x, y[:5], params=linear)
     with pytest.raises(ValueError, match="component"):
-        aa.plan(components=("apgd-ce", "fab"), num_classes=10)
+        aa.version_specs("custom", attacks=("apgd-ce", "cw"))
     with pytest.raises(ValueError, match="4 classes"):
         aa.check_num_classes(("apgd-t",), 3)
     assert evaluation.parse_attack("pgd250r5")[2] == {"steps": 250, "restarts": 5}

@@ -23,19 +23,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ascl_jax import attacks, parallel
+from ascl_jax import parallel
 from ascl_jax.evaluation import programs
+from ascl_jax.evaluation.projections import project_ball
 from ascl_jax.parallel import DATA_AXIS
 
 
-def check_eps(eps, name: str = "eps") -> float:
-    """eps must be a number in (0, 1] (images live in [0, 1])."""
+def max_eps(norm: str, shape) -> float:
+    """The largest meaningful radius for images of per-example ``shape`` in [0, 1]: the diameter
+    of the box under ``norm`` (1 for L-inf, sqrt(D) for L2, D for L1)."""
+    d = int(np.prod(shape)) if shape is not None else 1
+    return {"Linf": 1.0, "L2": math.sqrt(d), "L1": float(d)}.get(norm, 1.0)
+
+
+def check_eps(eps, name: str = "eps", *, norm: str = "Linf", shape=None) -> float:
+    """eps must be a number in (0, max_eps(norm, shape)] (images live in [0, 1]; for L2 / L1 the
+    bound is the box's diameter, known once the image ``shape`` is)."""
+    hi = max_eps(norm, shape) if norm != "Linf" else 1.0
     try:
         e = float(eps)
     except (TypeError, ValueError):
-        raise ValueError(f"{name}={eps!r} must be a number in (0, 1]") from None
-    if not (0.0 < e <= 1.0) or math.isnan(e):
-        raise ValueError(f"{name}={eps!r} must lie in (0, 1] (images are in [0, 1])")
+        raise ValueError(f"{name}={eps!r} must be a number in (0, {hi:g}]") from None
+    if math.isnan(e) or not (0.0 < e <= hi * (1 + 1e-9)):
+        where = "images are in [0, 1]" if norm == "Linf" else f"the {norm} diameter of [0, 1]^D"
+        raise ValueError(f"{name}={eps!r} must lie in (0, {hi:g}] for norm={norm!r} ({where})")
     return e
 
 
@@ -129,6 +140,7 @@ def get_engine(
     mesh=None,
     progress: bool = True,
     unroll: int | None = None,
+    stochastic: bool = False,
 ) -> Engine:
     """An Engine for ``logits_fn``, reused across calls so that its compiled stages are too.
 
@@ -138,18 +150,15 @@ def get_engine(
     At most ``_MAX_ENGINES`` engines are kept (least recently used dropped).
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
-    key = (_fn_key(logits_fn), params is None, mesh, int(batch_size), unroll)
+    key = (_fn_key(logits_fn), params is None, mesh, int(batch_size), unroll, bool(stochastic))
+    kw = dict(params=params, batch_size=batch_size, mesh=mesh, unroll=unroll, progress=progress)
     try:
         hash(key)
     except TypeError:  # something unhashable in the closure: a fresh, uncached engine
-        return Engine(
-            logits_fn, params=params, batch_size=batch_size, mesh=mesh, unroll=unroll, progress=progress
-        )
+        return Engine(logits_fn, stochastic=stochastic, **kw)
     eng = _ENGINES.pop(key, None)
     if eng is None:
-        eng = Engine(
-            logits_fn, params=params, batch_size=batch_size, mesh=mesh, unroll=unroll, progress=progress
-        )
+        eng = Engine(logits_fn, stochastic=stochastic, **kw)
     else:
         eng.set_params(params)
         eng.progress = progress
@@ -173,6 +182,10 @@ class Engine:
         ``lax.while_loop`` over its iterations (``programs.run_program``; with the CPU speed layer
         on, its loop body's convolutions are canonicalised, ``xla_cpu.loops``) and the verification
         as one compiled call per batch.
+      stochastic: a randomised model, called as ``logits_fn(x, key)`` (``(params, x, key)``) with a
+        typed PRNG key. Inside the stages the model is ``lf(x, key=None)``: attacks that pass a
+        key (APGD, a fresh key per forward pass) see fresh noise; calls without one (clean
+        prediction, targets, FAB, Square, verification) use a fixed key, i.e. one noise draw.
     """
 
     def __init__(
@@ -184,6 +197,7 @@ class Engine:
         mesh=None,
         progress: bool = True,
         unroll: int | None = None,
+        stochastic: bool = False,
     ):
         if not callable(logits_fn):
             raise ValueError("logits_fn must be callable: x -> logits (or (params, x) -> logits)")
@@ -197,7 +211,11 @@ class Engine:
         self.repl = parallel.replicated(self.mesh)
         self.data = parallel.data_sharded(self.mesh)
         self._has_params = params is not None
-        self._fn = logits_fn if self._has_params else (lambda p, x: logits_fn(x))
+        self.stochastic = bool(stochastic)
+        if self.stochastic:
+            self._fn = logits_fn if self._has_params else (lambda p, x, k: logits_fn(x, k))
+        else:
+            self._fn = logits_fn if self._has_params else (lambda p, x: logits_fn(x))
         self.set_params(params)
         self.progress = progress
         self.unroll = 1 if unroll is None else max(1, int(unroll))
@@ -216,14 +234,17 @@ class Engine:
     # -- compiled functions ----------------------------------------------------------------------
 
     def logits_fn(self, params):
-        """The single-argument ``x -> logits`` closure over (traced) params."""
-        return lambda x: self._fn(params, x)
+        """The ``x -> logits`` closure over (traced) params; ``(x, key=None) -> logits`` for a
+        stochastic model (key None: the fixed key ``jax.random.key(0)``)."""
+        if not self.stochastic:
+            return lambda x: self._fn(params, x)
+        return lambda x, key=None: self._fn(params, x, jax.random.key(0) if key is None else key)
 
     def _predict_jit(self):
         if "predict" not in self._cache:
 
             def predict(params, x):
-                logits = self._fn(params, x)
+                logits = self.logits_fn(params)(x)
                 return jnp.argmax(logits, -1).astype(jnp.int32), jnp.asarray(logits.shape[-1])
 
             self._cache["predict"] = jax.jit(
@@ -234,17 +255,18 @@ class Engine:
     def stage(self, cache_key, prog: programs.Program, *, unroll: int | None = None, early_stop: bool = True):
         """A stage ``f(params, x, y, index, active, key, rank, eps) -> (x_adv, fooled)`` for a Program.
 
-        The result is re-projected onto the eps-ball and [0, 1] and ``fooled`` is recomputed there as
-        ``active & (argmax logits(x_adv) != y)``. Compiled functions are cached under ``cache_key``.
+        The result is re-projected onto the eps-ball (``prog.norm``) and [0, 1] and ``fooled`` is
+        recomputed there as ``active & (argmax logits(x_adv) != y)``. Compiled functions are cached
+        under ``cache_key``.
         """
         unroll = self.unroll if unroll is None else max(1, int(unroll))
-        full_key = (cache_key, prog.n_steps, unroll, early_stop)
+        full_key = (cache_key, prog.n_steps, prog.norm, unroll, early_stop)
         if full_key in self._cache:
             return self._cache[full_key]
 
         def verify(params, x, y, active, eps, x_adv):
             lf = self.logits_fn(params)
-            x_adv = attacks.project_linf(x_adv, x, eps)
+            x_adv = project_ball(x_adv, x, eps, prog.norm)
             return x_adv, active & (jnp.argmax(lf(x_adv), -1) != y)
 
         def run(params, x, y, index, active, key, rank, eps):

@@ -18,6 +18,11 @@ The objectives, target ranking, the PGD step and the projection are ``ascl_jax.a
 module adds what evaluation needs on top: a random start drawn per example from its global index
 (passed as ``x_init``, so results do not depend on batching or devices) and the state-machine form
 (``programs.Program``) that the engine runs as a stage.
+
+L2 (``norm='L2'``): start ``x + eps * u * t / ||t||_2`` with t ~ N(0, 1), u ~ U(0, 1) per example
+(clipped to [0, 1]); each step ``x_adv + step_size * g / ||g||_2`` (Madry et al. 2018's L2 steepest
+ascent), then ``projections.project_ball`` (onto the L2 ball, then the box). L1 has no PGD here
+(its attack is L1-APGD, ``autoattack``).
 """
 
 from __future__ import annotations
@@ -29,17 +34,37 @@ import numpy as np
 from ascl_jax import attacks
 from ascl_jax.evaluation import autoattack as aa
 from ascl_jax.evaluation import engine as engine_lib
-from ascl_jax.evaluation.programs import Program, example_keys
+from ascl_jax.evaluation.programs import Program, broadcast_rows, example_keys
+from ascl_jax.evaluation.projections import normalize, project_ball, random_direction
+
+PGD_NORMS = ("Linf", "L2")
 
 
-def uniform_start(x, key, index, eps):
-    """x + eps * U(-1, 1), clipped to [0, 1]; row i draws from ``fold_in(key, index[i])``."""
+def uniform_start(x, key, index, eps, norm: str = "Linf"):
+    """L-inf: x + eps * U(-1, 1); L2: x + eps * u * t / ||t||_2 (t ~ N(0, 1), u ~ U(0, 1)); clipped
+    to [0, 1]; row i draws from ``fold_in(key, index[i])``."""
     keys = example_keys(key, index)
-    u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], jnp.float32, -1.0, 1.0))(keys)
-    return jnp.clip(x + eps * u, 0.0, 1.0)
+    if norm == "Linf":
+        u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], jnp.float32, -1.0, 1.0))(keys)
+        return jnp.clip(x + eps * u, 0.0, 1.0)
+    d = random_direction(jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys), x.shape[1:], norm)
+    r = jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32))(keys)
+    return jnp.clip(x + eps * broadcast_rows(r, x) * d, 0.0, 1.0)
 
 
-def pgd_program(*, num_steps: int, step_ratio: float, objective: str = "ce", y_target=None) -> Program:
+def check_pgd_norm(norm: str) -> str:
+    """PGD runs for ``PGD_NORMS``."""
+    if norm not in PGD_NORMS:
+        raise ValueError(
+            f"norm={norm!r}: evaluation PGD / mPGD run for {list(PGD_NORMS)}; for L1 use AutoAttack "
+            "(L1-APGD) or its components"
+        )
+    return norm
+
+
+def pgd_program(
+    *, num_steps: int, step_ratio: float, objective: str = "ce", y_target=None, norm: str = "Linf"
+) -> Program:
     """PGD-k as a Program; step = step_ratio * eps (so one compiled program serves every eps).
 
     objective 'ce': maximise the cross-entropy (untargeted). 'margin-targeted': maximise
@@ -48,6 +73,7 @@ def pgd_program(*, num_steps: int, step_ratio: float, objective: str = "ce", y_t
     """
     if objective not in ("ce", "margin-targeted"):
         raise ValueError(f"unknown PGD objective {objective!r}")
+    check_pgd_norm(norm)
 
     def make_objective(lf, y, t):
         if objective == "ce":
@@ -62,9 +88,14 @@ def pgd_program(*, num_steps: int, step_ratio: float, objective: str = "ce", y_t
         else:
             ranked = attacks.mpgd_targets(lf(x), y)  # [K - 1, B]
             t = jnp.take(ranked, jnp.clip(rank - 2, 0, ranked.shape[0] - 1), axis=0)
-        return dict(x_adv=uniform_start(x, key, index, eps), target=t)
+        return dict(x_adv=uniform_start(x, key, index, eps, norm), target=t)
 
     def step(lf, x, y, eps, i, s):
+        if norm == "L2":
+            obj = make_objective(lf, y, s["target"])
+            g = jax.grad(lambda z: jnp.sum(obj(z)))(s["x_adv"])
+            xa = project_ball(s["x_adv"] + step_ratio * eps * normalize(g, "L2"), x, eps, "L2")
+            return dict(s, x_adv=xa)
         # One PGD step = attacks.pgd_linf with one step from the current iterate.
         xa = attacks.pgd_linf(
             make_objective(lf, y, s["target"]),
@@ -80,10 +111,10 @@ def pgd_program(*, num_steps: int, step_ratio: float, objective: str = "ce", y_t
         return dict(s, x_adv=xa)
 
     def finish(lf, x, y, eps, s):
-        x_adv = attacks.project_linf(s["x_adv"], x, eps)
+        x_adv = project_ball(s["x_adv"], x, eps, norm)
         return x_adv, jnp.argmax(lf(x_adv), -1) != y
 
-    return Program(num_steps, init, step, finish, running=None)
+    return Program(num_steps, init, step, finish, running=None, norm=norm)
 
 
 def pgd_linf_eval(
@@ -166,15 +197,20 @@ def run_pgd(
     check: bool = True,
     unroll: int | None = None,
     step_ratio: float | None = None,
+    norm: str = "Linf",
 ):
     """PGD-k with restarts on the clean-correct rows; returns (robust [N] bool, x_adv or None).
 
-    The step is ``step_size``, or ``step_ratio * eps`` when ``step_ratio`` is given.
+    The step is ``step_size``, or ``step_ratio * eps`` when ``step_ratio`` is given; ``norm`` in
+    ``PGD_NORMS``.
     """
+    check_pgd_norm(norm)
     if check:
-        engine_lib.check_eps(eps)
+        engine_lib.check_eps(eps, norm=norm, shape=x.shape[1:])
     ratio = _ratio(eps, step_size) if step_ratio is None else float(step_ratio)
-    fn = eng.stage(("pgd", ratio), pgd_program(num_steps=steps, step_ratio=ratio), unroll=unroll)
+    fn = eng.stage(
+        ("pgd", ratio, norm), pgd_program(num_steps=steps, step_ratio=ratio, norm=norm), unroll=unroll
+    )
     rounds = [
         (jax.random.fold_in(key, r), name + (f" restart {r + 1}/{restarts}" if restarts > 1 else ""), {})
         for r in range(restarts)
@@ -198,13 +234,15 @@ def run_mpgd(
     name: str = "mpgd",
     keep_adv: bool = False,
     unroll: int | None = None,
+    norm: str = "Linf",
 ):
     """Multi-targeted PGD on the clean-correct rows; returns (robust [N] bool, x_adv or None)."""
+    check_pgd_norm(norm)
     ratio = _ratio(eps, step_size)
     n_t = num_classes - 1 if num_targets is None else max(0, min(int(num_targets), num_classes - 1))
     fn = eng.stage(
-        ("mpgd", ratio),
-        pgd_program(num_steps=steps, step_ratio=ratio, objective="margin-targeted"),
+        ("mpgd", ratio, norm),
+        pgd_program(num_steps=steps, step_ratio=ratio, objective="margin-targeted", norm=norm),
         unroll=unroll,
     )
     rounds = [

@@ -28,7 +28,8 @@ class Program:
     init(lf, x, y, index, key, rank, eps) -> state; step(lf, x, y, eps, i, state) -> state for
     i in [0, n_steps); finish(lf, x, y, eps, state) -> (x_adv, fooled); running(state) -> bool [B],
     the rows not yet finished (the loop may stop once no active row is running). Everything an
-    iteration needs (targets, keys, ...) lives in the state.
+    iteration needs (targets, keys, ...) lives in the state. ``norm`` (``projections.NORMS``) is the
+    threat model its outputs satisfy (the engine re-projects and verifies under it).
     """
 
     n_steps: int
@@ -36,6 +37,7 @@ class Program:
     step: Callable
     finish: Callable
     running: Callable | None = None
+    norm: str = "Linf"
 
 
 def example_keys(key: jax.Array, index: jax.Array) -> jax.Array:

@@ -31,8 +31,20 @@ DEFAULT_ATTACKS = ("clean", "pgd", "mpgd", "autoattack")
 ATTACK_HELP = (
     "'clean', 'pgd' (pgd_steps steps, pgd_restarts restarts), 'pgd<k>' e.g. 'pgd20', "
     "'pgd<k>r<R>' e.g. 'pgd250r5', 'mpgd' (mpgd_steps), 'mpgd<k>', 'autoattack' "
-    "(version), 'autoattack-standard', 'autoattack-fast', or one AutoAttack component "
-    f"{list(aa.COMPONENTS)}"
+    "(version), 'autoattack-<version>' with a version of "
+    f"{list(aa.VERSIONS)}, or one AutoAttack component {list(aa.COMPONENTS)}"
+)
+AA_OPTIONS = (
+    "n_iter",
+    "n_queries",
+    "n_targets",
+    "apgd_ce_restarts",
+    "target_restarts",
+    "square_restarts",
+    "fab_restarts",
+    "eot_iter",
+    "unroll",
+    "early_stop",
 )
 _PGD_RE = re.compile(r"^pgd(\d+)(?:r(\d+))?$")
 _MPGD_RE = re.compile(r"^mpgd(\d+)$")
@@ -71,7 +83,9 @@ def parse_attack(
             raise ValueError(
                 f"unknown AutoAttack version {v!r} in {name!r}; choose one of {list(aa.VERSIONS)}"
             )
-        return "autoattack", "autoattack" if v == version else n, dict(version=v)
+        # Only AutoAttack-standard is reported as plain 'autoattack'.
+        key = "autoattack" if v == version == "standard" else n
+        return "autoattack", key, dict(version=v)
     if n in aa.COMPONENTS:
         return "component", n, dict(component=n)
     raise ValueError(f"unknown attack {name!r}; allowed: {ATTACK_HELP}")
@@ -95,6 +109,8 @@ def evaluate(
     mpgd_steps: int = 20,
     mpgd_targets: int | None = None,
     version: str = "standard",
+    autoattack_attacks=None,
+    norm: str = "Linf",
     batch_size: int = 128,
     num_examples: int | None = None,
     autoattack_examples: int | None = None,
@@ -111,17 +127,23 @@ def evaluate(
     keep_adv: bool = False,
     unroll: int | None = None,
 ) -> dict:
-    """Robust accuracy of a classifier under L-inf attacks; worst case per example.
+    """Robust accuracy of a classifier under attacks of one threat model; worst case per example.
 
     Args:
       logits_fn: ``x -> logits`` (or ``(params, x) -> logits`` when ``params`` is given); x [B, H, W, C]
         in [0, 1], logits [B, K]; rows must be independent (eval-mode BN).
       images: [N, H, W, C] in [0, 1]; labels: [N] int.
       attacks: names, see ``ATTACK_HELP`` (unknown -> ValueError). 'clean' is always computed.
-      eps: L-inf radius in (0, 1]. step_size: PGD / mPGD step (default eps / 4).
+      eps: radius under ``norm`` ('Linf': (0, 1]; 'L2' / 'L1': up to the box's diameter).
+        step_size: PGD / mPGD step (default eps / 4): the signed-gradient step for L-inf, the
+        length of the normalised-gradient step for L2 / L1.
+      norm: the threat model, 'Linf', 'L2' or 'L1' (every attack; mPGD and the sanity checks'
+        PGD runs included).
       pgd_steps, pgd_restarts: for 'pgd'. mpgd_steps, mpgd_targets: steps per target and number of
         target classes (default all K - 1) for 'mpgd'.
-      version: AutoAttack version for 'autoattack' ('standard' or 'fast').
+      version: AutoAttack version for 'autoattack' ('standard', 'plus', 'rand' or 'custom'; see
+        ``autoattack``). autoattack_attacks: the components of 'custom'. A single component
+        (e.g. 'apgd-ce') runs with its budget in ``version`` (the 'custom' defaults if absent).
       batch_size: global batch (rounded up to a multiple of the mesh size).
       num_examples: evaluate the first n examples only (None = all).
       autoattack_examples: AutoAttack (and its components) on the first n of those only (the papers:
@@ -131,7 +153,7 @@ def evaluate(
       sanity: run the gradient-masking checks (``sanity.run_checks``) on the first ``sanity_examples``.
       eps_sweep: radii for the sanity sweep (default eps x (0, 1/4, 1/2, 1, 2), capped at 1).
       aa_options: overrides for AutoAttack budgets, e.g. ``dict(n_iter=10, n_queries=100)`` in tests
-        (keys: n_iter, n_queries, n_targets, apgd_ce_restarts, target_restarts, unroll, early_stop).
+        (keys: ``AA_OPTIONS``).
       keep_adv: also return the adversarial images of each attack (memory!).
       unroll: iterations per body of the attacks' compiled while loops (default 1; see
         ``engine.Engine``).
@@ -161,7 +183,8 @@ def evaluate(
       >>> res["clean_accuracy"], res["robust_accuracy"], res["per_example"]["robust_pgd5"].tolist()
       (1.0, {'pgd5': 0.5}, [1, 0, 0, 1])
     """
-    eps = engine_lib.check_eps(eps)
+    norm = aa.check_norm(norm)
+    eps = engine_lib.check_eps(eps, norm=norm, shape=np.shape(images)[1:])
     step_size = eps / 4 if step_size is None else float(step_size)
     if not step_size > 0:
         raise ValueError(f"step_size={step_size!r} must be > 0")
@@ -175,6 +198,11 @@ def evaluate(
     ]
     if not parsed:
         raise ValueError(f"no attacks given; allowed: {ATTACK_HELP}")
+    aa_specs = ()
+    if any(p[0] in ("autoattack", "component") for p in parsed):
+        aa_specs = aa.version_specs(
+            version, norm, attacks=None if autoattack_attacks is None else tuple(autoattack_attacks)
+        )
     x, y = engine_lib.check_inputs(images, labels)
     if num_examples is not None and int(num_examples) > 0:
         x, y = x[: int(num_examples)], y[: int(num_examples)]
@@ -185,17 +213,11 @@ def evaluate(
         else min(n, int(autoattack_examples))
     )
     aa_opts = dict(aa_options or {})
-    unknown = set(aa_opts) - {
-        "n_iter",
-        "n_queries",
-        "n_targets",
-        "apgd_ce_restarts",
-        "target_restarts",
-        "unroll",
-        "early_stop",
-    }
+    unknown = set(aa_opts) - set(AA_OPTIONS)
     if unknown:
-        raise ValueError(f"unknown aa_options {sorted(unknown)}")
+        raise ValueError(f"unknown aa_options {sorted(unknown)}; allowed: {list(AA_OPTIONS)}")
+    budgets = {k: aa_opts[k] for k in AA_OPTIONS[:8] if k in aa_opts}
+    run_opts = {k: aa_opts[k] for k in ("unroll", "early_stop") if k in aa_opts}
 
     eng = engine_lib.get_engine(
         logits_fn, params=params, batch_size=batch_size, mesh=mesh, progress=progress, unroll=unroll
@@ -240,6 +262,7 @@ def evaluate(
                 restarts=opts["restarts"],
                 name=key_name,
                 keep_adv=keep_adv,
+                norm=norm,
             )
             m = n
         elif kind == "mpgd":
@@ -257,29 +280,36 @@ def evaluate(
                 num_targets=mpgd_targets,
                 name=key_name,
                 keep_adv=keep_adv,
+                norm=norm,
             )
             m = n
         else:
             m = n_aa
-            comps = None if kind == "autoattack" else (opts["component"],)
+            if kind == "autoattack":
+                v = opts["version"]
+                specs = aa_specs if v == version else aa.version_specs(v, norm)
+            else:  # the component's budget within the run's version, as it runs inside AutoAttack
+                c = opts["component"]
+                specs = [s for s in aa_specs if s.name == c] or aa.version_specs("custom", norm, attacks=(c,))
             res = autoattack_driver.run_on_engine(
                 eng,
                 x[:m],
                 y[:m],
                 k,
                 eps=eps,
-                version=opts.get("version"),
-                components=comps,
+                norm=norm,
+                specs=aa.override_specs(specs, **budgets),
                 clean=clean[:m],
                 num_classes=num_classes,
                 index=index[:m],
                 keep_adv=keep_adv,
-                **aa_opts,
+                **run_opts,
             )
             rob, xa = res["robust"], res["x_adv"]
             if kind == "autoattack":
                 aa_details[key_name] = dict(
                     version=opts["version"],
+                    norm=norm,
                     components=list(res["components"]),
                     accuracy_after=res["accuracy"],
                     num_examples=m,
@@ -301,6 +331,7 @@ def evaluate(
         overall &= v[:n_common]
     results = dict(
         eps=eps,
+        norm=norm,
         step_size=step_size,
         seed=int(seed),
         num_classes=int(num_classes),
@@ -320,6 +351,8 @@ def evaluate(
             mpgd_steps=mpgd_steps,
             mpgd_targets=mpgd_targets,
             version=version,
+            autoattack_attacks=None if autoattack_attacks is None else list(autoattack_attacks),
+            norm=norm,
             batch_size=eng.batch_size,
             devices=int(eng.mesh.devices.size),
             aa_options=aa_opts,
@@ -342,7 +375,12 @@ def evaluate(
     if keep_adv:
         results["adversarial_images"] = adv_images
 
-    if sanity:
+    if sanity and norm not in pgd_lib.PGD_NORMS:
+        # The checks are PGD runs (L-inf / L2); for L1 they are not run, and the record says so.
+        results["sanity"] = dict(
+            passed=None, messages=[f"not run: the sanity checks use PGD, which has no {norm} form"], checks={}
+        )
+    elif sanity:
         t0 = time.perf_counter()
         results["sanity"] = sanity_lib.run_checks(
             eng,
@@ -358,6 +396,7 @@ def evaluate(
             tolerance=sanity_tolerance,
             eps_sweep=eps_sweep,
             results=results,
+            norm=norm,
         )
         timing["sanity"] = time.perf_counter() - t0
     return results

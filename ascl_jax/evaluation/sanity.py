@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascl_jax.evaluation import autoattack_driver
+from ascl_jax.evaluation import engine as engine_lib
 from ascl_jax.evaluation import pgd as pgd_lib
 from ascl_jax.evaluation.programs import robust_margin
 
@@ -78,8 +79,10 @@ def run_checks(
     tolerance: float = 0.01,
     eps_sweep=None,
     results: dict | None = None,
+    norm: str = "Linf",
 ) -> dict:
-    """Runs the checks on the first ``n_examples``; returns {'passed', 'messages', 'checks', ...}."""
+    """Runs the checks on the first ``n_examples``; returns {'passed', 'messages', 'checks', ...}.
+    ``norm``: the threat model of every attack the checks run."""
     n = min(int(n_examples), x.shape[0])
     xs, ys, cs = x[:n], y[:n], clean[:n]
     idx = np.arange(n)
@@ -104,6 +107,7 @@ def run_checks(
             name=name,
             keep_adv=False,
             check=False,
+            norm=norm,
         )
         return float(rob.mean()), rob
 
@@ -122,7 +126,8 @@ def run_checks(
 
     # Accuracy falls as eps grows.
     sweep = [0.0, 0.25 * eps, 0.5 * eps, eps, 2 * eps] if eps_sweep is None else list(eps_sweep)
-    sweep = sorted({min(float(e), 1.0) for e in sweep if float(e) >= 0.0})
+    e_max = engine_lib.max_eps(norm, x.shape[1:])
+    sweep = sorted({min(float(e), e_max) for e in sweep if float(e) >= 0.0})
     accs, rob_at_eps = [], None
     for e in sweep:
         if e == 0.0:
@@ -199,6 +204,7 @@ def run_checks(
             ys,
             jax.random.fold_in(key, 7),
             eps=eps,
+            norm=norm,
             components=("square",),
             n_queries=square_queries,
             clean=cs,
