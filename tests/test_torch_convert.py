@@ -563,3 +563,32 @@ def test_config_torch_checkpoint_must_exist(tmp_path):
     c.init.torch_checkpoint = str(p)
     config_lib.validate(c)
     assert os.path.isfile(c.init.torch_checkpoint)
+
+
+def test_finetune_starts_from_torch_checkpoint(tmp_path):
+    """init.torch_checkpoint -> train.pretrained_variables: an ACL-style dual-BN checkpoint with a
+    projection head gives a single-BN model its init.bn_branch set, no head, a zero classifier."""
+    from ascl_jax import train
+
+    c = config_lib.base_config()
+    c.method = "trades_finetune"
+    c.model.arch, c.model.bn, c.model.head = "tiny", "single", "identity"
+    model, info = train.build_model(c)
+    dual = models.build_model(
+        dict(c.model, bn="dual", head="acl_mlp"), num_classes=10, image_shape=info["image_shape"]
+    )
+    sd = _randomise(torchio.build_module(dual), seed=5).state_dict()
+    path = str(tmp_path / "acl.pth")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, path)
+    c.init.torch_checkpoint, c.init.bn_branch = path, "adv"
+    config_lib.validate(c)
+    v = train.pretrained_variables(c, model, info["image_shape"])
+    assert "head" not in v["params"]
+    np.testing.assert_array_equal(v["params"]["classifier"]["kernel"], 0.0)
+    np.testing.assert_array_equal(v["params"]["encoder"]["bn1"]["scale"], sd["bn1.bn_list.1.weight"].numpy())
+    np.testing.assert_array_equal(
+        v["batch_stats"]["encoder"]["bn2"]["mean"], sd["bn2.bn_list.1.running_mean"].numpy()
+    )
+    np.testing.assert_array_equal(
+        v["params"]["encoder"]["conv2"]["kernel"], sd["conv2.weight"].numpy().transpose(2, 3, 1, 0)
+    )
