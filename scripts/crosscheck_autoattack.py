@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -37,7 +38,8 @@ def official_autoattack(module, images, labels, *, norm, eps, version, seed, bat
     y = torch.from_numpy(labels.astype(np.int64))
     adversary = AutoAttack(module, norm=norm, eps=eps, version=version, device="cpu", seed=seed)
     t = time.perf_counter()
-    x_adv = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    out = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
+    x_adv = out[0] if isinstance(out, tuple) else out  # pyautoattack 0.2 returns (x_adv, y_adv)
     seconds = time.perf_counter() - t
     with torch.no_grad():
         clean = np.concatenate([module(xb).argmax(1).numpy() for xb in x.split(batch_size)]) == labels
@@ -53,6 +55,8 @@ def crosscheck(workdir, *, norms, versions, eps, num_examples, batch_size, seed,
     from ascl_jax import data, evaluation, torchio, train
 
     torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("auto-attack").setLevel(logging.INFO)  # the official code's per-attack lines
     config, model, state = train.restore_run(workdir)
     variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
     images, labels = data.load_eval_arrays(config.data, "test", num_examples)
