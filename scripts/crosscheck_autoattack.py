@@ -47,8 +47,11 @@ def official_autoattack(module, images, labels, *, norm, eps, version, seed, bat
     return adv & clean, clean, seconds
 
 
-def crosscheck(workdir, *, norms, versions, eps, num_examples, batch_size, seed, warm, threads) -> dict:
-    """Runs both AutoAttacks per (norm, version); returns the record written by main()."""
+def crosscheck(
+    workdir, *, norms, versions, eps, num_examples, batch_size, seed, warm, threads, partial_out=None
+) -> dict:
+    """Runs both AutoAttacks per (norm, version); returns the record written by main().
+    partial_out: a path where the rows so far are written after each (norm, version)."""
     import jax
     import torch
 
@@ -56,7 +59,7 @@ def crosscheck(workdir, *, norms, versions, eps, num_examples, batch_size, seed,
 
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("auto-attack").setLevel(logging.INFO)  # the official code's per-attack lines
+    logging.getLogger("auto-attack").setLevel(logging.DEBUG)  # the official per-attack lines
     config, model, state = train.restore_run(workdir)
     variables = {"params": jax.device_get(state.params), "batch_stats": jax.device_get(state.batch_stats)}
     images, labels = data.load_eval_arrays(config.data, "test", num_examples)
@@ -118,6 +121,9 @@ def crosscheck(workdir, *, norms, versions, eps, num_examples, batch_size, seed,
                 broken_by_counts_ascl_jax=res.summary()["broken_by_counts"],
             )
             rows.append(row)
+            if partial_out:
+                with open(partial_out, "w") as f:
+                    json.dump({"workdir": workdir, "partial": True, "results": rows}, f, indent=2)
             print(
                 f"{norm} {version} eps={e:g} n={n}: robust accuracy official "
                 f"{row['robust_accuracy_official']:.4f} ascl_jax {row['robust_accuracy_ascl_jax']:.4f}; "
@@ -196,6 +202,7 @@ def main(argv=None, default_out=None) -> int:
     if os.path.exists(out) and not args.overwrite:
         print(f"error: {out} exists; pass --overwrite or choose --out", file=sys.stderr)
         return 2
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     eps = {"Linf": args.eps if args.eps is not None else float(config.eval.eps), "L2": args.eps_l2}
     eps["L1"] = args.eps_l1
     record = crosscheck(
@@ -208,12 +215,12 @@ def main(argv=None, default_out=None) -> int:
         seed=args.seed,
         warm=args.warm,
         threads=args.threads,
+        partial_out=out,
     )
     record["command"] = "python " + " ".join(
         [os.path.relpath(sys.argv[0], ROOT)] + list(argv or sys.argv[1:])
     )
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
+    with open(out, "w") as f:  # replaces this run's own partial record
         json.dump(record, f, indent=2)
     print(f"wrote {out}")
     return 0
