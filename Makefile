@@ -3,6 +3,8 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 WORKDIR ?= runs/default
+# CPU-only torch wheels (the 'torch' extra); PyPI's default Linux torch pulls GBs of CUDA libraries.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test install notebook
 
@@ -11,7 +13,7 @@ $(BIN)/python:
 
 $(VENV)/.installed: setup.py $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --extra-index-url $(TORCH_INDEX) -e '.[test,torch]'
 	touch $@
 
 install: $(VENV)/.installed

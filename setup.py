@@ -43,5 +43,12 @@ setuptools.setup(
         # object-storage workdirs (ascl_jax.storage, docs/storage.md): fsspec's client per scheme
         "gcs": ["gcsfs>=2024.2"],
         "s3": ["s3fs>=2024.2"],
+        # PyTorch weights in and out (ascl_jax.torchio, tests/test_torch_convert.py). A CPU-only wheel
+        # suffices: `pip install --extra-index-url https://download.pytorch.org/whl/cpu '.[torch]'`
+        # (the Makefile's install line) avoids the CUDA libraries of PyPI's default Linux wheel.
+        "torch": ["torch>=2.4"],
+        # The official AutoAttack (fra31/auto-attack, packaged as pyautoattack) for
+        # scripts/crosscheck_autoattack.py and bench/autoattack_vs_official.py; not needed by the tests.
+        "autoattack": ["torch>=2.4", "pyautoattack>=0.2"],
     },
 )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import numbers
+import os
 import pathlib
 from collections.abc import Mapping
 from typing import Any
@@ -303,9 +304,15 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     # Fine-tuning / linear evaluation from a pre-trained workdir (ACL Tables 4, 5).
+    # torch_checkpoint: a PyTorch checkpoint file (.pt/.pth: a state_dict, or a dict holding one under
+    # 'state_dict' / 'model' / ...; 'module.' prefixes allowed) in the layout of model.arch
+    # (ascl_jax.torchio.layout, docs/torch.md). Fine-tuning / linear_eval start from its encoder (its
+    # init.bn_branch set when it has ACL's dual BN and model.bn='single'), instead of init.workdir's;
+    # --mode=evaluate with it set evaluates the checkpoint (encoder, head, classifier). '' = none.
     c.init = ml_collections.ConfigDict(
         dict(
             workdir="",
+            torch_checkpoint="",
             bn_branch="adv",
             reset_classifier=True,
             linear_mode="standard",
@@ -620,10 +627,18 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             )
         if not c.data.label_fraction:
             raise ConfigError("config.method='semi_student' needs config.data.label_fraction")
-    if c.method in ("trades_finetune", "linear_eval") and not c.init.workdir:
+    torch_ckpt = c.init.get("torch_checkpoint", "")
+    if torch_ckpt and not os.path.isfile(torch_ckpt):
+        raise ConfigError(f"config.init.torch_checkpoint={torch_ckpt!r} is not a file")
+    if torch_ckpt and c.init.workdir:
         raise ConfigError(
-            f"config.method={c.method!r} needs config.init.workdir: the workdir of a "
-            "pre-training run (e.g. ACL) to start from"
+            "config.init.workdir and config.init.torch_checkpoint are both set: start from one of them"
+        )
+    if c.method in ("trades_finetune", "linear_eval") and not (c.init.workdir or torch_ckpt):
+        raise ConfigError(
+            f"config.method={c.method!r} needs config.init.workdir (the workdir of a "
+            "pre-training run, e.g. ACL) or config.init.torch_checkpoint (a PyTorch checkpoint) "
+            "to start from"
         )
     if c.method == "supcon" and c.data.num_views != 2:
         raise ConfigError("config.method='supcon' needs config.data.num_views=2 (two augmentations)")

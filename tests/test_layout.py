@@ -185,6 +185,7 @@ LAYERS = (
     "parallel",
     "data",
     "models",
+    "torchio",
     "losses",
     "attacks",
     "storage",

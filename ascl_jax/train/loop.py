@@ -83,7 +83,7 @@ def train_and_evaluate(
     spe, n_steps = total_steps(config)
 
     variables = None
-    if config.init.workdir:
+    if config.init.workdir or config.init.get("torch_checkpoint"):
         variables = pretrained_variables(config, model, info["image_shape"])
     state_fn, schedule = initial_state_fn(config, model, info["image_shape"], variables)
     state = jax.jit(state_fn, out_shardings=repl)()

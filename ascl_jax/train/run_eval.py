@@ -22,7 +22,7 @@ from ascl_jax import analysis, attacks, data, evaluation, parallel, storage
 from ascl_jax import config as config_lib
 from ascl_jax import workdir as workdir_lib
 from ascl_jax.train import selection
-from ascl_jax.train.setup import restore_run, total_steps
+from ascl_jax.train.setup import restore_run, torch_run, total_steps
 
 
 def _variables(state):
@@ -283,10 +283,16 @@ def analyze_state(config, model, state, workdir, mesh, images, labels, eval_resu
 
 def evaluate_workdir(workdir: str, override_config=None) -> dict:
     """`--mode=evaluate`: the latest checkpoint of `workdir`, evaluated with its config's eval
-    settings (or those of `override_config`, e.g. to run AutoAttack-standard later). Returns the
-    updated report."""
+    settings (or those of `override_config`, e.g. to run AutoAttack-standard later). When
+    `override_config.init.torch_checkpoint` is set, that PyTorch checkpoint is evaluated instead
+    (the model of `override_config`; its config is written to `workdir`). Returns the updated
+    report."""
     mesh = parallel.make_mesh()
-    config, model, state = restore_run(workdir, mesh, checkpoint="last")
+    if override_config is not None and override_config.init.get("torch_checkpoint"):
+        config, model, state = torch_run(override_config, mesh)  # a PyTorch checkpoint, not the workdir's
+        workdir_lib.check_or_write_config(config, workdir)
+    else:
+        config, model, state = restore_run(workdir, mesh, checkpoint="last")
     if override_config is not None:
         config.unlock()
         config.eval = override_config.eval

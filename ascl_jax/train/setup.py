@@ -4,6 +4,7 @@ restored, or pre-trained) state, and the train batches of `config.method`."""
 from __future__ import annotations
 
 import io
+import logging
 import math
 from typing import NamedTuple
 
@@ -17,6 +18,8 @@ from ascl_jax import workdir as workdir_lib
 from ascl_jax.train import steps as train_steps
 from ascl_jax.train.optim import make_optimizer
 from ascl_jax.train.state import create_train_state, init_variables
+
+log = logging.getLogger("ascl_jax")
 
 
 def build_model(config):
@@ -106,8 +109,11 @@ def pretrained_variables(config, model, image_shape):
     """Variables for fine-tuning / linear evaluation from `config.init.workdir` (ACL Tables 4, 5):
     the chosen BN set of a dual-BN encoder, projection head dropped, classifier re-initialised
     to zero (ACL's cvt_state_dict) when `init.reset_classifier`."""
-    _, _, pre = restore_run(config.init.workdir)
-    variables = parallel.to_host({"params": pre.params, "batch_stats": pre.batch_stats})
+    if config.init.get("torch_checkpoint"):
+        variables = torch_variables(config, model, finetune=True)
+    else:
+        _, _, pre = restore_run(config.init.workdir)
+        variables = parallel.to_host({"params": pre.params, "batch_stats": pre.batch_stats})
     if models.has_dual_bn(variables) and config.model.bn == "single":
         variables = models.select_bn_branch(variables, config.init.bn_branch)
     variables = models.strip_head(variables)
@@ -125,6 +131,42 @@ def pretrained_variables(config, model, image_shape):
             "architecture as the pre-training run"
         )
     return variables
+
+
+def torch_variables(config, model, *, finetune: bool) -> dict:
+    """ascl_jax variables of `model` from the PyTorch checkpoint `config.init.torch_checkpoint`
+    (ascl_jax.torchio; a dual-BN checkpoint gives a single-BN model its `init.bn_branch` set).
+    finetune: read the encoder only (plus the classifier unless `init.reset_classifier`; a zero
+    classifier stands in otherwise) and ignore the checkpoint's other keys (e.g. ACL's projection
+    head); else read every part of the model and refuse keys that fit none."""
+    from ascl_jax import torchio
+
+    path = config.init.torch_checkpoint
+    if finetune:
+        parts = ("encoder",) if config.init.reset_classifier else ("encoder", "classifier")
+    else:
+        parts = ("encoder", "head", "classifier") if model.head != "identity" else ("encoder", "classifier")
+    variables, unused = torchio.load_variables(
+        path, model, bn_branch=config.init.bn_branch, parts=parts, strict=not finetune
+    )
+    if unused:
+        log.info("init.torch_checkpoint: %d keys not read (e.g. %s)", len(unused), unused[:3])
+    if "classifier" not in variables["params"]:
+        clf = torchio.template(model)["params"]["classifier"]
+        variables["params"]["classifier"] = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), clf)
+    return variables
+
+
+def torch_run(config, mesh=None):
+    """(config, model, state) of `config` with its variables from `config.init.torch_checkpoint`
+    (every part of the model; `--mode=evaluate` of a PyTorch checkpoint), replicated over `mesh`."""
+    config_lib.validate(config)
+    model, info = build_model(config)
+    mesh = mesh or parallel.make_mesh()
+    variables = torch_variables(config, model, finetune=False)
+    state_fn, _ = initial_state_fn(config, model, info["image_shape"], variables)
+    state = jax.jit(state_fn, out_shardings=parallel.replicated(mesh))()
+    return config, model, state
 
 
 class LastBatchPlan(NamedTuple):
