@@ -2,16 +2,16 @@
 JSON file.
 
   bash bench/gpu_check.sh [--out bench/results/gpu_check.json] [--wheels .whl]
-  python bench/gpu_check.py --dry-run --out /tmp/gpu_check.json      # CPU, tiny sizes, seconds
+  python bench/gpu_check.py --dry-run --out /tmp/gpu_check.json      # CPU, tiny sizes, ~1 min CPU
 
 Needs JAX with CUDA, flax, optax, orbax, chex, PyTorch, pytest (+ pytest-xdist, hypothesis,
 scikit-learn for the tests); no TensorFlow, tensorflow-datasets or clu. Pure-Python packages the
 machine lacks (ml_collections) are installed from the wheels in ``--wheels DIR`` (default
 ``<repo>/.whl`` when present; ``docs/gpu.md`` says how to fetch them) with
 ``pip install --no-index --no-deps --target <tmp>`` and put on ``PYTHONPATH``. Every section runs
-in its own Python process with an import blocker for tensorflow / tensorflow_datasets / clu (any
-import of them fails, and the section would report it), under a time cap, inside one overall
-budget (``--budget-s``, 480 s).
+in a Python process of its own (one per configuration on the GPU) with an import blocker for
+tensorflow / tensorflow_datasets / clu (any import of them fails, and the section reports it),
+under a time cap, inside one overall budget (``--budget-s``, 480 s).
 
 Sections (JSON keys; docs/gpu.md lists the fields):
 
@@ -34,8 +34,11 @@ Sections (JSON keys; docs/gpu.md lists the fields):
   fail there by construction; each failure is classified (``needs_tensorflow``,
   ``needs_8_devices``, ``other``).
 
-``--dry-run``: the same code on the CPU at tiny sizes (the 'tiny' encoder, batch 16, 2 PGD steps,
-16 AutoAttack images with 2 iterations, one test), in seconds; tests/test_gpu_check.py runs it.
+``--dry-run``: the same code on the CPU at tiny sizes, with the speed layer off (the plain graph,
+as on the GPU) and every JAX section in one process: the 'tiny' encoder's ASCL step (float32,
+batch 16, PGD-2; bfloat16 is left to tests/test_dtype.py, XLA:CPU compiles it slowly),
+AutoAttack 'standard' on 8 images with 1 iteration / query, one test; about a minute of CPU
+(XLA's compilations). ``--only`` picks sections; tests/test_gpu_check.py runs it.
 """
 
 from __future__ import annotations
