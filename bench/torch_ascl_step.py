@@ -3,7 +3,10 @@ written after the authors' code (SPEC 1.1, 1.2, 1.6): PGD-10 CE (train-mode BN),
 forwards, Leaked selection masks on [z_nat; z_adv] with cosine similarity, masked log-softmax over
 positives and selected negatives, VAT KL/(N*C), CE on natural and adversarial logits, SGD.
 Run with the torch venv: .venv-torch/bin/python bench/torch_ascl_step.py --threads 2 --channels-last
-Prints one JSON line.
+Prints one JSON line. --device cuda, --arch resnet18 (Kuang-Liu ResNet-18: the same blocks, widths
+64..512, [2, 2, 2, 2]) and --dtype bfloat16 (torch.autocast for the forwards; parameters, losses
+and the perturbation stay float32) serve bench/gpu_check.py; on CUDA the JSON line also holds
+torch.cuda.max_memory_allocated.
 """
 
 import argparse
@@ -18,6 +21,9 @@ ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--batch", type=int, default=128)
 ap.add_argument("--iters", type=int, default=5)
 ap.add_argument("--channels-last", action="store_true")
+ap.add_argument("--device", default="cpu")
+ap.add_argument("--arch", default="resnet20", choices=("resnet20", "resnet18"))
+ap.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 torch.manual_seed(0)
@@ -43,18 +49,20 @@ class Block(torch.nn.Module):
 
 
 class ResNet20(torch.nn.Module):
-    def __init__(self):
+    def __init__(self, stages=(3, 3, 3), widths=(16, 32, 64)):
         super().__init__()
         self.stem = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 16, 3, 1, 1, bias=False), torch.nn.BatchNorm2d(16), torch.nn.ReLU()
+            torch.nn.Conv2d(3, widths[0], 3, 1, 1, bias=False),
+            torch.nn.BatchNorm2d(widths[0]),
+            torch.nn.ReLU(),
         )
-        layers, cin = [], 16
-        for i, f in enumerate((16, 32, 64)):
-            for j in range(3):
+        layers, cin = [], widths[0]
+        for i, (n, f) in enumerate(zip(stages, widths)):
+            for j in range(n):
                 layers.append(Block(cin, f, 2 if (i > 0 and j == 0) else 1))
                 cin = f
         self.layers = torch.nn.Sequential(*layers)
-        self.fc = torch.nn.Linear(64, 10)
+        self.fc = torch.nn.Linear(widths[-1], 10)
 
     def forward(self, x):
         z = self.layers(self.stem(x)).mean(dim=(2, 3))
@@ -63,7 +71,7 @@ class ResNet20(torch.nn.Module):
 
 def leaked_scl(z, lab, prd, tau=0.07):
     n = z.shape[0]
-    eye = torch.eye(n, dtype=torch.bool)
+    eye = torch.eye(n, dtype=torch.bool, device=z.device)
     same_lab = (lab[:, None] == lab[None, :]) & ~eye
     diff_lab = lab[:, None] != lab[None, :]
     same_prd = (prd[:, None] == prd[None, :]) & ~eye
@@ -77,17 +85,24 @@ def leaked_scl(z, lab, prd, tau=0.07):
 
 
 def main():
-    model = ResNet20()
+    dev = torch.device(args.device)
+    net = ResNet20() if args.arch == "resnet20" else ResNet20((2, 2, 2, 2), (64, 128, 256, 512))
     mf = torch.channels_last if args.channels_last else torch.contiguous_format
-    model = model.to(memory_format=mf)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    net = net.to(device=dev, memory_format=mf)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     g = torch.Generator().manual_seed(0)
-    x = torch.rand(args.batch, 3, 32, 32, generator=g).contiguous(memory_format=mf)
-    y = torch.randint(0, 10, (args.batch,), generator=g)
+    x = torch.rand(args.batch, 3, 32, 32, generator=g).to(dev).contiguous(memory_format=mf)
+    y = torch.randint(0, 10, (args.batch,), generator=g).to(dev)
     eps, alpha = 8 / 255, 2 / 255
+    bf16 = args.dtype == "bfloat16"
+
+    def model(xx):  # the network's forward, under autocast for bfloat16 (float32 outputs)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, z = net(xx)
+        return logits.float(), z.float()
 
     def attack():
-        model.train()
+        net.train()
         xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
         for _ in range(10):
             xa.requires_grad_(True)
@@ -110,21 +125,25 @@ def main():
         loss.backward()
         opt.step()
 
-    ms = median_ms(step, args.iters)
-    attack_ms = median_ms(attack, args.iters)
-    print(
-        json.dumps(
-            {
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-                "channels_last": args.channels_last,
-                "batch": args.batch,
-                "ascl_step_ms": ms,
-                "ascl_img_per_s": args.batch / (ms / 1000),
-                "attack_ms": attack_ms,
-            }
-        )
-    )
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    ms = median_ms(lambda: (step(), sync()), args.iters)
+    attack_ms = median_ms(lambda: (attack(), sync()), args.iters)
+    out = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "channels_last": args.channels_last,
+        "batch": args.batch,
+        "device": args.device,
+        "arch": args.arch,
+        "dtype": args.dtype,
+        "ascl_step_ms": ms,
+        "ascl_img_per_s": args.batch / (ms / 1000),
+        "attack_ms": attack_ms,
+    }
+    if dev.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(dev)
+        out["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(dev))
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 All constructors are plain functions that build a Flax linen layer *inside the calling module's
 compact method* (so the layer becomes a named child of that module, e.g. ``.../conv1/kernel``) and
-apply it to ``x`` at once. Layouts are NHWC, kernels HWIO, float32.
+apply it to ``x`` at once. Layouts are NHWC, kernels HWIO. Parameters are float32; the computation
+runs in the dtype of ``x`` (the model's compute dtype, ``model.dtype``): a bfloat16 ``x`` gets its
+kernel and bias cast to bfloat16 and gives a bfloat16 result (gradients reach the float32
+parameters through the cast).
 
 Initialisations (``conv_init`` names used across ``ascl_jax.models``):
 
@@ -75,7 +78,8 @@ class Conv(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features), jnp.float32)
-        if xla_cpu.enabled():
+        kernel = _cast(kernel, x.dtype)
+        if xla_cpu.enabled():  # non-float32 operands take XLA's convolution inside conv2d
             y = cpu_conv.conv2d(x, kernel, self.stride, self.padding)
         else:
             y = jax.lax.conv_general_dilated(
@@ -86,8 +90,13 @@ class Conv(nn.Module):
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            y = y + _cast(self.param("bias", self.bias_init, (self.features,), jnp.float32), y.dtype)
         return y
+
+
+def _cast(a: jax.Array, dtype) -> jax.Array:
+    """``a`` in ``dtype`` (no op when it already is)."""
+    return a if a.dtype == dtype else a.astype(dtype)
 
 
 def conv(
@@ -126,6 +135,7 @@ def linear(x: jax.Array, features: int, *, use_bias: bool = True, zero: bool = F
     """``nn.Linear``-initialised dense layer: [..., D] -> [..., features].
 
     Weight and bias ``U(-1/sqrt(D), 1/sqrt(D))`` (PyTorch default); all zeros with ``zero=True``.
+    Parameters float32; computed in ``x``'s dtype when that is not float32 (bfloat16 compute).
     """
     if zero:
         k_init = b_init = nn.initializers.zeros
@@ -135,7 +145,10 @@ def linear(x: jax.Array, features: int, *, use_bias: bool = True, zero: bool = F
             nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
             uniform_bound(bound),
         )
-    return nn.Dense(features, use_bias=use_bias, kernel_init=k_init, bias_init=b_init, name=name)(x)
+    dtype = None if x.dtype == jnp.float32 else x.dtype
+    return nn.Dense(
+        features, use_bias=use_bias, kernel_init=k_init, bias_init=b_init, dtype=dtype, name=name
+    )(x)
 
 
 def global_avg_pool(x: jax.Array) -> jax.Array:

@@ -13,7 +13,14 @@
   (trunk and head) takes its batch statistics over these rows only (``models.norm``); None = all
   rows (the unmasked arithmetic). Outputs are computed for every row.
 
-Returns ``{'z': [B, h], 'proj': [B, p], 'logits': [B, num_classes]}``: z the penultimate features
+Compute dtype (``dtype``, config ``model.dtype``, ``config.DTYPES``): ``'float32'`` (default, the
+papers) or ``'bfloat16'``. With bfloat16 the normalised input is cast to bfloat16 and every
+convolution and matmul (trunk, head, classifier) runs in bfloat16 (``models.layers``); parameters
+and the BN arithmetic and statistics stay float32 (``models.norm``), and the three outputs are cast
+to float32, so losses, the attack objective and the perturbation arithmetic (the input x and its
+gradient) are float32.
+
+Returns ``{'z': [B, h], 'proj': [B, p], 'logits': [B, num_classes]}``, float32: z the penultimate features
 (ASCL's loss space without a head), proj the projection head output (``proj is z`` for
 ``head='identity'``), logits the linear classifier applied to the un-projected z (CE / VAT / TRADES
 always use these; SPEC §1.7).
@@ -33,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ascl_jax import config as config_lib
-from ascl_jax.config import ARCHS
+from ascl_jax.config import ARCHS, DTYPES
 from ascl_jax.models import cnn as cnn_lib
 from ascl_jax.models import layers
 from ascl_jax.models import resnet as resnet_lib
@@ -137,6 +144,7 @@ class ASCLModel(nn.Module):
     std: tuple[float, ...] = (1.0,)
     conv_init: str | None = None
     cnn_padding: str = "auto"
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(
@@ -148,6 +156,10 @@ class ASCLModel(nn.Module):
         mean = jnp.asarray(self.mean, jnp.float32)
         std = jnp.asarray(self.std, jnp.float32)
         x = (x - mean) / std
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.dtype != "float32":
+            x = x.astype(jnp.dtype(self.dtype))
 
         norm = Norm(self.bn_type, self.bn_momentum, running_var=self.bn_running_var)
         if mask is not None:
@@ -164,7 +176,8 @@ class ASCLModel(nn.Module):
                 self.head, self.proj_dim, self.proj_hidden, self.mlp_dim, self.mlp_layers, norm, name="head"
             )(z, train=train, bn=bn)
         logits = layers.linear(z, self.num_classes, name="classifier")
-        return {"z": z, "proj": proj, "logits": logits}
+        out = {"z": z, "proj": proj, "logits": logits}
+        return {k: v if v.dtype == jnp.float32 else v.astype(jnp.float32) for k, v in out.items()}
 
 
 def _positive_int(value: Any, what: str) -> int:
@@ -179,7 +192,8 @@ def build_model(model_cfg: Any, *, num_classes: int, image_shape: Sequence[int])
     model_cfg: any subset of the fields of ``config.model_defaults()`` (documented there): arch
     (ARCHS), head (HEADS), proj_dim, proj_hidden, mlp_dim, mlp_layers, bn (BN_TYPES), bn_momentum,
     bn_running_var (BN_RUNNING_VARS), normalization (keys of NORMALIZATION), conv_init (None =
-    per-arch reference, else CONV_INITS), cnn_padding; absent fields take those defaults
+    per-arch reference, else CONV_INITS), cnn_padding, dtype (DTYPES: compute dtype, module doc);
+    absent fields take those defaults
     (``config.resolve_model``).
     image_shape: (H, W, C) of the inputs, e.g. (32, 32, 3) or (8, 8, 1).
     Raises ValueError naming the field and the allowed values for anything unknown.
@@ -212,6 +226,7 @@ def build_model(model_cfg: Any, *, num_classes: int, image_shape: Sequence[int])
         std=tuple(std),
         conv_init=m.conv_init,
         cnn_padding=m.cnn_padding,
+        dtype=m.dtype,
     )
 
 

@@ -31,6 +31,10 @@ arithmetic, unchanged. Eval mode ignores the mask (running statistics are per ex
 variance, ``(x - mean) * scale * rsqrt(var + eps) + bias``). For NHWC input, when the CPU speed
 layer is on (:func:`ascl_jax.xla_cpu.enabled`), the same arithmetic is computed by
 :mod:`ascl_jax.xla_cpu.batch_norm` (equal up to float rounding); otherwise it is plain JAX.
+
+Dtype: parameters, running statistics and the whole BN arithmetic are float32 whatever the input's
+dtype; a bfloat16 input (``model.dtype='bfloat16'``) is cast to float32 first and the output cast
+back to bfloat16.
 """
 
 from __future__ import annotations
@@ -103,8 +107,9 @@ class BatchNorm(nn.Module):
     (zeros, ones). Train mode normalises with the batch's biased statistics and, outside ``init``,
     sets ``running = momentum * running + (1 - momentum) * batch``, where the batch variance is
     the biased one (``running_var='biased'``, Flax, this module's default) or the unbiased one
-    ``var * n / (n - 1)`` (``'unbiased'``, PyTorch; the model's default). Input x [..., C] float32;
-    ``mask``: optional bool [B] (B = x.shape[0]) of the valid rows (module doc), None = all rows.
+    ``var * n / (n - 1)`` (``'unbiased'``, PyTorch; the model's default). Input x [..., C] float (the
+    arithmetic in float32, the output in x's dtype); ``mask``: optional bool [B] (B = x.shape[0])
+    of the valid rows (module doc), None = all rows.
     """
 
     use_running_average: bool = False
@@ -116,6 +121,9 @@ class BatchNorm(nn.Module):
     def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
         if self.running_var not in BN_RUNNING_VARS:
             raise ValueError(f"running_var must be one of {BN_RUNNING_VARS}, got {self.running_var!r}")
+        out_dtype = x.dtype
+        if out_dtype != jnp.float32:
+            x = x.astype(jnp.float32)
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
@@ -124,7 +132,8 @@ class BatchNorm(nn.Module):
         fast = x.ndim == 4 and xla_cpu.enabled()
         if self.use_running_average:
             normalize = cpu_batch_norm.normalize if fast else _normalize
-            return normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+            y = normalize(x, ra_mean.value, ra_var.value, scale, bias, self.epsilon)
+            return y if out_dtype == jnp.float32 else y.astype(out_dtype)
         if mask is None:
             bn_train = cpu_batch_norm.train if fast else _bn_train
             y, mean, var = bn_train(x, scale, bias, self.epsilon)
@@ -137,7 +146,7 @@ class BatchNorm(nn.Module):
                 var = var * unbiased_factor(n)
             ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
             ra_var.value = m * ra_var.value + (1.0 - m) * var
-        return y
+        return y if out_dtype == jnp.float32 else y.astype(out_dtype)
 
 
 def check_branch(bn: str) -> str:

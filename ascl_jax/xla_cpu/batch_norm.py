@@ -126,9 +126,12 @@ def train(x, scale, bias, eps, kernel: bool | None = None):
     """Train-mode BN of NHWC x [B, H, W, C] -> (y [B, H, W, C], batch mean [C], biased batch var [C]),
     with the hand-written backward (module doc). ``eps``: a Python float. ``kernel``: whether the
     per-channel sums use the C++ kernel; None = :func:`ascl_jax.xla_cpu.enabled` and
-    :func:`ascl_jax.xla_cpu.kernels.available`."""
+    :func:`ascl_jax.xla_cpu.kernels.available`. A non-float32 x takes the plain path: the same
+    arithmetic (:func:`channel_sum`, :func:`normalize`) under JAX's own autodiff, no kernel."""
     if x.ndim != 4:
         raise ValueError(f"xla_cpu.batch_norm.train expects NHWC input [B, H, W, C], got shape {x.shape}")
+    if jnp.dtype(x.dtype) != jnp.float32:
+        return _train_forward(x, scale, bias, eps, False)
     if kernel is None:
         kernel = xla_cpu.enabled() and kernels.available()
     return _train(x, scale, bias, eps, bool(kernel))

@@ -227,9 +227,12 @@ def conv2d(
     ``padding``: ((top, bottom), (left, right)) or ``'SAME'`` / ``'VALID'``. ``direct_kernels``
     (default: :func:`ascl_jax.xla_cpu.enabled` and :func:`ascl_jax.xla_cpu.kernels.conv3x3_available`)
     computes 3x3 stride-1 padding-1 float32 convolutions with 16k output channels by the C++ kernel,
-    and their input gradient too when the input has 16k channels.
+    and their input gradient too when the input has 16k channels. A non-float32 x or w (bfloat16
+    compute) takes the plain path: ``lax.conv_general_dilated`` itself, no custom VJP.
     """
     padding = pad_pairs(x.shape, w.shape, stride, padding)
+    if jnp.dtype(x.dtype) != jnp.float32 or jnp.dtype(w.dtype) != jnp.float32:
+        return _xla_conv(x, w, stride, padding)  # plain path: the custom rules are float32-only
     kind = fast_grad_kind(x.shape, w.shape, stride, padding)
     if direct_kernels is None:
         direct_kernels = xla_cpu.enabled() and kernels.conv3x3_available()
