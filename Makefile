@@ -13,7 +13,9 @@ $(BIN)/python:
 
 $(VENV)/.installed: setup.py $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --extra-index-url $(TORCH_INDEX) -e '.[test,torch]'
+	$(BIN)/pip install --quiet -e '.[test]'
+	# torch (the 'torch' extra) on its own, so only its lookups consult the CPU-wheel index
+	$(BIN)/pip install --quiet --retries 2 --timeout 15 --extra-index-url $(TORCH_INDEX) -e '.[torch]'
 	touch $@
 
 install: $(VENV)/.installed
