@@ -343,7 +343,7 @@ def test_strip_head_and_reset_classifier():
 
 
 def test_normalization_constants():
-    assert set(models.NORMALIZATION) == {"cifar10", "cifar100", "imagenet", "digits", "none"}
+    assert set(models.NORMALIZATION) == {"cifar10", "cifar100", "imagenet", "digits", "fashion_mnist", "none"}
     from sklearn.datasets import load_digits
 
     d = load_digits().images / 16.0

@@ -178,7 +178,7 @@ def test_every_mode_two_processes_equal_one(tmp_path):
 
     # what each mode must have produced
     assert a[0]["report"]["steps"] == 2 and set(a[0]["report"]["robust_accuracy"]) == {"pgd1"}
-    assert set(a[1]["report"]["robust_accuracy"]) == {"mpgd", "autoattack"}
+    assert set(a[1]["report"]["robust_accuracy"]) == {"mpgd", "autoattack-custom"}  # smoke: a custom list
     ana = a[2]["report"]["analysis"]
     assert ana["errors"] == {} and {"tsne", "rdiv_vs_robust_accuracy"} <= set(ana["plots"]), ana
     assert math.isfinite(a[2]["report"]["r_div"]["ratio"])

@@ -47,14 +47,14 @@ KILL_AFTER_STEP_2 = textwrap.dedent(
     import os, signal, sys
     from absl import app
     from ascl_jax import checkpointing, main
-    save = checkpointing.save
-    def save_then_die(manager, step, state, *, force=False):
-        out = save(manager, step, state, force=force)
+    save = checkpointing.save_with_metadata  # the training loop's periodic save
+    def save_then_die(manager, step, state, metadata):
+        out = save(manager, step, state, metadata)
         if step == 2:
             manager.wait_until_finished()
             os.kill(os.getpid(), signal.SIGKILL)
         return out
-    checkpointing.save = save_then_die
+    checkpointing.save_with_metadata = save_then_die
     sys.argv = ["ascl_jax.main", *sys.argv[1:]]
     app.run(main.main)
     """
