@@ -10,6 +10,7 @@ does that the emulator does not:
 Prints `ready` once it serves; stops on SIGTERM / SIGINT.
 """
 
+import contextlib
 import json
 import re
 import signal
@@ -62,9 +63,8 @@ def main(port: int, bucket: str) -> None:
     emulator.start()
     print("ready", flush=True)
     try:
-        signal.pause()
-    except (KeyboardInterrupt, SystemExit):
-        pass
+        with contextlib.suppress(KeyboardInterrupt, SystemExit):  # SIGTERM / Ctrl-C: a normal stop
+            signal.pause()
     finally:
         emulator.stop()
 

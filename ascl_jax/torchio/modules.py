@@ -20,6 +20,8 @@ The CNN has no dropout (ascl_jax's has none; TRADES' Dropout(0.5) is the identit
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,7 +66,7 @@ def _conv(cin, cout, k=3, stride=1, padding=1, bias=False):
     return nn.Conv2d(cin, cout, k, stride, padding, bias=bias)
 
 
-class _Net(nn.Module):
+class _Net(nn.Module, abc.ABC):
     """Shared top: normalisation, projection head and the call contract (module docstring)."""
 
     def __init__(self, spec):
@@ -110,11 +112,13 @@ class _Net(nn.Module):
             return h
         return _apply_bn(head.bn3, head.fc3(F.relu(h)), bn)
 
+    @abc.abstractmethod
     def classify(self, z):
-        raise NotImplementedError
+        """Logits [B, K] of the penultimate features z [B, D] (each architecture's classifier)."""
 
+    @abc.abstractmethod
     def encode(self, x, bn):
-        raise NotImplementedError
+        """Penultimate features z [B, D] of normalised NCHW images x through BN branch `bn`."""
 
     def features(self, x, bn="clean"):
         if bn not in BN_BRANCHES:
