@@ -39,6 +39,8 @@ setuptools.setup(
             "ipykernel>=6.29",
             "gcsfs>=2024.2",  # tests/test_storage.py: gs:// workdirs against a local emulator
             "gcp-storage-emulator==2026.7.19",  # pinned: tests/gcs_emulator.py patches two of its handlers
+            "s3fs>=2024.2",  # tests/test_storage.py: s3:// workdirs against a local emulator
+            "moto[server]>=5.2,<6",  # its S3 server (ThreadedMotoServer) is that emulator
         ],
         # object-storage workdirs (ascl_jax.storage, docs/storage.md): fsspec's client per scheme
         "gcs": ["gcsfs>=2024.2"],

@@ -1,8 +1,8 @@
 """Orbax checkpoints of a run: workdir/checkpoints/<step>/.
 
 The directory is an `epath.Path` (`ascl_jax.storage`): a local workdir made absolute, a URL
-(gs://, s3://) passed to orbax as the URL. Every process writes its part of each checkpoint, as
-orbax requires.
+(gs://, s3://) passed to orbax as the URL (s3:// with `storage.orbax_options`). Every process
+writes its part of each checkpoint, as orbax requires.
 
 The workdir's other files (config.json and its guard, metrics.jsonl, report.json, eval.json) are
 written by `ascl_jax.workdir`.
@@ -21,7 +21,10 @@ __all__ = ["WorkdirError", "make_manager", "restore", "save"]
 
 def make_manager(workdir: str, *, save_every: int, max_to_keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, save_interval_steps=max(int(save_every), 1), create=True
+        max_to_keep=max_to_keep,
+        save_interval_steps=max(int(save_every), 1),
+        create=True,
+        **storage.orbax_options(workdir),
     )
     return ocp.CheckpointManager(storage.absolute(workdir) / "checkpoints", options=options)
 
@@ -72,6 +75,7 @@ def make_best_manager(workdir: str) -> ocp.CheckpointManager:
         best_mode="max",
         keep_checkpoints_without_metrics=False,
         create=True,
+        **storage.orbax_options(workdir),
     )
     return ocp.CheckpointManager(
         storage.absolute(workdir) / BEST_DIR,
