@@ -11,8 +11,10 @@ through their own settings. gs://: STORAGE_EMULATOR_HOST (gcsfs, behind etils.ep
 config.json, metrics.jsonl, report.json, eval.json, per_example.npz, plots, TensorBoard events,
 orbax's directories) and TENSORSTORE_GCS_HTTP_URL (tensorstore: orbax's arrays). s3://:
 AWS_ENDPOINT_URL and dummy AWS_* credentials, read by s3fs (botocore) and by
-`storage.s3_kvstore` (tensorstore's s3 driver, orbax's arrays). An endpoint that does not answer
-(a closed port) ends the CLI within the start-up probe's bound, for both schemes.
+`storage.s3_kvstore` (tensorstore's s3 driver, orbax's arrays). Bad input before any work: a
+GCS bucket that refuses the caller, missing GCS and S3 buckets (never created), and, for both
+schemes, an endpoint that does not answer (a closed port), which ends the CLI within the
+start-up probe's bound.
 """
 
 import dataclasses
@@ -103,7 +105,8 @@ def s3_env(url: str) -> dict:
 @dataclasses.dataclass(frozen=True)
 class Store:
     """A running emulator: its URL scheme, the client settings that reach it, and its bucket seen
-    through the emulator's own HTTP API (plain HTTP: not the client under test)."""
+    through the emulator's own HTTP API (urllib; S3 requests signed with botocore's SigV4 signer),
+    not through the client under test."""
 
     scheme: str
     url: str  # http://127.0.0.1:PORT
