@@ -28,8 +28,8 @@ demo: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 -q tests
-	ASCL_JAX_CPU_FAST=0 $(BIN)/python -m pytest -n 2 -q @tests/core_tests.txt
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q tests
+	ASCL_JAX_CPU_FAST=0 $(BIN)/python -m pytest -n 2 --dist worksteal -q @tests/core_tests.txt
 	$(BIN)/python -m pytest -q --doctest-modules ascl_jax/losses ascl_jax/attacks ascl_jax/evaluation/runner.py ascl_jax/evaluation/autoattack_driver.py ascl_jax/evaluation/autoattack_api.py
 
 # Re-executes the example notebook and saves its outputs (commit the result).

@@ -33,6 +33,7 @@ setuptools.setup(
             "pytest>=8",
             "hypothesis>=6.100",
             "pytest-xdist>=3.5",
+            "filelock>=3.12",  # the compilation cache's lock (tests/conftest.py)
             "ruff==0.17.6",  # pinned: its formatter's output is part of `make test`
             "nbclient>=0.10",  # tests/test_notebook.py and `make notebook` execute the example notebook
             "nbformat>=5.10",

@@ -21,21 +21,24 @@ no BN, so the attack's BN mode and ASCL's extra BN forwards change nothing and a
 Threat model (training and evaluation): L-inf eps 0.1, step 0.01; training attack PGD-10 with a
 random start (uniform; TRADES: 0.001 N(0, 1)), clipped to [0, 1]. acl_ds attacks its NT-Xent with
 the same PGD-10 (unclipped start, as ACL).
-Budget: `epochs` (default 5) epochs of Adam 1e-3, x0.1 for the last epoch, for every method; acl_ds
-pre-trains `epochs` epochs and its fine-tuning is another `epochs` epochs.
+Budget: `epochs` (default 3; scripts/reproduce.py passes it explicitly) epochs of Adam 1e-3, x0.1
+for the last epoch, for every method; acl_ds pre-trains `epochs` epochs and its fine-tuning is
+another `epochs` epochs.
 Evaluation: clean, PGD-20 and mPGD-20 (9 targets) on all 10,000 test images, AutoAttack standard
 (APGD-CE, APGD-T, FAB-T, Square) on the first 1,000 (file order of the source read), last
 checkpoint, no gradient-masking sweep; R-DIV (ASCL §2) of PGD-20 latents of the first 1,000 test
 images; ASCL's positives / negatives per anchor (Fig. 4) from the training metrics.
-Time on 2 CPU cores (reproduce.py records each run's wall time in reproduce.json): training, from
-the issue's ~260 img/s for the ASCL PGD-10 step, ~4 min an epoch (ADV / TRADES a little less, NAT
-~10x less, acl_ds ~2x more), i.e. ~20 min a run. Evaluation, measured in CPU-seconds per test
-image with every row surviving every attack (the worst case; a robust row costs this, a broken one
-less): PGD-20 0.026, mPGD-20 0.20, AutoAttack standard ~4.6 (APGD-CE, APGD-T x9, FAB-T x9, Square
-5000). So a run whose robust accuracy is ~70% spends about 2 + 12 + 25 min evaluating on 2 cores
-(the figures were taken on an oversubscribed machine; a quiet one may be up to 2x faster), which is
-more than the 45 minutes a run the issue targets: the set (12 runs) takes ~8-12 hours, in as
-many sittings as wanted (reproduce.py resumes). The knob is `epochs`; the protocol is fixed.
+Time on 2 CPU cores (the Xeon of these machines; reproduce.py records each sitting's wall and CPU
+seconds in reproduce.json). Training: the ASCL Leaked PGD-10 step at batch 128 costs 1.77 CPU-s
+(with the CPU flags of ascl_jax.main; 2.76 without), i.e. ~145 images/s and ~7 min an epoch on two
+quiet cores (ADV / TRADES a little less, NAT ~10x less, acl_ds ~2x more). Evaluation, in CPU-seconds
+per test image with every row surviving every attack (the worst case; a robust row costs this, a
+broken one less): PGD-20 0.026, mPGD-20 0.20, AutoAttack standard ~4.6 (APGD-CE, APGD-T x9, FAB-T
+x9, Square 5000). So a run whose robust accuracy is ~70% spends ~20 min training and ~40 min
+evaluating: about an hour a run, ~11 hours for the 12 runs, against the issue's 45 minutes / 6 hours.
+The evaluation protocol is the part the verdicts need (10,000 images for PGD-20 / mPGD, 1,000 for
+AutoAttack) and is kept; the training budget is the knob: 3 epochs keeps training near 20 minutes a
+run. The set runs over several sittings (reproduce.py skips finished runs, resumes a half-done one).
 """
 
 from ascl_jax import config
@@ -55,7 +58,7 @@ STEPS_PER_EPOCH = 469  # ceil(60000 / 128)
 
 
 def get_config(arg=None):
-    a = config.parse_arg(arg, method="ascl_leaked", seed=0, epochs=5, pretrained="")
+    a = config.parse_arg(arg, method="ascl_leaked", seed=0, epochs=3, pretrained="")
     method, epochs = a["method"], a["epochs"]
     if method not in METHODS:
         raise config.ConfigError(f"configs/fmnist.py: method={method!r}; choose one of {list(METHODS)}")

@@ -38,6 +38,9 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402
+
+xla_flags.tune_cpu_flags()  # the XLA:CPU options `python -m ascl_jax.main` sets, before JAX computes
 from ascl_jax import config  # noqa: E402
 
 args = argparse.Namespace(workdir=str(ROOT / "runs" / "repro"), epochs=25, bench_json="", out="")
@@ -375,19 +378,26 @@ def write_section(path, name, body):
 # Fashion-MNIST: the runs, skipped when their results exist, resumed from their checkpoints.
 
 # run name -> (configs/fmnist.py argument, label, run whose workdir it fine-tunes or None)
+# The training budget of every run, written into each run's config argument (so a results folder
+# records it, and results of another budget are refused): configs/fmnist.py gives the measurements.
+FMNIST_EPOCHS = 3
 FMNIST_RUNS = {
-    "nat_s0": ("method=nat,seed=0", "NAT", None),
-    "adv_s0": ("method=adv,seed=0", "ADV", None),
-    "adv_s1": ("method=adv,seed=1", "ADV", None),
-    "trades_s0": ("method=trades,seed=0", "TRADES", None),
-    "trades_s1": ("method=trades,seed=1", "TRADES", None),
-    "ascl_global_s0": ("method=ascl_global,seed=0", "ASCL Global", None),
-    "ascl_hard_s0": ("method=ascl_hard,seed=0", "ASCL Hard", None),
-    "ascl_soft_s0": ("method=ascl_soft,seed=0", "ASCL Soft", None),
-    "ascl_leaked_s0": ("method=ascl_leaked,seed=0", "ASCL Leaked", None),
-    "ascl_leaked_s1": ("method=ascl_leaked,seed=1", "ASCL Leaked", None),
-    "acl_ds_s0": ("method=acl_ds,seed=0", "ACL(DS) pre-training", None),
-    "acl_ds_trades_s0": ("method=acl_ds_trades,seed=0", "ACL(DS) + TRADES", "acl_ds_s0"),
+    "nat_s0": (f"method=nat,seed=0,epochs={FMNIST_EPOCHS}", "NAT", None),
+    "adv_s0": (f"method=adv,seed=0,epochs={FMNIST_EPOCHS}", "ADV", None),
+    "adv_s1": (f"method=adv,seed=1,epochs={FMNIST_EPOCHS}", "ADV", None),
+    "trades_s0": (f"method=trades,seed=0,epochs={FMNIST_EPOCHS}", "TRADES", None),
+    "trades_s1": (f"method=trades,seed=1,epochs={FMNIST_EPOCHS}", "TRADES", None),
+    "ascl_global_s0": (f"method=ascl_global,seed=0,epochs={FMNIST_EPOCHS}", "ASCL Global", None),
+    "ascl_hard_s0": (f"method=ascl_hard,seed=0,epochs={FMNIST_EPOCHS}", "ASCL Hard", None),
+    "ascl_soft_s0": (f"method=ascl_soft,seed=0,epochs={FMNIST_EPOCHS}", "ASCL Soft", None),
+    "ascl_leaked_s0": (f"method=ascl_leaked,seed=0,epochs={FMNIST_EPOCHS}", "ASCL Leaked", None),
+    "ascl_leaked_s1": (f"method=ascl_leaked,seed=1,epochs={FMNIST_EPOCHS}", "ASCL Leaked", None),
+    "acl_ds_s0": (f"method=acl_ds,seed=0,epochs={FMNIST_EPOCHS}", "ACL(DS) pre-training", None),
+    "acl_ds_trades_s0": (
+        f"method=acl_ds_trades,seed=0,epochs={FMNIST_EPOCHS}",
+        "ACL(DS) + TRADES",
+        "acl_ds_s0",
+    ),
 }
 RESULT_FILES = ("report.json", "eval.json", "metrics.jsonl")
 RESULT_DIRS = ("plots",)
@@ -452,12 +462,20 @@ def _note_source(workdir, source):
         json.dump(state, f, indent=2)
 
 
-def _record_sitting(workdir, seconds, finished):
+def _record_sitting(workdir, seconds, finished, cpu_seconds=None):
+    """Appends one sitting: wall seconds, this process's CPU seconds (all threads; on a shared
+    machine wall time grows with the others' load, CPU time much less), the machine's CPU count and
+    1-minute load average at the end."""
     os.makedirs(workdir, exist_ok=True)
     state = _read(os.path.join(workdir, "reproduce_sittings.json")) or {}
     sittings = _sittings(workdir) + [
         dict(
-            wall_seconds=round(seconds, 1), finished=finished, cpus=os.cpu_count(), at=time.strftime("%F %T")
+            wall_seconds=round(seconds, 1),
+            cpu_seconds=None if cpu_seconds is None else round(cpu_seconds, 1),
+            finished=finished,
+            cpus=os.cpu_count(),
+            load_1min=round(os.getloadavg()[0], 2),
+            at=time.strftime("%F %T"),
         )
     ]
     with open(os.path.join(workdir, "reproduce_sittings.json"), "w") as f:
@@ -509,12 +527,12 @@ def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=Non
             c = config.load("fmnist", arg)
             log(f"{name}: training in {wd} ({arg})")
             _note_source(wd, source_fn(c.data))
-            t, finished = time.time(), False
+            t, cpu, finished = time.time(), time.process_time(), False
             try:
                 train_fn(c, wd)
                 finished = True
             finally:
-                _record_sitting(wd, time.time() - t, finished)
+                _record_sitting(wd, time.time() - t, finished, time.process_time() - cpu)
             status[name] = "ran"
         sit = _sittings(wd)
         source = _read(os.path.join(wd, "reproduce_sittings.json")) or {}
@@ -526,6 +544,7 @@ def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=Non
                 config_arg=arg,
                 sittings=sit,
                 wall_seconds=round(sum(x["wall_seconds"] for x in sit), 1),
+                cpu_seconds=round(sum(x.get("cpu_seconds") or 0.0 for x in sit), 1),
                 data_source=source.get("data_source"),
             ),
         )
@@ -560,7 +579,7 @@ def _rob(rep, prefix):
 
 def run_summary(run_dir):
     """One run's numbers from its result files: {'acc': {metric: (accuracy, n)}, 'rdiv', 'pos',
-    'neg', 'wall_s', 'train_ips', 'eval_s', 'method', 'steps'} (absent metrics left out)."""
+    'neg', 'wall_s', 'cpu_s', 'train_ips', 'eval_s', 'method', 'steps'} (absent metrics left out)."""
     rep = _read(os.path.join(run_dir, "report.json")) or {}
     ev = _read(os.path.join(run_dir, "eval.json")) or {}
     meta = _read(os.path.join(run_dir, META)) or {}
@@ -577,6 +596,7 @@ def run_summary(run_dir):
         pos=rep.get("num_positives"),
         neg=rep.get("num_negatives"),
         wall_s=meta.get("wall_seconds", rep.get("wall_seconds")),
+        cpu_s=meta.get("cpu_seconds") or None,
         train_ips=rep.get("train_images_per_second"),
         eval_s=sum((ev.get("timing_s") or {}).values()) or None,
         method=rep.get("method"),
@@ -945,7 +965,7 @@ def fmnist_report(results_root):
     """The Fashion-MNIST section of REPRODUCTION.md (markdown) from the result files alone."""
     results = load_results(results_root)
     missing = [n for n in FMNIST_RUNS if n not in results]
-    c = config.load("fmnist", "method=ascl_leaked")
+    c = config.load("fmnist", f"method=ascl_leaked,epochs={FMNIST_EPOCHS}")
     lines = [
         "## Fashion-MNIST (issue 15)",
         "",
@@ -967,8 +987,8 @@ def fmnist_report(results_root):
         lines += [f"Runs not (yet) in the results: {', '.join(missing)}.", ""]
     lines += [
         "| run | method | clean | PGD-20 | mPGD | AA (1,000) | R-DIV | pos/anchor | neg/anchor "
-        "| train img/s | eval min | wall min |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| train img/s | eval min | wall min | CPU min |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         g = r["acc"].get
@@ -978,7 +998,7 @@ def fmnist_report(results_root):
             f"{_pct_ci(g('mpgd'))} | {_pct_ci(g('aa'))} | {num(r['rdiv'], '.3f')} | {num(r['pos'], '.2f')} | "
             f"{num(r['neg'], '.2f')} | {num(r['train_ips'], '.0f')} | "
             f"{num(r['eval_s'] and r['eval_s'] / 60, '.1f')} | "
-            f"{num(r['wall_s'] and r['wall_s'] / 60, '.1f')} |"
+            f"{num(r['wall_s'] and r['wall_s'] / 60, '.1f')} | {num(r['cpu_s'] and r['cpu_s'] / 60, '.1f')} |"
         )
     groups = _by_label(results)
     lines += [

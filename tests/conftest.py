@@ -1,6 +1,19 @@
-"""Test set-up: 8 simulated CPU devices, before JAX starts a backend."""
+"""Test set-up: 8 simulated CPU devices, before JAX starts a backend; one compilation cache for the
+session; the slowest tests scheduled first.
 
+Compilation cache: the first process of a session (pytest itself, or xdist's controller) creates a
+temporary persistent-cache directory and exports it (JAX_COMPILATION_CACHE_DIR); the xdist workers
+and every subprocess a test starts inherit it, so a program that one process compiled (the smoke
+config's train step, an evaluation program) is loaded by the next instead of compiled again. A hit
+is the same executable, so results are unchanged; the cache's file lock (on whenever its size limit
+is set) serialises concurrent writers. The directory is removed when that first process exits. A
+JAX_COMPILATION_CACHE_DIR set by the caller is used as it is and kept.
+"""
+
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402
@@ -8,7 +21,43 @@ from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402
 xla_flags.tune_cpu_flags()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="ascl_jax_tests_jit_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    os.environ.update(
+        JAX_COMPILATION_CACHE_DIR=_cache,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        JAX_COMPILATION_CACHE_MAX_SIZE=str(2**33),  # > 0 turns the file lock on
+    )
 
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
+
+# Run first (in this order): the tests that take minutes. With `-n 2 --dist worksteal` (make test)
+# they start at once and the short tests fill the other worker, instead of one of them starting last.
+SLOW_FIRST = (
+    "tests/test_multihost.py",
+    "tests/test_storage.py",
+    "tests/test_preemption.py",
+    "tests/test_notebook.py::test_example_notebook_executes",
+    "tests/test_train.py::test_train_resume_is_bit_identical_with_partial_batches",
+    "tests/test_train.py::test_one_vs_eight_devices",
+    "tests/test_train.py::test_acl_pretrain_then_finetune_and_linear_eval",
+    "tests/test_selection.py",
+    "tests/test_semisup.py",
+    "tests/test_train.py::test_train_resume_is_bit_identical",
+)
+
+
+def _rank(item):
+    for i, prefix in enumerate(SLOW_FIRST):
+        if item.nodeid.startswith(prefix):
+            return i
+    return len(SLOW_FIRST)
+
+
+def pytest_collection_modifyitems(config, items):
+    del config
+    items.sort(key=_rank)  # stable: the order within each group is kept

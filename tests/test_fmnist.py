@@ -255,7 +255,7 @@ def test_fmnist_config_loads_for_every_method(method):
     config.validate(c)
     assert c.seed == 3 and c.data.name == "fashion_mnist" and c.model.arch == "cnn"
     assert (c.attack.eps, c.attack.step_size, c.attack.num_steps) == (0.1, 0.01, 10)
-    assert (c.optim.name, c.optim.num_epochs, c.data.batch_size) == ("adam", 5, 128)
+    assert (c.optim.name, c.optim.num_epochs, c.data.batch_size) == ("adam", 3, 128)
     if method != "acl_ds":
         assert tuple(c.eval.attacks) == ("clean", "pgd", "mpgd", "autoattack")
         assert (c.eval.autoattack, c.eval.autoattack_examples, c.eval.num_examples) == ("standard", 1000, -1)
