@@ -2,13 +2,15 @@
 launch/local_multiprocess.sh (tests/test_multihost.py, tests/test_preemption.py).
 
 `launch` runs the launcher with this interpreter, this checkout on PYTHONPATH and a coordinator on
-127.0.0.1 at a port that was free a moment before; the launcher prints each process's pid and exit
-status, which `pids` and `exit_statuses` read back from its output. `cache_env` shares a persistent
-compilation cache between the processes of a run (and between runs of the same programs).
+127.0.0.1 at a port that was free a moment before (`free_port`); the launcher prints each
+process's pid and exit status, which `pids` and `exit_statuses` read back from its output.
+`cache_env` shares a persistent compilation cache between the processes of a run (and between runs
+of the same programs).
 """
 
 import os
 import pathlib
+import random
 import re
 import signal
 import socket
@@ -19,13 +21,29 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _PID = re.compile(r"^local_multiprocess: process (\d+) pid (\d+)$", re.M)
 _EXIT = re.compile(r"^local_multiprocess: process (\d+) exited with status (\d+)$", re.M)
+_GIVEN = set()
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port that nothing is bound to now, below the kernel's ephemeral range (so no outgoing
+    connection, e.g. another run's gloo, takes it before the coordinator binds it), and not
+    returned before by this process."""
+    try:
+        low = int(pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(200):
+        port = random.randrange(max(1024, low - 10000), low)
+        if port in _GIVEN:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free TCP port in [{low - 10000}, {low})")
 
 
 def cache_env(cache_dir) -> dict:

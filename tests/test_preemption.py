@@ -5,9 +5,12 @@ every metrics.jsonl line, the best checkpoint kept by selection, and the report'
 
 The same with 2 processes x 4 CPU devices joined by jax.distributed (launch/local_multiprocess.sh,
 as tests/test_multihost.py launches it): SIGTERM to one process, as a preempted pod VM gets, stops
-both after the same step through JAX's preemption sync point; both exit 143. The resumed
-2-process run is compared with an uninterrupted 2-process run (started concurrently with the
-interrupted one) exactly: both execute the same programs with the same gloo reduction order.
+both after the same step through JAX's preemption sync point (its notifier polls for SIGTERM
+every second, so the stop comes a few steps later); both exit 143, and process 0 prints the
+resume command. The resumed 2-process run equals an uninterrupted 2-process run exactly (same
+programs, same gloo reduction order: measured, no difference in any bit). The reference runs
+beside the resumed run, not the interrupted one, so that both load every program from the
+compilation cache the interrupted run filled (four processes compiling at once cost more CPU).
 """
 
 import json
@@ -28,9 +31,9 @@ from ascl_jax import train
 from ascl_jax.train import preemption, selection
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# 10 epochs of 6 steps (192 training examples, 64 held out) with selection every epoch; a
-# periodic checkpoint only at step 30, so the SIGTERM checkpoint is its own; windows of 4 steps
-# do not align with epochs, so a stop usually falls inside one.
+# Both tests: 10 epochs of 6 steps (192 training examples, 64 held out) with selection every
+# epoch; a periodic checkpoint only at step 30, so the SIGTERM checkpoint is its own; windows of
+# 4 steps do not align with epochs, so a stop usually falls inside one.
 OVERRIDES = {
     "method": "nat",
     "data.num_train": 256,
