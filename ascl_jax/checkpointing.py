@@ -19,6 +19,17 @@ from ascl_jax.workdir import WorkdirError
 __all__ = ["WorkdirError", "make_manager", "restore", "save"]
 
 
+class _Manager(ocp.CheckpointManager):
+    """orbax's manager that never queries JAX's preemption sync point: the train loop alone does,
+    once per step (`train.preemption`), and saves its preemption checkpoint with force=True. orbax
+    would also query it from its background commit thread on process 0 with the committed (past)
+    step, which the sync point would take as that process's current step."""
+
+    def reached_preemption(self, step: int) -> bool:
+        del step
+        return False
+
+
 def make_manager(workdir: str, *, save_every: int, max_to_keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
@@ -26,7 +37,7 @@ def make_manager(workdir: str, *, save_every: int, max_to_keep: int) -> ocp.Chec
         create=True,
         **storage.orbax_options(workdir),
     )
-    return ocp.CheckpointManager(storage.absolute(workdir) / "checkpoints", options=options)
+    return _Manager(storage.absolute(workdir) / "checkpoints", options=options)
 
 
 def restore(manager: ocp.CheckpointManager, abstract_state, step: int | None = None):
@@ -77,7 +88,7 @@ def make_best_manager(workdir: str) -> ocp.CheckpointManager:
         create=True,
         **storage.orbax_options(workdir),
     )
-    return ocp.CheckpointManager(
+    return _Manager(
         storage.absolute(workdir) / BEST_DIR,
         options=options,
         item_handlers=ocp.StandardCheckpointHandler(),  # registered up front: metadata reads quietly

@@ -27,6 +27,7 @@ import pathlib
 import subprocess
 import sys
 
+import local_processes
 import numpy as np
 
 from ascl_jax import parallel
@@ -101,28 +102,21 @@ def _launch_chain(tmp_path):
     once per run."""
     chain = tmp_path / "chain.json"
     chain.write_text(json.dumps(CHAIN))
-    env = dict(os.environ, PY=sys.executable, PYTHONPATH=str(ROOT))
-    env.pop("XLA_FLAGS", None)
-    env.update(
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        JAX_COMPILATION_CACHE_MAX_SIZE=str(2**32),  # > 0 turns on the cache's file lock
-    )
-    kw = dict(cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    kw = dict(stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     mp, sp = tmp_path / "mp", tmp_path / "sp"
     procs = [
-        subprocess.Popen(
-            ["bash", "launch/local_multiprocess.sh", "2", "4", chain, mp],
-            env=dict(env, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache_mp")),
-            **kw,
+        local_processes.launch(
+            2, 4, chain, mp, env=dict(os.environ, **local_processes.cache_env(tmp_path / "cache_mp")), **kw
         ),
         subprocess.Popen(
             [sys.executable, "-m", "launch.run_chain", "--config", chain, "--workdir", sp],
+            cwd=ROOT,
             env=dict(
-                env,
+                os.environ,
+                **local_processes.cache_env(tmp_path / "cache_sp"),
+                PYTHONPATH=str(ROOT),
                 XLA_FLAGS="--xla_force_host_platform_device_count=8",
                 JAX_PLATFORMS="cpu",
-                JAX_COMPILATION_CACHE_DIR=str(tmp_path / "cache_sp"),
             ),
             **kw,
         ),
