@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_cases import hyperplane_problems
 
 from ascl_jax import evaluation
 from ascl_jax.evaluation import autoattack as aa
@@ -171,13 +172,8 @@ def test_shared_row_helpers():
 def test_linf_hyperplane_projection_matches_linprog():
     from scipy.optimize import linprog
 
-    rng = np.random.default_rng(1)
     d = 12
-    t = rng.uniform(0, 1, (8, d))
-    w = rng.normal(size=(8, d))
-    w[0, :4] = 0.0
-    b = (w * t).sum(1) + rng.normal(size=8) * 0.5
-    b[1] = (w[1] * t[1]).sum() + 100.0  # unreachable inside the box
+    t, w, b = hyperplane_problems(seed=1, d=d, n_zero=4, noise=0.5)
     dj = np.asarray(aa.project_linf_hyperplane_box(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
     for i in range(8):
         # min s  s.t. -s <= d_j <= s,  w.d = b - w.t,  0 <= t + d <= 1   (variables d, s)
