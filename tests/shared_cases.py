@@ -1,6 +1,17 @@
 """Set-ups that several test files share (imported by name: pytest puts tests/ on sys.path)."""
 
+import jax
 import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+    """Cheaper XLA compilations for tiny models (restored afterwards); a module imports it to use it."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
 
 
 def hyperplane_problems(seed: int, d: int, n_zero: int, noise: float):
@@ -21,7 +32,6 @@ def table6_first_step(row: str, **data):
     examples, crop padding 1, no flip; ``data`` sets further ``c.data`` fields). Returns (the step's
     metrics, the model's train-mode outputs on both views stacked [2B, ...] (view 0 first), the
     batch)."""
-    import jax
     import jax.numpy as jnp
 
     from ascl_jax import config, train

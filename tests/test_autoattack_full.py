@@ -15,20 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from shared_cases import hyperplane_problems
+from shared_cases import fast_compiles, hyperplane_problems  # noqa: F401 (fast_compiles: an autouse fixture)
 
 from ascl_jax.evaluation import autoattack as aa
 from ascl_jax.evaluation import autoattack_api as aa_api
 from ascl_jax.evaluation import autoattack_callable
 from ascl_jax.evaluation import projections as proj
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 @pytest.fixture(scope="module")

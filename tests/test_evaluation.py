@@ -12,22 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from shared_cases import hyperplane_problems
+from shared_cases import fast_compiles, hyperplane_problems  # noqa: F401 (fast_compiles: an autouse fixture)
 
 from ascl_jax import evaluation
 from ascl_jax.evaluation import autoattack as aa
 
 EPS = 0.1
 SMALL_AA = dict(n_iter=10, n_queries=100, apgd_ce_restarts=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Cheaper XLA compilations for these tiny models (restored afterwards)."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 def linear_logits(params, x):
