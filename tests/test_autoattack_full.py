@@ -15,19 +15,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_cases import fast_compiles, hyperplane_problems  # noqa: F401 (fast_compiles: an autouse fixture)
 
 from ascl_jax.evaluation import autoattack as aa
 from ascl_jax.evaluation import autoattack_api as aa_api
 from ascl_jax.evaluation import autoattack_callable
 from ascl_jax.evaluation import projections as proj
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 @pytest.fixture(scope="module")
@@ -131,13 +124,8 @@ def test_l1_box_projection_against_bisection():
 def test_hyperplane_box_projections(norm):
     from scipy.optimize import linprog
 
-    rng = np.random.default_rng(2)
     d = 16
-    t = rng.uniform(0, 1, (8, d))
-    w = rng.normal(size=(8, d))
-    w[0, :5] = 0.0
-    b = (w * t).sum(1) + rng.normal(size=8) * 0.8
-    b[1] = (w[1] * t[1]).sum() + 100.0  # unreachable inside the box
+    t, w, b = hyperplane_problems(seed=2, d=d, n_zero=5, noise=0.8)
     f32 = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
     out = np.asarray(proj.project_hyperplane_box(f32(t), f32(w), f32(b), norm))
     for i in range(8):

@@ -12,21 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from shared_cases import fast_compiles, hyperplane_problems  # noqa: F401 (fast_compiles: an autouse fixture)
 
 from ascl_jax import evaluation
 from ascl_jax.evaluation import autoattack as aa
 
 EPS = 0.1
 SMALL_AA = dict(n_iter=10, n_queries=100, apgd_ce_restarts=1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Cheaper XLA compilations for these tiny models (restored afterwards)."""
-    old = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", old)
 
 
 def linear_logits(params, x):
@@ -171,13 +163,8 @@ def test_shared_row_helpers():
 def test_linf_hyperplane_projection_matches_linprog():
     from scipy.optimize import linprog
 
-    rng = np.random.default_rng(1)
     d = 12
-    t = rng.uniform(0, 1, (8, d))
-    w = rng.normal(size=(8, d))
-    w[0, :4] = 0.0
-    b = (w * t).sum(1) + rng.normal(size=8) * 0.5
-    b[1] = (w[1] * t[1]).sum() + 100.0  # unreachable inside the box
+    t, w, b = hyperplane_problems(seed=1, d=d, n_zero=4, noise=0.5)
     dj = np.asarray(aa.project_linf_hyperplane_box(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
     for i in range(8):
         # min s  s.t. -s <= d_j <= s,  w.d = b - w.t,  0 <= t + d <= 1   (variables d, s)

@@ -433,27 +433,12 @@ def test_shift_flip_is_keras_random_shift():
 def test_orgscl_step_is_supcon_on_raw_head_features():
     """Table 6 orgSCL (the authors' scl_nat_2trans): the loss is SupCon alone on the un-normalised
     p1 output of both views (no CE), against losses.supcon_loss on the same features."""
-    import jax
     import jax.numpy as jnp
+    from shared_cases import table6_first_step
 
-    from ascl_jax import losses, train
-    from ascl_jax.train import steps as train_steps
-    from ascl_jax.train.optim import make_optimizer
-    from ascl_jax.train.state import create_train_state
+    from ascl_jax import losses
 
-    c = config.load("ascl_table6", "row=orgscl,smoke")
-    c.data.name, c.model.normalization = "digits", "digits"
-    c.data.num_train = c.data.num_test = -1
-    c.data.crop_padding, c.data.flip, c.data.test_order = 1, False, "tfds"
-    model, info = train.build_model(c)
-    tx, _ = make_optimizer(c.optim, 10, 100)
-    state = create_train_state(model, tx, jax.random.key(0), info["image_shape"])
-    batch = next(data.make_train_iterator(c.data, seed=0))
-    _, m = jax.jit(train_steps.make_train_step(c, model, jit=False))(state, batch)
-    x = jnp.concatenate([batch["image"][:, 0], batch["image"][:, 1]])
-    out, _ = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
-    )
+    m, out, batch = table6_first_step("orgscl", test_order="tfds")
     f, b = out["proj"], batch["label"].shape[0]
     assert f.shape == (2 * b, 128)
     want = losses.supcon_loss(jnp.stack([f[:b], f[b:]], 1), batch["label"])

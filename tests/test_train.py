@@ -93,21 +93,11 @@ def test_one_vs_eight_devices(method, loss, steps):
 
 def test_supcon_step_equals_manual_loss():
     """orgSCL (ASCL Table 6): the step's loss is CE + SupCon on the normalised two-view features."""
-    from ascl_jax import data, losses
+    from shared_cases import table6_first_step
 
-    c = load_config("ascl_table6", "row=orgscl_ce,smoke")
-    c.data.name, c.model.normalization = "digits", "digits"
-    c.data.num_train = c.data.num_test = -1
-    c.data.crop_padding, c.data.flip = 1, False
-    model, info = train.build_model(c)
-    tx, _ = make_optimizer(c.optim, 10, 100)
-    state = create_train_state(model, tx, jax.random.key(0), info["image_shape"])
-    batch = next(data.make_train_iterator(c.data, seed=0))
-    _, m = jax.jit(train_steps.make_train_step(c, model, jit=False))(state, batch)
-    x = jnp.concatenate([batch["image"][:, 0], batch["image"][:, 1]])
-    out, _ = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
-    )
+    from ascl_jax import losses
+
+    m, out, batch = table6_first_step("orgscl_ce")
     f = out["z"] / jnp.linalg.norm(out["z"], axis=1, keepdims=True)
     b = batch["label"].shape[0]
     want = losses.cross_entropy(out["logits"], jnp.concatenate([batch["label"]] * 2)) + losses.supcon_loss(

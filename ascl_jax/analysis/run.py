@@ -111,8 +111,9 @@ def run_analysis(
     result: dict[str, Any] = {"plots": {}, "r_div": None, "skipped": {}, "errors": {}}
 
     def attempt(key: str, fn, *args, **kwargs):
+        """fn(*args, plot_dir / PNG_NAMES[key], **kwargs), its path recorded under ``key``."""
         try:
-            result["plots"][key] = str(fn(*args, **kwargs))
+            result["plots"][key] = str(fn(*args, plot_dir / PNG_NAMES[key], **kwargs))
         except Exception as e:  # noqa: BLE001 - one failing plot must not lose the others
             logging.warning("analysis: %s failed: %s\n%s", key, e, traceback.format_exc())
             result["errors"][key] = f"{type(e).__name__}: {e}"
@@ -165,24 +166,14 @@ def run_analysis(
             if acc is not None and math.isfinite(to_float(acc)):
                 rdiv_points = {name: (result["r_div"]["ratio"], to_float(acc))}
         if rdiv_points:
-            attempt(
-                "rdiv_vs_robust_accuracy",
-                plot_rdiv_vs_robust_accuracy,
-                rdiv_points,
-                plot_dir / PNG_NAMES["rdiv_vs_robust_accuracy"],
-            )
+            attempt("rdiv_vs_robust_accuracy", plot_rdiv_vs_robust_accuracy, rdiv_points)
         else:
             result["skipped"]["rdiv_vs_robust_accuracy"] = "no robust accuracy to pair with R-DIV"
     else:
         result["skipped"]["rdiv_vs_robust_accuracy"] = "no latents (z_nat, z_adv, labels)"
 
     if sweep:
-        attempt(
-            "robust_accuracy_vs_eps",
-            plot_robust_accuracy_vs_eps,
-            sweep,
-            plot_dir / PNG_NAMES["robust_accuracy_vs_eps"],
-        )
+        attempt("robust_accuracy_vs_eps", plot_robust_accuracy_vs_eps, sweep)
     else:
         result["skipped"]["robust_accuracy_vs_eps"] = "no eps sweep results"
 
@@ -193,9 +184,7 @@ def run_analysis(
             counts = None
             result["skipped"]["selection_counts"] = f"metrics unreadable: {e}"
         if counts is not None and counts["step"].size:
-            attempt(
-                "selection_counts", plot_selection_counts, counts, plot_dir / PNG_NAMES["selection_counts"]
-            )
+            attempt("selection_counts", plot_selection_counts, counts)
         elif counts is not None:
             result["skipped"]["selection_counts"] = "no selection counts in the metrics (not an ASCL run?)"
     else:
@@ -215,7 +204,6 @@ def run_analysis(
             z_nat,
             za,
             labels,
-            plot_dir / PNG_NAMES["tsne"],
             max_points=tsne_max_points,
             max_adv=tsne_max_adv,
             random_state=seed,

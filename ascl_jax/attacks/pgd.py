@@ -86,6 +86,12 @@ def _policy_unroll(num_steps: int, unroll: int | None, max_unroll: int | None, c
     return resolve_unroll(num_steps, unroll, MAX_UNROLL if max_unroll is None else max_unroll)
 
 
+def _objective_grad(objective: Objective, canonicalize: bool) -> Callable[[Array], Array]:
+    """x -> grad of ``sum(objective(x))``, through ``canonicalize_convs`` when ``canonicalize``."""
+    grad_fn = jax.grad(lambda z: jnp.sum(objective(z)))
+    return canonicalize_convs(grad_fn) if canonicalize else grad_fn
+
+
 def pgd_linf(
     objective: Objective,
     x: Array,
@@ -204,9 +210,7 @@ def _pgd_linf(
     if num_steps == 0:
         return jax.lax.stop_gradient(project_linf(start, x, eps))
 
-    grad_fn = jax.grad(lambda z: jnp.sum(objective(z)))
-    if canonicalize:
-        grad_fn = canonicalize_convs(grad_fn)
+    grad_fn = _objective_grad(objective, canonicalize)
 
     def step(xa):
         return project_linf(xa + step_size * jnp.sign(grad_fn(xa)), x, eps)
@@ -239,10 +243,7 @@ def fgsm(objective: Objective, x: Array, *, eps, canonicalize: bool | None = Non
     x = jnp.asarray(x)
     if is_zero(eps):
         return jax.lax.stop_gradient(x)
-    grad_fn = jax.grad(lambda z: jnp.sum(objective(z)))
-    if cpu_loops.use_canonical(canonicalize):
-        grad_fn = canonicalize_convs(grad_fn)
-    g = grad_fn(x)
+    g = _objective_grad(objective, cpu_loops.use_canonical(canonicalize))(x)
     return jax.lax.stop_gradient(project_linf(x + eps * jnp.sign(g), x, eps))
 
 

@@ -248,40 +248,16 @@ def evaluate(
         # fixed seed: a component run alone repeats, row for row, what it does inside AutoAttack,
         # so AutoAttack's robust accuracy is never above a component's.
         k = _key_for(base_key, "autoattack" if kind in ("autoattack", "component") else key_name)
-        if kind == "pgd":
-            rob, xa = pgd_lib.run_pgd(
-                eng,
-                x,
-                y,
-                index,
-                clean,
-                k,
-                eps=eps,
-                step_size=step_size,
-                steps=opts["steps"],
-                restarts=opts["restarts"],
-                name=key_name,
-                keep_adv=keep_adv,
-                norm=norm,
+        if kind in ("pgd", "mpgd"):
+            shared = dict(
+                eps=eps, step_size=step_size, steps=opts["steps"], name=key_name, keep_adv=keep_adv, norm=norm
             )
-            m = n
-        elif kind == "mpgd":
-            rob, xa = pgd_lib.run_mpgd(
-                eng,
-                x,
-                y,
-                index,
-                clean,
-                k,
-                eps=eps,
-                step_size=step_size,
-                steps=opts["steps"],
-                num_classes=num_classes,
-                num_targets=mpgd_targets,
-                name=key_name,
-                keep_adv=keep_adv,
-                norm=norm,
-            )
+            if kind == "pgd":
+                rob, xa = pgd_lib.run_pgd(eng, x, y, index, clean, k, restarts=opts["restarts"], **shared)
+            else:
+                rob, xa = pgd_lib.run_mpgd(
+                    eng, x, y, index, clean, k, num_classes=num_classes, num_targets=mpgd_targets, **shared
+                )
             m = n
         else:
             m = n_aa

@@ -102,6 +102,38 @@ def _window(h, w, vh, vw, side):
     return (rows >= vh) & (rows < vh + side) & (cols >= vw) & (cols < vw + side)
 
 
+def _start_state(lf, y, x_best, keys):
+    """The state at the start point x_best [B, H, W, C]: its margin loss as both ``margin`` and
+    ``loss``, and the per-example query keys ``fold_in(keys, 1)``."""
+    m0 = robust_margin(lf(x_best), y)
+    return dict(x_best=x_best, margin=m0, loss=m0, keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys))
+
+
+def _accept(lf, x, y, x_new, s):
+    """One query's acceptance: a row still running (margin > 0) takes the proposal x_new if it
+    lowers the margin loss or misclassifies; ``loss`` follows only the lowered ones."""
+    m = robust_margin(lf(x_new), y)
+    todo = s["margin"] > 0
+    improved = m < s["loss"]
+    take = todo & (improved | (m <= 0))
+    return dict(
+        s,
+        x_best=jnp.where(broadcast_rows(take, x), x_new, s["x_best"]),
+        margin=jnp.where(take, m, s["margin"]),
+        loss=jnp.where(todo & improved, m, s["loss"]),
+    )
+
+
+def _program(n_queries, init, step, norm):
+    """The Program of init / step: finish projects x_best onto the ``norm`` eps-ball; a row runs
+    while its margin is > 0."""
+
+    def finish(lf, x, y, eps, s):
+        return project_ball(s["x_best"], x, eps, norm), s["margin"] <= 0
+
+    return Program(n_queries, init, step, finish, running=lambda s: s["margin"] > 0, norm=norm)
+
+
 def square_program(
     *, n_queries: int = 5000, p_init: float = 0.8, rescale_schedule: bool = False, norm: str = "Linf"
 ) -> Program:
@@ -127,11 +159,7 @@ def square_program(
             sel = jnp.where(tr[:, None, None], blocks[:, 1], blocks[:, 0])
             return jnp.einsum("nhw,nc->hwc", sel, sign)
 
-        x_best = fit(x, jax.vmap(start)(keys), eps)
-        m0 = robust_margin(lf(x_best), y)
-        return dict(
-            x_best=x_best, margin=m0, loss=m0, keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-        )
+        return _start_state(lf, y, fit(x, jax.vmap(start)(keys), eps), keys)
 
     def step(lf, x, y, eps, i, s):
         b, h, w, ch = x.shape
@@ -172,22 +200,9 @@ def square_program(
             return jnp.where(m1, new, jnp.where(m2, 0.0, delta))
 
         delta = jax.vmap(propose)(s["x_best"] - x, s["keys"])
-        x_new = fit(x, delta, eps)
-        m = robust_margin(lf(x_new), y)
-        todo = s["margin"] > 0
-        improved = m < s["loss"]
-        take = todo & (improved | (m <= 0))
-        return dict(
-            s,
-            x_best=jnp.where(broadcast_rows(take, x), x_new, s["x_best"]),
-            margin=jnp.where(take, m, s["margin"]),
-            loss=jnp.where(todo & improved, m, s["loss"]),
-        )
+        return _accept(lf, x, y, fit(x, delta, eps), s)
 
-    def finish(lf, x, y, eps, s):
-        return project_ball(s["x_best"], x, eps, norm), s["margin"] <= 0
-
-    return Program(n_queries, init, step, finish, running=lambda s: s["margin"] > 0, norm=norm)
+    return _program(n_queries, init, step, norm)
 
 
 def _square_linf(n_queries: int, p_init: float, rescale_schedule: bool) -> Program:
@@ -196,11 +211,7 @@ def _square_linf(n_queries: int, p_init: float, rescale_schedule: bool) -> Progr
         keys = example_keys(key, index)
         init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
         stripes = jax.vmap(lambda k: jax.random.rademacher(k, (1, w, ch), jnp.float32))(init_keys)
-        x_best = jnp.clip(x + eps * stripes, 0.0, 1.0)
-        m0 = robust_margin(lf(x_best), y)
-        return dict(
-            x_best=x_best, margin=m0, loss=m0, keys=jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-        )
+        return _start_state(lf, y, jnp.clip(x + eps * stripes, 0.0, 1.0), keys)
 
     def step(lf, x, y, eps, i, s):
         b, h, w, ch = x.shape
@@ -215,21 +226,9 @@ def _square_linf(n_queries: int, p_init: float, rescale_schedule: bool) -> Progr
             return _window(h, w, vh, vw, side)[:, :, None] * (2.0 * eps) * col[None, None, :]
 
         x_new = project_ball(s["x_best"] + jax.vmap(draw)(s["keys"]), x, eps, "Linf")
-        m = robust_margin(lf(x_new), y)
-        todo = s["margin"] > 0
-        improved = m < s["loss"]
-        take = todo & (improved | (m <= 0))
-        return dict(
-            s,
-            x_best=jnp.where(broadcast_rows(take, x), x_new, s["x_best"]),
-            margin=jnp.where(take, m, s["margin"]),
-            loss=jnp.where(todo & improved, m, s["loss"]),
-        )
+        return _accept(lf, x, y, x_new, s)
 
-    def finish(lf, x, y, eps, s):
-        return project_ball(s["x_best"], x, eps, "Linf"), s["margin"] <= 0
-
-    return Program(n_queries, init, step, finish, running=lambda s: s["margin"] > 0, norm="Linf")
+    return _program(n_queries, init, step, "Linf")
 
 
 __all__ = ["SQUARE_THRESHOLDS", "square_eta", "square_p", "square_program", "lp_norms"]

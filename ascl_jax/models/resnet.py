@@ -62,6 +62,19 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
+def _stages(net: nn.Module, block: type[nn.Module], x: jax.Array, *, train: bool, bn: str) -> jax.Array:
+    """x through ``net``'s stages, called inside ``net``'s compact method: ``stage_sizes[i]`` blocks
+    of width ``widths[i]``, children ``layer{i + 1}_{j}``, stride 2 at the first block of every
+    stage after the first."""
+    for i, (n, w) in enumerate(zip(net.stage_sizes, net.widths)):
+        for j in range(n):
+            stride = 2 if (i > 0 and j == 0) else 1
+            x = block(w, stride, norm=net.norm, conv_init=net.conv_init, name=f"layer{i + 1}_{j}")(
+                x, train=train, bn=bn
+            )
+    return x
+
+
 class CifarResNet(nn.Module):
     """3x3 stride-1 stem + stages of BasicBlocks + global average pool. [B,H,W,C] -> z [B, widths[-1]]."""
 
@@ -74,12 +87,7 @@ class CifarResNet(nn.Module):
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
         x = layers.conv(x, self.widths[0], conv_init=self.conv_init, name="conv1")
         x = nn.relu(self.norm(x, train=train, bn=bn, name="bn1"))
-        for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                x = BasicBlock(w, stride, norm=self.norm, conv_init=self.conv_init, name=f"layer{i + 1}_{j}")(
-                    x, train=train, bn=bn
-                )
+        x = _stages(self, BasicBlock, x, train=train, bn=bn)
         return layers.global_avg_pool(x)
 
 
@@ -123,12 +131,7 @@ class PreActResNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool, bn: str) -> jax.Array:
         x = layers.conv(x, self.widths[0], conv_init=self.conv_init, name="conv1")
-        for i, (n, w) in enumerate(zip(self.stage_sizes, self.widths)):
-            for j in range(n):
-                stride = 2 if (i > 0 and j == 0) else 1
-                x = PreActBlock(
-                    w, stride, norm=self.norm, conv_init=self.conv_init, name=f"layer{i + 1}_{j}"
-                )(x, train=train, bn=bn)
+        x = _stages(self, PreActBlock, x, train=train, bn=bn)
         x = nn.relu(self.norm(x, train=train, bn=bn, name="bn_final"))
         return layers.global_avg_pool(x)
 

@@ -74,6 +74,25 @@ class _Net(nn.Module, abc.ABC):
         self.spec = spec
         self.normalize = Normalize(spec["mean"], spec["std"])
 
+    def _add_stages(self, block, cin, stages, widths):
+        """Registers ``layer{i + 1}``, a Sequential of ``stages[i]`` ``block(cin, widths[i], stride,
+        spec)`` (stride 2 for the first block of every stage after the first); returns the last width."""
+        for i, (n, w) in enumerate(zip(stages, widths)):
+            blocks = []
+            for j in range(n):
+                blocks.append(block(cin, w, 2 if (i > 0 and j == 0) else 1, self.spec))
+                cin = w
+            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
+        self.n_stages = len(stages)
+        return cin
+
+    def _run_stages(self, x, bn):
+        """x through every block of ``layer1 .. layer{n_stages}`` in order, BN branch ``bn``."""
+        for i in range(self.n_stages):
+            for block in getattr(self, f"layer{i + 1}"):
+                x = block(x, bn)
+        return x
+
     def _make_head(self, h):
         s = self.spec
         kind = s["head"]
@@ -165,22 +184,12 @@ class ResNet(_Net):
         super().__init__(spec)
         d, m = spec["dual"], spec["momentum"]
         self.conv1, self.bn1 = _conv(spec["channels"], widths[0]), _bn(widths[0], d, m)
-        cin = widths[0]
-        for i, (n, w) in enumerate(zip(stages, widths)):
-            blocks = []
-            for j in range(n):
-                blocks.append(BasicBlock(cin, w, 2 if (i > 0 and j == 0) else 1, spec))
-                cin = w
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.n_stages = len(stages)
+        cin = self._add_stages(BasicBlock, widths[0], stages, widths)
         self.fc = nn.Linear(cin, spec["num_classes"])
         self.head = self._make_head(cin)
 
     def encode(self, x, bn):
-        x = F.relu(_apply_bn(self.bn1, self.conv1(x), bn))
-        for i in range(self.n_stages):
-            for block in getattr(self, f"layer{i + 1}"):
-                x = block(x, bn)
+        x = self._run_stages(F.relu(_apply_bn(self.bn1, self.conv1(x), bn)), bn)
         return x.mean(dim=(2, 3))
 
     def classify(self, z):
@@ -227,23 +236,13 @@ class PreActResNet(_Net):
     def __init__(self, spec, stages=(2, 2, 2, 2), widths=(64, 128, 256, 512)):
         super().__init__(spec)
         self.conv1 = _conv(spec["channels"], widths[0])
-        cin = widths[0]
-        for i, (n, w) in enumerate(zip(stages, widths)):
-            blocks = []
-            for j in range(n):
-                blocks.append(PreActBlock(cin, w, 2 if (i > 0 and j == 0) else 1, spec))
-                cin = w
-            setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-        self.n_stages = len(stages)
+        cin = self._add_stages(PreActBlock, widths[0], stages, widths)
         self.bn = _bn(cin, spec["dual"], spec["momentum"])
         self.linear = nn.Linear(cin, spec["num_classes"])
         self.head = self._make_head(cin)
 
     def encode(self, x, bn):
-        x = self.conv1(x)
-        for i in range(self.n_stages):
-            for block in getattr(self, f"layer{i + 1}"):
-                x = block(x, bn)
+        x = self._run_stages(self.conv1(x), bn)
         return F.relu(_apply_bn(self.bn, x, bn)).mean(dim=(2, 3))
 
     def classify(self, z):
