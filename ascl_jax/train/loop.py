@@ -92,6 +92,7 @@ def train_and_evaluate(
     )
     start, buffer = 0, []
     if mngr.latest_step() is not None:
+        selection.check_resume(config, workdir)  # before anything is written
         state = checkpointing.restore(mngr, state)
         start = int(parallel.to_host(state.step))
         buffer = _window_from_metadata(checkpointing.step_metadata(mngr, start))
