@@ -18,6 +18,7 @@ import importlib.util
 import numbers
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -122,6 +123,9 @@ CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # data.idx_dir='': where Debian's dataset-fashion-mnist package installs the four IDX files.
 IDX_DIR_DEFAULT = "/usr/share/datasets/fashion-mnist"
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # a path with a URL scheme (object storage)
 
 
 class ConfigError(ValueError):
@@ -646,7 +650,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if not c.data.label_fraction:
             raise ConfigError("config.method='semi_student' needs config.data.label_fraction")
     torch_ckpt = c.init.get("torch_checkpoint", "")
-    if torch_ckpt and not os.path.isfile(torch_ckpt):
+    # a local file is checked here; a URL (gs://, s3://) by train.setup.check_torch_checkpoint
+    if torch_ckpt and not _URL.match(torch_ckpt) and not os.path.isfile(torch_ckpt):
         raise ConfigError(f"config.init.torch_checkpoint={torch_ckpt!r} is not a file")
     if torch_ckpt and c.init.workdir:
         raise ConfigError(
