@@ -70,10 +70,9 @@ BEST_METRIC = "select_value"
 
 
 def has_best(workdir: str) -> bool:
-    """Whether workdir/best_checkpoint exists (without creating it)."""
-    from etils import epath
-
-    return (epath.Path(workdir) / BEST_DIR).exists()
+    """Whether workdir/best_checkpoint exists (without creating it); the directory
+    `make_best_manager` uses (`storage.absolute`)."""
+    return (storage.absolute(workdir) / BEST_DIR).exists()
 
 
 def make_best_manager(workdir: str) -> ocp.CheckpointManager:

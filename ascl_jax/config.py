@@ -18,6 +18,7 @@ import importlib.util
 import numbers
 import os
 import pathlib
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -41,9 +42,18 @@ TRAIN_SUBSETS = ("", "labelled", "unlabelled")
 # data
 DATASETS = ("digits", "cifar10", "cifar100", "fashion_mnist")
 AUGMENTS = ("none", "crop_flip", "shift_flip", "simclr")
+# Image shape (H, W, C) of each dataset: fixes the L2 / L1 box diameter that bounds eval.eps.
+IMAGE_SHAPES = {
+    "digits": (8, 8, 1),
+    "cifar10": (32, 32, 3),
+    "cifar100": (32, 32, 3),
+    "fashion_mnist": (28, 28, 1),
+}
 # Order of the test split: tfds' stored order, or the original CIFAR order (tfds 'id' test_NNNNN,
 # as torchvision reads it), so "the first n test images" is the authors' subset.
 TEST_ORDERS = ("tfds", "original")
+# Datasets with an 'original' order: CIFAR's (tfds ids), and the digits split's only order.
+ORIGINAL_ORDER_DATASETS = ("cifar10", "cifar100", "digits")
 NUM_VIEWS = (1, 2)
 # model
 ARCHS = ("cnn", "resnet20", "resnet18", "preact_resnet18", "wrn34_10", "tiny")
@@ -113,6 +123,9 @@ CORRUPTION_SEVERITIES = (1, 2, 3, 4, 5)
 CONFIGS_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # data.idx_dir='': where Debian's dataset-fashion-mnist package installs the four IDX files.
 IDX_DIR_DEFAULT = "/usr/share/datasets/fashion-mnist"
+
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # a path with a URL scheme (object storage)
 
 
 class ConfigError(ValueError):
@@ -457,6 +470,12 @@ def resolve_data(cfg: Any) -> ml_collections.ConfigDict:
         )
     d["drop_remainder"] = bool(d["drop_remainder"])
     _choice(d["test_order"], TEST_ORDERS, "data.test_order")
+    if d["test_order"] == "original" and name not in ORIGINAL_ORDER_DATASETS:
+        raise ConfigError(
+            f"config.data.test_order='original' is not allowed for config.data.name={name!r}: the "
+            f"original (file) order is known for {list(ORIGINAL_ORDER_DATASETS)}; use "
+            "data.test_order='tfds'"
+        )
     split = d["train_split"]
     if not isinstance(split, str) or not split.strip():
         raise ConfigError(
@@ -585,8 +604,15 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     for a in c.eval.attacks:
         _choice(a, EVAL_ATTACKS, "eval.attacks[]")
     _choice(c.eval.autoattack, AUTOATTACK_VERSIONS, "eval.autoattack")
+    if c.eval.autoattack == "rand":
+        raise ConfigError(
+            "config.eval.autoattack='rand' is not allowed: it is AutoAttack for randomised defences "
+            "(EoT over 20 forward passes), and the trainer's models are deterministic in eval mode; "
+            f"choose one of {[v for v in AUTOATTACK_VERSIONS if v != 'rand']}"
+        )
     _choice(c.eval.bn_branch, BN_BRANCHES, "eval.bn_branch")
     _choice(c.eval.get("norm", "Linf"), NORMS, "eval.norm")
+    _validate_norm(c)
     aa_attacks = tuple(c.eval.get("autoattack_attacks", ()))
     for a in aa_attacks:
         _choice(a, AUTOATTACK_COMPONENTS, "eval.autoattack_attacks[]")
@@ -603,10 +629,6 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     _choice(c.eval.get("checkpoint", "last"), EVAL_CHECKPOINTS, "eval.checkpoint")
     _choice(c.eval.get("select_on", "val"), SELECT_ON, "eval.select_on")
     _validate_selection(c)
-    if c.eval.get("norm", "Linf") == "Linf" and not 0 < c.eval.eps <= 1:
-        raise ConfigError(f"config.eval.eps={c.eval.eps!r} must lie in (0, 1] for eval.norm='Linf'")
-    if not c.eval.eps > 0:  # L2 / L1: up to the box's diameter, checked with the image shape
-        raise ConfigError(f"config.eval.eps={c.eval.eps!r} must be > 0")
     if parse_corruptions(c.eval.get("corruptions", ())):
         if c.data.name != "cifar10":
             raise ConfigError(
@@ -628,7 +650,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         if not c.data.label_fraction:
             raise ConfigError("config.method='semi_student' needs config.data.label_fraction")
     torch_ckpt = c.init.get("torch_checkpoint", "")
-    if torch_ckpt and not os.path.isfile(torch_ckpt):
+    # a local file is checked here; a URL (gs://, s3://) by train.setup.check_torch_checkpoint
+    if torch_ckpt and not _URL.match(torch_ckpt) and not os.path.isfile(torch_ckpt):
         raise ConfigError(f"config.init.torch_checkpoint={torch_ckpt!r} is not a file")
     if torch_ckpt and c.init.workdir:
         raise ConfigError(
@@ -647,6 +670,39 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if c.method in ("ascl", "ascl_trades") and c.loss.two_views and c.data.num_views != 2:
         raise ConfigError("config.loss.two_views=True needs config.data.num_views=2")
     return c
+
+
+def max_eval_eps(norm: str, dataset: str) -> float:
+    """The largest eval.eps under `norm` for `dataset`'s images in [0, 1]^D: the box's diameter
+    (1 for Linf, sqrt(D) for L2, D for L1; D = H * W * C of IMAGE_SHAPES)."""
+    d = int(np.prod(IMAGE_SHAPES[dataset]))
+    return {"Linf": 1.0, "L2": float(np.sqrt(d)), "L1": float(d)}[norm]
+
+
+def _validate_norm(c: ml_collections.ConfigDict) -> None:
+    """eval.norm against what runs under it: PGD / mPGD (and the analysis' PGD latents) exist for
+    Linf and L2 only; eval.eps in (0, the box's diameter under eval.norm]."""
+    norm = c.eval.get("norm", "Linf")
+    if norm not in ("Linf", "L2"):
+        pgd = [a for a in c.eval.attacks if a in ("pgd", "mpgd")]
+        if pgd:
+            raise ConfigError(
+                f"config.eval.norm={norm!r} with {pgd} in config.eval.attacks is not allowed: PGD and "
+                "mPGD run for eval.norm 'Linf' and 'L2'; for L1 use 'autoattack' (L1-APGD) only"
+            )
+        if c.analysis.get("enabled", False):
+            raise ConfigError(
+                f"config.analysis.enabled=True with config.eval.norm={norm!r} is not allowed: the "
+                "analysis attacks with PGD, which runs for eval.norm 'Linf' and 'L2'"
+            )
+    hi = max_eval_eps(norm, c.data.name)
+    eps = c.eval.eps
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not 0 < eps <= hi * (1 + 1e-9):
+        raise ConfigError(
+            f"config.eval.eps={eps!r} must lie in (0, {hi:g}] for config.eval.norm={norm!r} and "
+            f"config.data.name={c.data.name!r} (images in [0, 1]^{IMAGE_SHAPES[c.data.name]}: "
+            f"{'the box' if norm == 'Linf' else f'the {norm} diameter of the box'})"
+        )
 
 
 def _validate_selection(c: ml_collections.ConfigDict) -> None:

@@ -5,8 +5,11 @@ Rows: adv (PGD-AT), adv_scl (ADV + Leaked SCL), adv_vat (ADV + VAT), adv_vat_scl
 orgscl: "the original SCL version with two standard data-augmentations", as the authors' code runs
 it (ascl.py::scl_nat_2trans): SupCon only (tau 0.07, no CE, no adversary) on the un-normalised
 128-d output of the linear head p1 (`loss.supcon_normalize=False`); the classifier is untrained at
-the end of this run (the authors train it afterwards with 02b_linear_train.py).
-orgscl_ce: SupCon on the L2-normalised penultimate z + CE on both views (a one-stage reading).
+the end of this run (the authors train it afterwards with 02b_linear_train.py), so the run evaluates
+nothing (`eval.attacks=()`): its encoder is the input of a linear probe.
+orgscl_ce: SupCon on the L2-normalised penultimate z + CE on both views (a one-stage reading);
+trained without an adversary, so its PGD accuracy is ~0 at every epoch and a robust-accuracy
+selection would keep an arbitrary early epoch: the headline is the last checkpoint.
 """
 
 from ascl_jax import config
@@ -36,8 +39,10 @@ def get_config(arg=None):
                 )
             )
             c.eval.checkpoint = "last"  # 02b_linear_train.py loads the encoder's last model.pt
+            c.eval.attacks = ()  # the classifier is untrained: probe the encoder instead
         else:
             c.loss.update(dict(nat_ce_weight=1.0, scl_weight=1.0, temperature=0.07, supcon_normalize=True))
+            c.eval.checkpoint = "last"  # no adversary in training: PGD accuracy ~0, nothing to select on
         return config.smoke(c) if a["smoke"] else c
     c.method = "ascl"
     c.data.drop_remainder = True  # single view: the authors' load_data(drop_last=True), SPEC 1.7

@@ -17,7 +17,8 @@ images, batch 128 (469 steps an epoch, the last batch of 96 kept), random crop w
 padding and no flips (data_defaults('fashion_mnist') gives the reasons), model normalisation by
 the training set's mean/std (0.28604, 0.35302).
 Architecture: the small CNN of Carlini & Wagner / TRADES (conv 32-32-64-64, FC 200-200, z = 200-d;
-no BN, so the attack's BN mode and ASCL's extra BN forwards change nothing and are off).
+no BN in the CNN; attacks use eval-mode BN, which matters only for acl_ds's dual-BN acl_mlp head
+(ACL's eval-mode contrastive attack, SPEC 3.3); ASCL's extra BN forwards are off).
 Threat model (training and evaluation): L-inf eps 0.1, step 0.01; training attack PGD-10 with a
 random start (uniform; TRADES: 0.001 N(0, 1)), clipped to [0, 1]. acl_ds attacks its NT-Xent with
 the same PGD-10 (unclipped start, as ACL).

@@ -11,8 +11,9 @@ multi-host flags, e.g. ["--mode=train", "--config=configs/default.py:smoke", "--
 '--config.x=v' overrides) is parsed exactly as the CLI parses it, and the command runs what the CLI
 runs for its mode (`train.run`, `train.evaluate_workdir`, `train.analyze_workdir`). Process 0
 writes ROOT/chain.json: one entry per command, {'argv', 'report', 'seconds'}: the report the
-command returned and its {'wall', 'cpu'} seconds (this process's CPU time). A failing command
-stops the chain with exit status 1.
+command returned and its {'wall', 'cpu'} seconds (this process's CPU time); ROOT (and CHAIN.json)
+may be gs:// or s3:// URLs, written and read through `ascl_jax.storage`. A failing command stops
+the chain with exit status 1.
 """
 
 import argparse
@@ -78,8 +79,9 @@ def main(args=None) -> int:
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.WARNING)
-    with open(a.config) as f:
-        chain = json.load(f)
+    from ascl_jax import storage
+
+    chain = json.loads(storage.path(a.config).read_text())
     if not isinstance(chain, list) or not all(isinstance(c, list) for c in chain):
         raise ValueError(f"{a.config} must hold a list of argument lists")
     out = []
@@ -93,12 +95,10 @@ def main(args=None) -> int:
             raise
         seconds = {"wall": time.time() - t0, "cpu": time.process_time() - c0}
         out.append({"argv": argv, "report": report, "seconds": seconds})
-    if jax.process_index() == 0:
-        os.makedirs(a.workdir, exist_ok=True)
-        tmp = os.path.join(a.workdir, "chain.json.tmp")
-        with open(tmp, "w") as f:
-            json.dump(out, f, indent=1, sort_keys=True, default=float)
-        os.replace(tmp, os.path.join(a.workdir, "chain.json"))
+    if jax.process_index() == 0:  # a local ROOT or a gs:// / s3:// URL (ascl_jax.storage)
+        storage.makedirs(a.workdir)
+        text = json.dumps(out, indent=1, sort_keys=True, default=float)
+        storage.write_bytes(storage.path(a.workdir) / "chain.json", text.encode("utf-8"))
     return 0
 
 

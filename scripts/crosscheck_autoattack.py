@@ -3,8 +3,9 @@
   python scripts/crosscheck_autoattack.py --workdir runs/default --norms Linf,L2 --versions standard \\
       --eps 0.1 --eps_l2 0.5 --num_examples 200
 
-The latest checkpoint of --workdir is exported to a native PyTorch module (ascl_jax.torchio: the
-weights copied into an ``nn.Module`` of the same architecture, no JAX call inside), which the
+The headline checkpoint of --workdir (the one its eval.checkpoint names, last or best) is exported
+to a native PyTorch module (ascl_jax.torchio: the weights copied into an ``nn.Module`` of the same
+architecture, no JAX call inside), which the
 official AutoAttack (fra31/auto-attack, PyPI ``pyautoattack``; ``pip install 'ascl_jax[autoattack]'``)
 attacks; ascl_jax's ``evaluation.autoattack_callable`` attacks the JAX model. Both get the same first
 --num_examples test images. For each (norm, version) it prints both robust accuracies, the

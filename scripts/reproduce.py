@@ -454,9 +454,21 @@ def _sittings(workdir):
 
 
 def _note_source(workdir, source):
-    """Records which Fashion-MNIST source (tfds / IDX files: their example orders differ) the run reads."""
+    """Records which Fashion-MNIST source (tfds / IDX files: their example orders differ) the run
+    reads, at its first sitting; a later sitting whose source differs is refused (SystemExit naming
+    both), since resuming on the other source would change the data mid-run."""
     os.makedirs(workdir, exist_ok=True)
     state = _read(os.path.join(workdir, "reproduce_sittings.json")) or {}
+    first = state.get("data_source")
+    if first is not None and first != source:
+        raise SystemExit(
+            f"{workdir} was started on Fashion-MNIST source {first!r}, but this sitting reads "
+            f"{source!r} (tfds and the IDX files order the examples differently): make {first!r} "
+            "the source again (tfds' fashion_mnist prepared in data_dir, or not, for 'idx'), or move "
+            "the workdir away to start the run afresh"
+        )
+    if first is not None:
+        return
     state["data_source"] = source
     with open(os.path.join(workdir, "reproduce_sittings.json"), "w") as f:
         json.dump(state, f, indent=2)

@@ -553,3 +553,37 @@ def test_run_analysis_writes_all_plots(tmp_path):
     # Nothing at all: everything skipped, summary still produced.
     nothing = analysis.run_analysis(tmp_path / "w3")
     assert not nothing["plots"] and nothing["r_div"] is None and "summary" in nothing["summary"]
+
+
+def test_analysis_pgd_attacks_in_the_configured_norm():
+    """The R-DIV / t-SNE latents' PGD (train.run_eval.pgd_examples) stays in the eval.norm ball:
+    L2 at eps 0.5 on 8x8 digits (an L-inf ball of that radius reaches L2 distance 4); the L-inf
+    path is attacks.pgd_linf itself."""
+    from sklearn.datasets import load_digits
+
+    from ascl_jax import attacks, config
+    from ascl_jax.train import run_eval
+
+    d = load_digits()
+    x = jnp.asarray((d.images[:32] / 16.0).astype(np.float32)[..., None])
+    y = jnp.asarray(d.target[:32].astype(np.int32))
+    w = jax.random.normal(jax.random.key(0), (64, 10))
+    logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w  # noqa: E731
+    c = config.base_config()
+    c.eval.update(pgd_steps=5, step_size=0.2, eps=0.5, norm="L2")
+    key = jax.random.key(1)
+    x_l2 = jax.jit(lambda x, y, s: run_eval.pgd_examples(c, logits_fn, x, y, key, s, eps=0.5))(x, y, 3)
+    l2 = np.linalg.norm(np.asarray(x_l2 - x).reshape(32, -1), axis=1)
+    assert np.all(l2 <= 0.5 + 1e-5) and np.median(l2) > 0.4
+    assert float(x_l2.min()) >= 0.0 and float(x_l2.max()) <= 1.0
+    ce = lambda v: float(_mean_ce(logits_fn(v), y))  # noqa: E731
+    assert ce(x_l2) > ce(x)
+    c.eval.norm = "Linf"
+    x_inf = run_eval.pgd_examples(c, logits_fn, x, y, key, 3, eps=0.5)
+    want = attacks.pgd_linf(attacks.ce_objective(logits_fn, y), x, key, eps=0.5, step_size=0.2, num_steps=5)
+    np.testing.assert_array_equal(np.asarray(x_inf), np.asarray(want))
+    assert np.median(np.linalg.norm(np.asarray(x_inf - x).reshape(32, -1), axis=1)) > 1.0
+
+
+def _mean_ce(logits, y):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], -1))

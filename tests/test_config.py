@@ -163,3 +163,54 @@ def test_loop_switches_defaults_and_errors():
     c.loss.bn_extra_updates = 3
     with pytest.raises(config.ConfigError, match="loss.bn_extra_updates"):
         config.validate(c)
+
+
+def _refused(c, pattern):
+    with pytest.raises(config.ConfigError, match=pattern):
+        config.validate(c)
+
+
+def test_eval_norm_eps_and_autoattack_version_are_checked_before_training():
+    """What evaluation would refuse after training is a ConfigError up front: PGD / mPGD / the
+    analysis under L1, eval.eps beyond the box's diameter (digits 8x8x1: L2 8, L1 64), 'rand'."""
+    from ascl_jax.evaluation import engine
+
+    c = config.base_config()
+    c.eval.norm = "L1"
+    _refused(c, r"eval.norm='L1' with \['pgd'\] in config.eval.attacks.*'Linf' and 'L2'")
+    c.eval.attacks = ("clean", "autoattack")
+    c.eval.autoattack, c.eval.eps = "standard", 64.0
+    config.validate(c)
+    c.eval.eps = 64.5
+    _refused(c, r"eval.eps=64.5 must lie in \(0, 64\] for config.eval.norm='L1'.*'digits'")
+    c.eval.eps = 1.0
+    c.analysis.enabled = True
+    _refused(c, r"analysis.enabled=True with config.eval.norm='L1'")
+    c = config.base_config()
+    c.eval.norm, c.eval.eps = "L2", 8.0
+    c.analysis.enabled = True
+    config.validate(c)
+    c.eval.eps = 8.01
+    _refused(c, r"eval.eps=8.01 must lie in \(0, 8\] for config.eval.norm='L2'")
+    c.data.name, c.model.normalization = "cifar10", "cifar10"
+    config.validate(c)  # 32x32x3: L2 diameter sqrt(3072) = 55.4
+    for norm, shape in (("L2", (8, 8, 1)), ("L1", (28, 28, 1)), ("Linf", (32, 32, 3))):
+        name = {(8, 8, 1): "digits", (28, 28, 1): "fashion_mnist", (32, 32, 3): "cifar10"}[shape]
+        assert config.IMAGE_SHAPES[name] == shape
+        assert config.max_eval_eps(norm, name) == engine.max_eps(norm, shape)
+    c = config.base_config()
+    c.eval.eps = 0.0
+    _refused(c, r"eval.eps=0.0 must lie in \(0, 1\] for config.eval.norm='Linf'")
+    c = config.base_config()
+    c.eval.autoattack = "rand"
+    _refused(c, r"eval.autoattack='rand' is not allowed.*deterministic.*'standard', 'plus', 'custom'")
+
+
+def test_original_test_order_only_where_the_order_is_known():
+    for name in ("cifar10", "cifar100", "digits"):
+        config.resolve_data(dict(name=name, test_order="original"))
+    with pytest.raises(config.ConfigError, match=r"test_order='original'.*'fashion_mnist'.*'tfds'"):
+        config.resolve_data(dict(name="fashion_mnist", test_order="original"))
+    c = config.load("fmnist")
+    c.data.test_order = "original"
+    _refused(c, r"data.test_order='original'")

@@ -422,6 +422,25 @@ def test_first_n_examples_and_autoattack_subset(linear, digits):
     assert np.all(pe["robust_overall"][24:] == -1)
 
 
+def test_aa_options_budgets_reach_the_components(linear, digits, monkeypatch):
+    """evaluate's aa_options arrive in the component specs it runs (custom APGD-CE: 5 restarts by
+    default, 1 asked); override_specs refuses a key it does not know."""
+    from ascl_jax.evaluation import autoattack_driver
+
+    seen = []
+    run = autoattack_driver.run_on_engine
+    monkeypatch.setattr(
+        autoattack_driver, "run_on_engine", lambda *a, **kw: seen.append(kw["specs"]) or run(*a, **kw)
+    )
+    x, y = digits[0][:16], digits[1][:16]
+    _small_eval(linear, x, y, attacks=("autoattack",), aa_options=dict(SMALL_AA, target_restarts=2))
+    (specs,) = seen
+    assert aa.version_specs("custom", attacks=("apgd-ce",))[0].restarts == 5
+    assert {s.name: (s.restarts, s.n_iter) for s in specs} == {"apgd-ce": (1, 10), "apgd-t": (2, 10)}
+    with pytest.raises(ValueError, match=r"apgd_restarts.*allowed.*'apgd_ce_restarts'"):
+        aa.override_specs(specs, apgd_restarts=1)
+
+
 # ------------------------------------------------------------------------------------------------
 # Bad input
 

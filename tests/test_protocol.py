@@ -203,6 +203,25 @@ CASES = [
             "loss.feature": "proj",
             "model.head": "p1",
             "model.proj_dim": 128,
+            # the classifier is untrained (02b_linear_train.py trains it on the last model.pt):
+            # nothing is evaluated, the last checkpoint is kept
+            "eval.attacks": (),
+            "eval.checkpoint": "last",
+        },
+    ),
+    # orgscl_ce trains without an adversary: its PGD accuracy is ~0 at every epoch, so selecting
+    # by robust accuracy would keep an arbitrary early epoch; the headline is the last checkpoint.
+    (
+        "ascl_table6",
+        "row=orgscl_ce",
+        {
+            **SGD200,
+            "method": "supcon",
+            "data.num_views": 2,
+            "loss.nat_ce_weight": 1.0,
+            "loss.temperature": 0.07,
+            "loss.supcon_normalize": True,
+            "eval.checkpoint": "last",
         },
     ),
     # The release (SPEC 1.6, 1.8, 4; 02e_evaluate_robustness.py): PGD-200 at eps 0.031 step 0.007 and

@@ -181,6 +181,16 @@ def test_runs_skip_resume_and_copy(tmp_path):
         )
     with pytest.raises(SystemExit, match="unknown"):
         rp.run_fmnist(res, wd, only=("adv_s9",), source_fn=lambda d: "idx", train_fn=_fake_train(calls))
+    # A run started on one Fashion-MNIST source never resumes on the other (their orders differ).
+    shutil.rmtree(os.path.join(res, "adv_s0"))
+    os.remove(os.path.join(wd, "adv_s0", "report.json"))
+    calls.clear()
+    with pytest.raises(SystemExit, match=r"started on Fashion-MNIST source 'idx'.*reads 'tfds'"):
+        rp.run_fmnist(res, wd, only=("adv_s0",), source_fn=lambda d: "tfds", train_fn=_fake_train(calls))
+    assert calls == [] and not os.path.exists(os.path.join(res, "adv_s0"))
+    rp.run_fmnist(res, wd, only=("adv_s0",), source_fn=lambda d: "idx", train_fn=_fake_train(calls))
+    meta = json.loads((pathlib.Path(res) / "adv_s0" / "reproduce.json").read_text())
+    assert meta["data_source"] == "idx" and len(meta["sittings"]) == 2
 
 
 def _row(md, text):

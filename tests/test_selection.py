@@ -126,6 +126,26 @@ def test_best_epoch_is_kept_across_resume_and_reported_beside_the_last(tmp_path)
     assert out["clean_accuracy"] == report["checkpoints"]["last"]["clean_accuracy"]
 
 
+def test_selection_settings_are_fixed_once_training_has_started(tmp_path):
+    """Resuming with another eval.checkpoint / eval.select_* would select among the later epochs
+    only: a WorkdirError naming the fields, before any step; the run's own settings resume."""
+    from ascl_jax.workdir import WorkdirError
+
+    wd = str(tmp_path / "last")
+    train.train_and_evaluate(_config(checkpoint="last"), wd, stop_after_steps=8, evaluate=False)
+    with pytest.raises(WorkdirError, match=r"eval.checkpoint: 'last' -> 'best'.*fresh --workdir"):
+        train.train_and_evaluate(_config(), wd, evaluate=False)
+    # stopped before the first selection (6 steps per epoch): no best kept yet, the rule still fixed
+    wd = str(tmp_path / "best")
+    train.train_and_evaluate(_config(), wd, stop_after_steps=3, evaluate=False)
+    with pytest.raises(WorkdirError, match=r"eval.select_metric: 'clean' -> 'robust'"):
+        train.train_and_evaluate(_config(select_metric="robust"), wd, stop_after_steps=3, evaluate=False)
+    # the refused sitting trained nothing: the run resumes at step 3
+    assert train.train_and_evaluate(_config(), wd, stop_after_steps=3, evaluate=False).report == {
+        "stopped_at_step": 6
+    }
+
+
 def _error(c):
     with pytest.raises(config_lib.ConfigError) as e:
         config_lib.validate(c)

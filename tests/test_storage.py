@@ -406,3 +406,41 @@ def test_orbax_specs_of_an_s3_directory_use_tensorstores_s3_driver(monkeypatch):
     # other directories reach orbax's own function unchanged
     assert ts_utils.build_kvstore_tspec("gs://b/run/x", use_ocdbt=False)["driver"] == "gcs"
     assert ts_utils.build_kvstore_tspec("/tmp/run/x", use_ocdbt=False)["driver"] == "file"
+
+
+def test_torch_checkpoint_and_chain_json_at_s3_urls(s3, monkeypatch, tmp_path):
+    """init.torch_checkpoint read from an s3:// object and launch/run_chain's chain.json written to
+    an s3:// ROOT, through ascl_jax.storage (the emulator's own API sees the object, nothing lands
+    under ./s3:); a missing object is a ConfigError naming the field."""
+    import torch
+
+    from ascl_jax import config, torchio
+    from ascl_jax.train import setup
+
+    for k, v in s3.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("ASCL_JAX_KEEP_XLA_FLAGS", "1")  # importing run_chain leaves XLA_FLAGS alone
+    want = {"w": torch.arange(6.0).reshape(2, 3)}
+    buf = io.BytesIO()
+    torch.save({"state_dict": want}, buf)
+    url = f"s3://{BUCKET}/ckpt/m.pt"
+    storage.write_bytes(url, buf.getvalue())
+    c = config.base_config()
+    c.init.torch_checkpoint = url
+    config.validate(c)
+    setup.check_torch_checkpoint(c)
+    assert torch.equal(torchio.read_checkpoint(url)["w"], want["w"])
+    c.init.torch_checkpoint = f"s3://{BUCKET}/ckpt/absent.pt"
+    config.validate(c)  # a URL is checked through storage, in the trainer
+    with pytest.raises(config.ConfigError, match=r"torch_checkpoint='s3://ascl/ckpt/absent.pt' does not"):
+        setup.check_torch_checkpoint(c)
+
+    from launch import run_chain
+
+    chain = tmp_path / "chain.json"
+    chain.write_text("[]")
+    monkeypatch.chdir(tmp_path)
+    assert run_chain.main(["--config", str(chain), "--workdir", f"s3://{BUCKET}/chains"]) == 0
+    names, read = s3.bucket()
+    assert "chains/chain.json" in names and json.loads(read("chains/chain.json")) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chain.json"]

@@ -16,6 +16,7 @@ torch is a required test dependency (``ascl_jax[torch]``): a missing torch fails
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import flax.linen as nn_jax
@@ -592,3 +593,29 @@ def test_finetune_starts_from_torch_checkpoint(tmp_path):
     np.testing.assert_array_equal(
         v["params"]["encoder"]["conv2"]["kernel"], sd["conv2.weight"].numpy().transpose(2, 3, 1, 0)
     )
+
+
+def test_evaluate_a_torch_checkpoint_with_a_best_checkpoint_config(tmp_path):
+    """--mode evaluate of init.torch_checkpoint: the file is the headline (checkpoint 'last') even
+    when the config selects eval.checkpoint='best' (the ASCL protocols); its clean accuracy is the
+    PyTorch module's on the same test images."""
+    from ascl_jax import data, train
+
+    c = config_lib.base_config()
+    c.model.arch = "tiny"
+    e = dict(checkpoint="best", select_on="test", attacks=("clean",), sanity=False, num_examples=64)
+    c.eval.update(e)
+    c.analysis.enabled, c.progress_bar = False, False
+    model, _ = train.build_model(c)
+    module = _randomise(torchio.build_module(model), seed=2)
+    c.init.torch_checkpoint = path = str(tmp_path / "m.pt")
+    torch.save(module.state_dict(), path)
+    report = train.evaluate_workdir(str(tmp_path / "out"), c)
+    assert report["checkpoint"] == "last"
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert written["init"]["torch_checkpoint"] == path and written["eval"]["checkpoint"] == "last"
+    assert c.eval.checkpoint == "best"  # the caller's config is not changed
+    x, y = data.load_eval_arrays(c.data, "test", 64)
+    with torch.no_grad():
+        pred = module.eval()(_nchw(x)).numpy().argmax(-1)
+    assert report["clean_accuracy"] == float(np.mean(pred == y))

@@ -61,12 +61,6 @@ SPLIT_SIZES = {
     "cifar100": {"train": 50_000, "test": 10_000},
     "fashion_mnist": {"train": 60_000, "test": 10_000},
 }
-_IMAGE_SHAPES = {
-    "digits": (8, 8, 1),
-    "cifar10": (32, 32, 3),
-    "cifar100": (32, 32, 3),
-    "fashion_mnist": (28, 28, 1),
-}
 _NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "fashion_mnist": 10}
 _PIXEL_MAX = {"digits": 16.0, "cifar10": 255.0, "cifar100": 255.0, "fashion_mnist": 255.0}
 _TF_DATA_THREADS = max(1, os.cpu_count() or 1)
@@ -179,7 +173,7 @@ def resolve(data_cfg: Any) -> DataSpec:
         crop_padding=d.crop_padding,
         flip=d.flip,
         label_fraction=d.label_fraction or None,
-        image_shape=_IMAGE_SHAPES[name],
+        image_shape=config_lib.IMAGE_SHAPES[name],
         num_classes=_NUM_CLASSES[name],
         pixel_max=_PIXEL_MAX[name],
         download=d.download,

@@ -78,18 +78,6 @@ ATTACKS = {
     **{("plus", n): ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t") for n in NORMS},
     **{("rand", n): ("apgd-ce", "apgd-dlr") for n in NORMS},
 }
-# AutoAttack-standard budgets for L-inf (kept for callers of the per-batch functions).
-STANDARD = dict(
-    apgd_iters=100,
-    apgd_ce_restarts=1,
-    apgd_t_targets=9,
-    apgd_t_restarts=1,
-    fab_iters=100,
-    fab_targets=9,
-    square_queries=5000,
-    square_p_init=0.8,
-    rho=0.75,
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,23 +153,31 @@ def version_specs(version: str = "standard", norm: str = "Linf", attacks=None) -
     return tuple(table[c] for c in names)
 
 
+# override_specs' keys: (key, ComponentSpec field, the components it applies to; None: all)
+BUDGET_KEYS = (
+    ("n_iter", "n_iter", None),
+    ("n_queries", "n_queries", None),
+    ("n_targets", "n_targets", ("apgd-t", "fab-t")),
+    ("apgd_ce_restarts", "restarts", ("apgd-ce", "apgd-dlr")),
+    ("target_restarts", "restarts", ("apgd-t",)),
+    ("fab_restarts", "restarts", ("fab",)),
+    ("square_restarts", "restarts", ("square",)),
+    ("eot_iter", "eot_iter", ("apgd-ce", "apgd-dlr", "apgd-t")),
+)
+
+
 def override_specs(specs, **budgets) -> tuple[ComponentSpec, ...]:
-    """Specs with budgets replaced where given (None keeps the version's value). Keys: n_iter,
-    n_queries, n_targets, apgd_restarts (APGD-CE, APGD-DLR), target_restarts (APGD-T),
-    fab_restarts (FAB), square_restarts, eot_iter."""
+    """Specs with budgets replaced where given (None keeps the version's value). Keys
+    (``BUDGET_KEYS``): n_iter, n_queries, n_targets, apgd_ce_restarts (APGD-CE, APGD-DLR),
+    target_restarts (APGD-T), fab_restarts (FAB), square_restarts, eot_iter; any other key is a
+    ValueError naming the allowed ones."""
+    unknown = sorted(set(budgets) - {k for k, _, _ in BUDGET_KEYS})
+    if unknown:
+        raise ValueError(f"unknown AutoAttack budget(s) {unknown}; allowed: {[k for k, _, _ in BUDGET_KEYS]}")
     out = []
     for s in specs:
         rep = {}
-        for key, field, names in (
-            ("n_iter", "n_iter", None),
-            ("n_queries", "n_queries", None),
-            ("n_targets", "n_targets", ("apgd-t", "fab-t")),
-            ("apgd_restarts", "restarts", ("apgd-ce", "apgd-dlr")),
-            ("target_restarts", "restarts", ("apgd-t",)),
-            ("fab_restarts", "restarts", ("fab",)),
-            ("square_restarts", "restarts", ("square",)),
-            ("eot_iter", "eot_iter", ("apgd-ce", "apgd-dlr", "apgd-t")),
-        ):
+        for key, field, names in BUDGET_KEYS:
             v = budgets.get(key)
             if v is not None and (names is None or s.name in names):
                 rep[field] = int(v)
@@ -402,13 +398,13 @@ def square_linf(logits_fn: LogitsFn, x, y, key, **kw):
 
 __all__ = [
     "ATTACKS",
+    "BUDGET_KEYS",
     "COMPONENTS",
     "ComponentSpec",
     "LogitsFn",
     "NORMS",
     "Program",
     "SQUARE_THRESHOLDS",
-    "STANDARD",
     "VERSIONS",
     "apgd",
     "apgd_checkpoints",

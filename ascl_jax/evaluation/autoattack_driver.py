@@ -71,7 +71,7 @@ def run_on_engine(
         n_iter=n_iter,
         n_queries=n_queries,
         n_targets=n_targets,
-        apgd_restarts=apgd_ce_restarts,
+        apgd_ce_restarts=apgd_ce_restarts,
         target_restarts=target_restarts,
         square_restarts=square_restarts,
         fab_restarts=fab_restarts,

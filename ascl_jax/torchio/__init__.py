@@ -81,16 +81,20 @@ def to_module(variables: Mapping[str, Any], model, **kw):
 
 
 def read_checkpoint(path: str) -> dict:
-    """The state_dict (keys cleaned of 'module.' / 'CoreModel.') of a PyTorch checkpoint file.
+    """The state_dict (keys cleaned of 'module.' / 'CoreModel.') of a PyTorch checkpoint file (a
+    local path or a gs:// / s3:// URL, read through etils.epath).
 
     Loaded with ``torch.load(weights_only=True)`` (tensors and plain containers only; no code is
     run). Raises FileNotFoundError, or TorchCheckpointError when the file holds no state_dict."""
     import torch
+    from etils import epath
 
-    if not os.path.isfile(path):
+    p = epath.Path(path)  # a local path, or a gs:// / s3:// URL (fsspec)
+    if not p.is_file():
         raise FileNotFoundError(f"torch checkpoint {path!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with p.open("rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError / RuntimeError subclasses
         raise TorchCheckpointError(
             f"{path} cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "

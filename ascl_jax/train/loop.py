@@ -26,6 +26,7 @@ from ascl_jax.train import preemption, run_eval, selection
 from ascl_jax.train import steps as train_steps
 from ascl_jax.train.setup import (
     build_model,
+    check_torch_checkpoint,
     initial_state_fn,
     last_batch_plan,
     pretrained_variables,
@@ -72,6 +73,7 @@ def train_and_evaluate(
         )
     t_start = time.time()
     config_lib.validate(config)
+    check_torch_checkpoint(config)
     mesh = mesh or parallel.make_mesh()
     parallel.check_batch_divides(config.data.batch_size, mesh=mesh)
     last_batch_plan(config, mesh.devices.size)  # a bad last batch is a ConfigError before training
@@ -92,6 +94,7 @@ def train_and_evaluate(
     )
     start, buffer = 0, []
     if mngr.latest_step() is not None:
+        selection.check_resume(config, workdir)  # before anything is written
         state = checkpointing.restore(mngr, state)
         start = int(parallel.to_host(state.step))
         buffer = _window_from_metadata(checkpointing.step_metadata(mngr, start))

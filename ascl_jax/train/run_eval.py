@@ -220,28 +220,40 @@ def evaluate_corruptions(config, model, state, mesh) -> dict:
     )
 
 
+def pgd_examples(config, logits_fn, x, y, key, start, *, eps):
+    """The analysis' PGD-k examples of a batch x [b, H, W, C] in [0, 1] (rows from `start`), under
+    `config.eval.norm` (k = eval.pgd_steps, step eval.step_size, cross-entropy): 'Linf' =
+    `attacks.pgd_linf` from a uniform start drawn with `key`; 'L2' = evaluation PGD
+    (`evaluation.pgd.pgd_program`, L2 steepest ascent, projection onto the L2 ball and [0, 1]),
+    row i starting from fold_in(key, start + i). Other norms have no PGD (config.validate refuses
+    the analysis with them)."""
+    ce = config.eval
+    norm = ce.get("norm", "Linf")
+    if norm == "Linf":
+        objective = attacks.ce_objective(logits_fn, y)
+        return attacks.pgd_linf(objective, x, key, eps=eps, step_size=ce.step_size, num_steps=ce.pgd_steps)
+    prog = evaluation.pgd.pgd_program(num_steps=ce.pgd_steps, step_ratio=ce.step_size / eps, norm=norm)
+    index = start + jnp.arange(x.shape[0], dtype=jnp.int32)
+    x_adv, _ = evaluation.programs.run_program(prog, logits_fn, x, y, index=index, key=key, eps=eps)
+    return x_adv
+
+
 def latents(config, model, state, images, labels, mesh, *, eps):
     """Penultimate features z of `images` [n, H, W, C] and of their PGD-k examples
-    (k = config.eval.pgd_steps, eval-mode BN of config.eval.bn_branch): two [n, h] arrays.
-    Batch i (rows from `start`) draws its attack key as fold_in(key(config.seed), start)."""
+    (`pgd_examples`: config.eval.norm, k = config.eval.pgd_steps, eval-mode BN of
+    config.eval.bn_branch): two [n, h] arrays. Batch i (rows from `start`) draws its attack key as
+    fold_in(key(config.seed), start)."""
     ce = config.eval
     fwd = attacks.model_forward(model, _variables(state), bn=ce.bn_branch, bn_mode="eval", output=None)
 
     @jax.jit
-    def run(x, y, key):
-        x_adv = attacks.pgd_linf(
-            attacks.ce_objective(lambda v: fwd(v)["logits"], y),
-            x,
-            key,
-            eps=eps,
-            step_size=ce.step_size,
-            num_steps=ce.pgd_steps,
-        )
+    def run(x, y, key, start):
+        x_adv = pgd_examples(config, lambda v: fwd(v)["logits"], x, y, key, start, eps=eps)
         return fwd(x)["z"], fwd(x_adv)["z"]
 
     key = jax.random.key(config.seed)
     return parallel.map_batches(
-        lambda start, x, y: run(x, y, jax.random.fold_in(key, start)),
+        lambda start, x, y: run(x, y, jax.random.fold_in(key, start), start),
         (images, labels),
         config.data.eval_batch_size,
         parallel.data_sharded(mesh),
@@ -282,29 +294,37 @@ def analyze_state(config, model, state, workdir, mesh, images, labels, eval_resu
 
 
 def evaluate_workdir(workdir: str, override_config=None) -> dict:
-    """`--mode=evaluate`: the latest checkpoint of `workdir`, evaluated with its config's eval
-    settings (or those of `override_config`, e.g. to run AutoAttack-standard later). When
-    `override_config.init.torch_checkpoint` is set, that PyTorch checkpoint is evaluated instead
-    (the model of `override_config`; its config is written to `workdir`). Returns the updated
-    report."""
+    """`--mode=evaluate`: the checkpoints of `workdir` (`evaluate_run`: the last and, when kept, the
+    best; the headline is `eval.checkpoint`), evaluated with its config's eval settings (or those of
+    `override_config`, e.g. to run AutoAttack-standard later; checked with `config.validate` before
+    anything is written). When `override_config.init.torch_checkpoint` is set, that PyTorch
+    checkpoint is evaluated instead (the model of `override_config`; its config is written to
+    `workdir`, with eval.checkpoint='last') and is the headline whatever `eval.checkpoint` says
+    (report checkpoint='last'; the file is config.json's init.torch_checkpoint). Returns the
+    updated report."""
     mesh = parallel.make_mesh()
     if override_config is not None and override_config.init.get("torch_checkpoint"):
-        config, model, state = torch_run(override_config, mesh)  # a PyTorch checkpoint, not the workdir's
+        config, model, state = torch_run(override_config.copy_and_resolve_references(), mesh)
+        config.eval.checkpoint = "last"  # the PyTorch checkpoint is the one state there is
         workdir_lib.check_or_write_config(config, workdir)
-    else:
-        config, model, state = restore_run(workdir, mesh, checkpoint="last")
+        with jax.set_mesh(mesh):
+            out = evaluate_state(config, model, state, workdir, mesh)
+        out["checkpoint"] = "last"
+        return workdir_lib.update_report(workdir, out)
+    config, model, state = restore_run(workdir, mesh, checkpoint="last")
     if override_config is not None:
         config.unlock()
         config.eval = override_config.eval
         config.analysis = override_config.analysis
+        config_lib.validate(config)
     with jax.set_mesh(mesh):
         out = evaluate_run(config, model, state, workdir, mesh, last_step=int(jax.device_get(state.step)))
     return workdir_lib.update_report(workdir, out)
 
 
 def analyze_workdir(workdir: str) -> dict:
-    """`--mode=analyze`: R-DIV, plots and summary for the latest checkpoint of `workdir`. Returns
-    the updated report."""
+    """`--mode=analyze`: R-DIV, plots and summary for the headline checkpoint of `workdir` (the one
+    its config's `eval.checkpoint` names: 'last' or 'best'). Returns the updated report."""
     mesh = parallel.make_mesh()
     config, model, state = restore_run(workdir, mesh)  # the headline checkpoint (eval.checkpoint)
     n = config.eval.num_examples if config.eval.num_examples > 0 else None

@@ -15,7 +15,8 @@ Rule (`rule(config, spe)`), as the papers select:
   and after the last step.
 The best is the first step of strictly highest metric (ties keep the earlier one); orbax keeps it
 in workdir/best_checkpoint (`checkpointing.make_best_manager`) with its metric and rule, so a
-resumed run continues from the best so far. Each measurement is a metrics.jsonl line
+resumed run continues from the best so far; the selection settings are fixed from the first step
+on (`check_resume`). Each measurement is a metrics.jsonl line
 {'step', 'epoch', 'select_<metric>_accuracy'}.
 """
 
@@ -131,6 +132,38 @@ def make_metric(config, model, mesh):
 def epoch_of(step: int, spe: int) -> float:
     """The epoch count after `step` steps (fractional for a step inside an epoch)."""
     return step // spe if step % spe == 0 else step / spe
+
+
+# The eval fields that decide what the train loop measures and keeps (with eval.checkpoint='best').
+SELECTION_FIELDS = (
+    "checkpoint",
+    "select_on",
+    "select_metric",
+    "select_every",
+    "select_examples",
+    "bn_branch",
+)
+
+
+def check_resume(config, workdir: str) -> None:
+    """A run resumed from a checkpoint selects as its first sitting did: eval.checkpoint and, when
+    either sitting has 'best', eval.select_* and eval.bn_branch must equal workdir/config.json's
+    (written at the first sitting, never rewritten). Otherwise the best would be chosen among the
+    later epochs only; raises WorkdirError listing the fields that differ."""
+    old, new = workdir_lib.load_config(workdir).eval, config.eval
+    default = config_lib.base_config().eval
+    get = lambda e, f: e.get(f, default[f])  # noqa: E731
+    best = "best" in (get(old, "checkpoint"), get(new, "checkpoint"))
+    fields = SELECTION_FIELDS if best else ("checkpoint",)
+    diff = [f for f in fields if get(old, f) != get(new, f)]
+    if diff:
+        details = ", ".join(f"eval.{f}: {get(old, f)!r} -> {get(new, f)!r}" for f in diff)
+        raise workdir_lib.WorkdirError(
+            f"{workdir} holds a run trained with other checkpoint-selection settings ({details}); "
+            "they cannot change once training has started (the selection would skip the epochs "
+            "already trained): resume with the run's settings (--mode evaluate can still evaluate "
+            "its last checkpoint), or use a fresh --workdir"
+        )
 
 
 class Selector:

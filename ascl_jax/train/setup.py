@@ -157,10 +157,25 @@ def torch_variables(config, model, *, finetune: bool) -> dict:
     return variables
 
 
+def check_torch_checkpoint(config) -> None:
+    """`config.init.torch_checkpoint`, when set, exists: a local file (`config.validate` checks it)
+    or a gs:// / s3:// object (through `ascl_jax.storage`). Raises ConfigError naming the field."""
+    p = config.init.get("torch_checkpoint", "")
+    if not p or not storage.is_remote(p):
+        return
+    try:
+        there = storage.path(p).exists()
+    except (storage.StorageError, OSError, ImportError) as e:
+        raise config_lib.ConfigError(f"config.init.torch_checkpoint={p!r} cannot be read: {e}") from e
+    if not there:
+        raise config_lib.ConfigError(f"config.init.torch_checkpoint={p!r} does not exist")
+
+
 def torch_run(config, mesh=None):
     """(config, model, state) of `config` with its variables from `config.init.torch_checkpoint`
     (every part of the model; `--mode=evaluate` of a PyTorch checkpoint), replicated over `mesh`."""
     config_lib.validate(config)
+    check_torch_checkpoint(config)
     model, info = build_model(config)
     mesh = mesh or parallel.make_mesh()
     variables = torch_variables(config, model, finetune=False)

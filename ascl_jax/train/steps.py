@@ -204,11 +204,11 @@ def ascl_step(state, batch, *, model, config):
 
     Then `config.loss.bn_extra_updates` = k train-mode forwards at the updated parameters whose
     only effect is the BN running-statistics update, as the accuracy logging after each optimizer
-    step of the authors' loop (`mytrain.py`; the issue that added this reports two forwards, SPEC
-    does not list their inputs). Reading used here: forward 1 sees the natural batch the loss saw
-    (the 2b images of both views with two_views), forward 2 the adversarial batch of this step's
-    attack (made at the pre-update parameters), in that order, through the 'clean' BN; padded rows
-    are masked as everywhere. k = 0 leaves the running statistics as the loss forwards set them.
+    step of the authors' loop (`mytrain.py`: two forwards; SPEC does not list their inputs).
+    Reading used here: forward 1 sees the natural batch the loss saw (the 2b images of both views
+    with two_views), forward 2 the adversarial batch of this step's attack (made at the pre-update
+    parameters), in that order, through the 'clean' BN; padded rows are masked as everywhere.
+    k = 0 leaves the running statistics as the loss forwards set them.
     """
     lw = config.loss
     y, v = batch["label"], batch.get("mask")
