@@ -8,6 +8,7 @@ process's pid and exit status, which `pids` and `exit_statuses` read back from i
 of the same programs).
 """
 
+import contextlib
 import os
 import pathlib
 import random
@@ -93,11 +94,9 @@ def stop(proc: subprocess.Popen, log) -> None:
     if proc.poll() is not None:
         return
     for _, pid in _PID.findall(pathlib.Path(log).read_text()):
-        try:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):  # it has exited already
             stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
             if int(stat.rsplit(")", 1)[1].split()[1]) == proc.pid:  # its parent: the launcher
                 os.kill(int(pid), signal.SIGKILL)
-        except (FileNotFoundError, ProcessLookupError):
-            pass
     proc.kill()
     proc.wait()
