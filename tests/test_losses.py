@@ -761,6 +761,12 @@ def _padded(rng, shape, b, pad):
     return jnp.asarray(np.concatenate([real, np.repeat(real[:1], pad, 0)])), jnp.asarray(real)
 
 
+def _jit(fn, **static):
+    """`fn` with its static keyword arguments bound, compiled as one program (op-by-op dispatch of
+    every loss compiles each small op separately, which costs more than the losses themselves)."""
+    return jax.jit(functools.partial(fn, **static))
+
+
 def test_valid_argument_equals_the_loss_on_the_real_rows():
     """Every loss with `valid` equals the same loss on the batch without its padded rows; rows
     marked invalid are neither anchors nor positives nor negatives of the contrastive losses."""
@@ -773,26 +779,26 @@ def test_valid_argument_equals_the_loss_on_the_real_rows():
     close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
     for red in ("mean", "sum"):
         close(
-            losses.cross_entropy(lp, y, reduction=red, valid=valid),
-            losses.cross_entropy(lr, y[:b], reduction=red),
+            _jit(losses.cross_entropy, reduction=red)(lp, y, valid=valid),
+            _jit(losses.cross_entropy, reduction=red)(lr, y[:b]),
         )
     for red in ("batchmean", "mean", "sum"):
         close(
-            losses.kl_divergence(lp, lq, reduction=red, valid=valid),
-            losses.kl_divergence(lr, lqr, reduction=red),
+            _jit(losses.kl_divergence, reduction=red)(lp, lq, valid=valid),
+            _jit(losses.kl_divergence, reduction=red)(lr, lqr),
         )
-    close(losses.trades_kl(lp, lq, valid=valid), losses.trades_kl(lr, lqr))
+    close(_jit(losses.trades_kl)(lp, lq, valid=valid), _jit(losses.trades_kl)(lr, lqr))
     labelled = jnp.arange(b + pad) < 2
-    semi_m, aux_m = losses.acl_semi_supervised_loss(lp, lq, y, lp * 2, labelled, valid=valid)
-    semi_r, aux_r = losses.acl_semi_supervised_loss(lr, lqr, y[:b], lr * 2, labelled[:b])
+    semi_m, aux_m = _jit(losses.acl_semi_supervised_loss)(lp, lq, y, lp * 2, labelled, valid=valid)
+    semi_r, aux_r = _jit(losses.acl_semi_supervised_loss)(lr, lqr, y[:b], lr * 2, labelled[:b])
     close(semi_m, semi_r)
     jax.tree.map(close, aux_m, aux_r)
 
     zn, znr = _padded(rng, (d,), b, pad)
     za, zar = _padded(rng, (d,), b, pad)
     for strategy in ("global", "hard", "soft", "leaked"):
-        got, aux_g = losses.ascl_loss(zn, za, y, lp, lq, strategy=strategy, valid=valid)
-        want, aux_w = losses.ascl_loss(znr, zar, y[:b], lr, lqr, strategy=strategy)
+        got, aux_g = _jit(losses.ascl_loss, strategy=strategy)(zn, za, y, lp, lq, valid=valid)
+        want, aux_w = _jit(losses.ascl_loss, strategy=strategy)(znr, zar, y[:b], lr, lqr)
         close(got, want)
         for k in ("num_positives_nat", "num_positives_adv", "num_negatives_nat", "num_negatives_adv"):
             close(aux_g[k], aux_w[k])
@@ -804,18 +810,20 @@ def test_valid_argument_equals_the_loss_on_the_real_rows():
     feats = jnp.stack([zn, za], 1)
     for mode in ("all", "one"):
         close(
-            losses.supcon_loss(feats, y, contrast_mode=mode, valid=valid),
-            losses.supcon_loss(jnp.stack([znr, zar], 1), y[:b], contrast_mode=mode),
+            _jit(losses.supcon_loss, contrast_mode=mode)(feats, y, valid=valid),
+            _jit(losses.supcon_loss, contrast_mode=mode)(jnp.stack([znr, zar], 1), y[:b]),
         )
-    close(losses.nt_xent_loss(zn, za, valid=valid), losses.nt_xent_loss(znr, zar))
-    rows_m = losses.nt_xent_rows(zn, za, valid=valid)
-    rows_r = losses.nt_xent_rows(znr, zar)
+    close(_jit(losses.nt_xent_loss)(zn, za, valid=valid), _jit(losses.nt_xent_loss)(znr, zar))
+    rows_m = _jit(losses.nt_xent_rows)(zn, za, valid=valid)
+    rows_r = _jit(losses.nt_xent_rows)(znr, zar)
     close(rows_m[np.r_[0:b, b + pad : 2 * b + pad]], rows_r)
     np.testing.assert_array_equal(rows_m[b : b + pad], 0.0)
     # gradients of a padded row are zero, and finite everywhere
-    g = jax.grad(lambda z: losses.nt_xent_rows(z, za, valid=valid).sum())(zn)
+    g = jax.jit(jax.grad(lambda z: losses.nt_xent_rows(z, za, valid=valid).sum()))(zn)
     assert np.all(np.isfinite(g)) and not np.any(g[b:])
-    pos, neg = losses.selection_masks(jnp.tile(y, 2), jnp.tile(y, 2), "global", valid=jnp.tile(valid, 2))
+    pos, neg = _jit(losses.selection_masks, strategy="global")(
+        jnp.tile(y, 2), jnp.tile(y, 2), valid=jnp.tile(valid, 2)
+    )
     assert not np.any(pos[:, b : b + pad]) and not np.any(neg[b : b + pad])
 
 

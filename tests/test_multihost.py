@@ -14,9 +14,11 @@ Tolerance: both runs execute the same SPMD programs on 8 devices over the same g
 the cross-device sums (batch-norm statistics, losses, gradients) run in a different order (gloo
 between the processes, XLA's in-process all-reduce in one process), so float32 results differ in
 their last bits, and more where the sign() of a near-zero PGD gradient or LARS amplifies them
-(measured: 1e-7 relative for ASCL / AT / SupCon, 2e-5 for ACL's pre-training, the same spread as
-between two one-process runs that differ only in the collective implementation). Float metrics,
-R-DIV and pseudo-labels agree to rtol 2e-4 (atol 1e-6); accuracies and the per-example evaluation
+(measured: 1e-7 relative for ASCL / AT / SupCon; for ACL's pre-training, whose adversarial view is
+a sign-PGD on the NT-Xent, 2e-5 on an Intel Xeon and 9.2e-4 (grad_norm; loss 2.7e-4) on an AMD EPYC;
+the same spread as between two one-process runs that differ only in the collective
+implementation). Float metrics, R-DIV and pseudo-labels agree to rtol 2e-4 (atol 1e-6), the
+training curve of ACL's pre-training to rtol 2e-3; accuracies and the per-example evaluation
 exactly.
 """
 
@@ -151,6 +153,8 @@ def _close(key, a, b):
 
 
 RTOL, ATOL = 2e-4, 1e-6
+# metrics.jsonl of ACL's pre-training (module doc: sign-PGD on the NT-Xent amplifies the last bits)
+CURVE_RTOL = {"semi/1_pretrain": 2e-3}
 
 
 def test_every_mode_two_processes_equal_one(tmp_path):
@@ -195,7 +199,9 @@ def test_every_mode_two_processes_equal_one(tmp_path):
         assert [r["step"] for r in ma] == [r["step"] for r in mb]
         for ra, rb in zip(ma, mb):
             for k in rb:
-                np.testing.assert_allclose(ra[k], rb[k], rtol=RTOL, atol=ATOL, err_msg=f"{d} {k}")
+                np.testing.assert_allclose(
+                    ra[k], rb[k], rtol=CURVE_RTOL.get(d, RTOL), atol=ATOL, err_msg=f"{d} {k}"
+                )
     ea, eb = (np.load(r / "ascl/per_example.npz") for r in (mp, sp))
     assert sorted(ea.files) == sorted(eb.files)
     for k in eb.files:
