@@ -23,14 +23,14 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python -m ascl_jax.main --config configs/default.py --workdir $(WORKDIR)
 
-# `test`: lint, the suite, the core tests again on the plain-JAX graph that GPUs/TPUs compile
-# (ASCL_JAX_CPU_FAST=0; the list is tests/core_tests.txt, shared with bench/gpu_check.py), doctests.
+# `test`: lint, the suite with the docstring examples (one session), then the core tests again on the
+# plain-JAX graph that GPUs/TPUs compile (ASCL_JAX_CPU_FAST=0; the list is tests/core_tests.txt,
+# shared with bench/gpu_check.py).
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -n 2 --dist worksteal -q tests
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q tests --doctest-modules ascl_jax/losses ascl_jax/attacks ascl_jax/evaluation/runner.py ascl_jax/evaluation/autoattack_driver.py ascl_jax/evaluation/autoattack_api.py
 	ASCL_JAX_CPU_FAST=0 $(BIN)/python -m pytest -n 2 --dist worksteal -q @tests/core_tests.txt
-	$(BIN)/python -m pytest -q --doctest-modules ascl_jax/losses ascl_jax/attacks ascl_jax/evaluation/runner.py ascl_jax/evaluation/autoattack_driver.py ascl_jax/evaluation/autoattack_api.py
 
 # Re-executes the example notebook and saves its outputs (commit the result).
 notebook: install

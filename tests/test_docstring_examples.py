@@ -1,5 +1,5 @@
 """Every public loss and the public attack and evaluation entry points carry a ``>>>`` example, in a
-file that the doctest line of ``make test`` (``pytest --doctest-modules ...``) runs."""
+file that ``make test``'s suite line (``pytest ... tests --doctest-modules PATHS``) runs."""
 
 import inspect
 import pathlib
