@@ -778,27 +778,26 @@ def test_valid_argument_equals_the_loss_on_the_real_rows():
     y = jnp.asarray(rng.integers(0, c, b + pad), jnp.int32).at[b:].set(0)
     close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-6)
     for red in ("mean", "sum"):
-        close(
-            _jit(losses.cross_entropy, reduction=red)(lp, y, valid=valid),
-            _jit(losses.cross_entropy, reduction=red)(lr, y[:b]),
-        )
+        ce = _jit(losses.cross_entropy, reduction=red)
+        close(ce(lp, y, valid=valid), ce(lr, y[:b]))
     for red in ("batchmean", "mean", "sum"):
-        close(
-            _jit(losses.kl_divergence, reduction=red)(lp, lq, valid=valid),
-            _jit(losses.kl_divergence, reduction=red)(lr, lqr),
-        )
-    close(_jit(losses.trades_kl)(lp, lq, valid=valid), _jit(losses.trades_kl)(lr, lqr))
+        kl = _jit(losses.kl_divergence, reduction=red)
+        close(kl(lp, lq, valid=valid), kl(lr, lqr))
+    trades_kl = _jit(losses.trades_kl)
+    close(trades_kl(lp, lq, valid=valid), trades_kl(lr, lqr))
     labelled = jnp.arange(b + pad) < 2
-    semi_m, aux_m = _jit(losses.acl_semi_supervised_loss)(lp, lq, y, lp * 2, labelled, valid=valid)
-    semi_r, aux_r = _jit(losses.acl_semi_supervised_loss)(lr, lqr, y[:b], lr * 2, labelled[:b])
+    semi = _jit(losses.acl_semi_supervised_loss)
+    semi_m, aux_m = semi(lp, lq, y, lp * 2, labelled, valid=valid)
+    semi_r, aux_r = semi(lr, lqr, y[:b], lr * 2, labelled[:b])
     close(semi_m, semi_r)
     jax.tree.map(close, aux_m, aux_r)
 
     zn, znr = _padded(rng, (d,), b, pad)
     za, zar = _padded(rng, (d,), b, pad)
     for strategy in ("global", "hard", "soft", "leaked"):
-        got, aux_g = _jit(losses.ascl_loss, strategy=strategy)(zn, za, y, lp, lq, valid=valid)
-        want, aux_w = _jit(losses.ascl_loss, strategy=strategy)(znr, zar, y[:b], lr, lqr)
+        ascl = _jit(losses.ascl_loss, strategy=strategy)
+        got, aux_g = ascl(zn, za, y, lp, lq, valid=valid)
+        want, aux_w = ascl(znr, zar, y[:b], lr, lqr)
         close(got, want)
         for k in ("num_positives_nat", "num_positives_adv", "num_negatives_nat", "num_negatives_adv"):
             close(aux_g[k], aux_w[k])
@@ -809,13 +808,12 @@ def test_valid_argument_equals_the_loss_on_the_real_rows():
         )
     feats = jnp.stack([zn, za], 1)
     for mode in ("all", "one"):
-        close(
-            _jit(losses.supcon_loss, contrast_mode=mode)(feats, y, valid=valid),
-            _jit(losses.supcon_loss, contrast_mode=mode)(jnp.stack([znr, zar], 1), y[:b]),
-        )
-    close(_jit(losses.nt_xent_loss)(zn, za, valid=valid), _jit(losses.nt_xent_loss)(znr, zar))
-    rows_m = _jit(losses.nt_xent_rows)(zn, za, valid=valid)
-    rows_r = _jit(losses.nt_xent_rows)(znr, zar)
+        supcon = _jit(losses.supcon_loss, contrast_mode=mode)
+        close(supcon(feats, y, valid=valid), supcon(jnp.stack([znr, zar], 1), y[:b]))
+    nt_xent, nt_xent_rows = _jit(losses.nt_xent_loss), _jit(losses.nt_xent_rows)
+    close(nt_xent(zn, za, valid=valid), nt_xent(znr, zar))
+    rows_m = nt_xent_rows(zn, za, valid=valid)
+    rows_r = nt_xent_rows(znr, zar)
     close(rows_m[np.r_[0:b, b + pad : 2 * b + pad]], rows_r)
     np.testing.assert_array_equal(rows_m[b : b + pad], 0.0)
     # gradients of a padded row are zero, and finite everywhere
