@@ -5,17 +5,20 @@ BIN := $(VENV)/bin
 WORKDIR ?= runs/default
 # CPU-only torch wheels (the 'torch' extra); PyPI's default Linux torch pulls GBs of CUDA libraries.
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The tested versions (constraints.txt's header says why); CONSTRAINTS= installs the newest in range.
+CONSTRAINTS ?= constraints.txt
+PIN := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 .PHONY: demo test install notebook
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV) || python3 -m venv $(VENV)
 
-$(VENV)/.installed: setup.py $(BIN)/python
+$(VENV)/.installed: setup.py $(CONSTRAINTS) $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet $(PIN) -e '.[test]'
 	# torch (the 'torch' extra) on its own, so only its lookups consult the CPU-wheel index
-	$(BIN)/pip install --quiet --retries 2 --timeout 15 --extra-index-url $(TORCH_INDEX) -e '.[torch]'
+	$(BIN)/pip install --quiet --retries 2 --timeout 15 --extra-index-url $(TORCH_INDEX) $(PIN) -e '.[torch]'
 	touch $@
 
 install: $(VENV)/.installed
