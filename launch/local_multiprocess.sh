@@ -6,7 +6,8 @@
 # CONFIG is a config file (configs/*.py[:arg]: each process runs `python -m ascl_jax.main`) or a
 # .json list of CLI commands (each process runs them in sequence with launch/run_chain.py).
 # PY: the Python interpreter (default .venv/bin/python). COORDINATOR_HOST, PORT: the coordinator's
-# address (default localhost and a random port). Prints each process's pid when it starts and its
+# address (default localhost and a random port). XLA_FLAGS: passed to every process, with
+# --xla_force_host_platform_device_count=NDEV appended (the last occurrence of a flag wins). Prints each process's pid when it starts and its
 # exit status when it ends (to stderr); exits with the last non-zero status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ ENTRY=ascl_jax.main
 if [[ "$CONFIG" == *.json ]]; then ENTRY=launch.run_chain; fi
 pids=()
 for ((i = 0; i < NPROC; i++)); do
-  JAX_PLATFORMS=cpu XLA_FLAGS="--xla_force_host_platform_device_count=$NDEV" \
+  JAX_PLATFORMS=cpu XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }--xla_force_host_platform_device_count=$NDEV" \
     "$PY" -m "$ENTRY" --multihost --coordinator "$COORDINATOR_HOST:$PORT" --num_processes "$NPROC" \
     --process_id "$i" --config "$CONFIG" --workdir "$WORKDIR" "$@" &
   pids+=($!)
