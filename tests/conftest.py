@@ -1,14 +1,5 @@
-"""Test set-up: 8 simulated CPU devices and XLA's backend optimisation level 0, before JAX starts a
-backend; one compilation cache for the session; the slowest tests scheduled first.
-
-Optimisation level: ``--xla_backend_optimization_level=0`` is appended to XLA_FLAGS unless the
-caller's XLA_FLAGS chooses a level. The suite's programs are small and mostly compiled once, so
-compiling them is most of its time; level 0 skips LLVM's optimisation of the generated CPU code
-(the HLO passes and the library convolutions are unchanged). On 2 AMD EPYC cores it takes the
-train/protocol/selection/preemption tests from 549 s to 358 s. Results agree with the default level
-up to float rounding; the tests compare with tolerances, or bit for bit only between programs
-compiled under the same flags. Subprocesses inherit the flag (tests/local_processes.py keeps it
-when it sets a process's device count).
+"""Test set-up: 8 simulated CPU devices, before JAX starts a backend; one compilation cache for the
+session; the slowest tests scheduled first.
 
 Compilation cache: the first process of a session (pytest itself, or xdist's controller) creates a
 temporary persistent-cache directory and exports it (JAX_COMPILATION_CACHE_DIR); the xdist workers
@@ -25,8 +16,6 @@ import shutil
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
-if "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402
 
 xla_flags.tune_cpu_flags()
