@@ -7,8 +7,9 @@
 # .json list of CLI commands (each process runs them in sequence with launch/run_chain.py).
 # PY: the Python interpreter (default .venv/bin/python). COORDINATOR_HOST, PORT: the coordinator's
 # address (default localhost and a random port). XLA_FLAGS: passed to every process, with
-# --xla_force_host_platform_device_count=NDEV appended (the last occurrence of a flag wins). Prints each process's pid when it starts and its
-# exit status when it ends (to stderr); exits with the last non-zero status.
+# --xla_force_host_platform_device_count=NDEV appended (the last occurrence of a flag wins).
+# Prints each process's pid when it starts and its exit status when it ends (to stderr); exits
+# with the last non-zero status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NPROC=${1:?number of processes}; NDEV=${2:?devices per process}; CONFIG=${3:?config}; WORKDIR=${4:?workdir}

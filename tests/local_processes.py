@@ -58,24 +58,12 @@ def cache_env(cache_dir) -> dict:
     )
 
 
-def xla_flags(env=None, ndev=None) -> str:
-    """`env`'s (default this process's) XLA_FLAGS without its device count, and with
-    `--xla_force_host_platform_device_count=ndev` when `ndev` is given: the other flags the tests
-    set (conftest) reach the subprocesses."""
-    flags = (os.environ if env is None else env).get("XLA_FLAGS", "").split()
-    kept = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
-    if ndev is not None:
-        kept.append(f"--xla_force_host_platform_device_count={ndev}")
-    return " ".join(kept)
-
-
 def launch(nproc, ndev, config, workdir, *flags, env=None, log=None, **popen_kw) -> subprocess.Popen:
     """`launch/local_multiprocess.sh NPROC NDEV CONFIG WORKDIR FLAGS...` (CONFIG: a config file or a
     chain .json). env: the environment (default this process's); log: a file that receives the
     launcher's and the processes' stdout and stderr (else `popen_kw` says where they go)."""
     env = dict(os.environ if env is None else env, PY=sys.executable, PYTHONPATH=str(ROOT))
     env.update(COORDINATOR_HOST="127.0.0.1", PORT=str(free_port()))
-    env["XLA_FLAGS"] = xla_flags(env)  # the launcher appends each process's NDEV devices
     cmd = ["bash", "launch/local_multiprocess.sh", str(nproc), str(ndev), str(config), str(workdir)]
     if log is not None:
         with open(log, "a") as f:  # O_APPEND: the processes' lines land whole
