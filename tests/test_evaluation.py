@@ -12,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from shared_cases import fast_compiles, hyperplane_problems  # noqa: F401 (fast_compiles: an autouse fixture)
 
 from ascl_jax import evaluation
@@ -158,6 +160,25 @@ def test_shared_row_helpers():
     assert [n for _, _, n in batches] == [4, 1]
     np.testing.assert_array_equal(batches[1][0], [14, 14, 14, 14])
     np.testing.assert_array_equal(batches[1][1], [True, False, False, False])
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=st.integers(1, 5000), per_device=st.integers(1, 300), devices=st.sampled_from([1, 2, 8]))
+def test_balanced_batch_size_pads_less_in_as_many_batches(n, per_device, devices):
+    """The stage batch size: the same number of batches as the global batch needs, a multiple of
+    the device count, at most the global batch, padding below one bucket width per batch, and one
+    of at most 16 sizes for any row count."""
+    from ascl_jax import parallel
+
+    big = per_device * devices  # the Engine's global batch: a multiple of the device count
+    b = parallel.balanced_batch_size(n, big, devices)
+    k = -(-n // big)
+    width = -(-max(-(-big // 16), 64) // devices) * devices
+    assert b <= big and b % devices == 0
+    assert -(-n // b) == k  # as many batches as before
+    assert b == big or k * b - n < k * width  # less than one bucket width of padding per batch
+    sizes = {parallel.balanced_batch_size(m, big, devices) for m in range(1, 3 * big + 1)}
+    assert len(sizes) <= 16 and max(sizes) == big
 
 
 def test_linf_hyperplane_projection_matches_linprog():

@@ -3,12 +3,14 @@
 An ``Engine`` holds a model (``logits_fn`` and its ``params``), a 1-D ``('data',)`` mesh and a global
 batch size. It runs *stages*: compiled per-batch functions ``(x, y, index, active, key, rank, eps) ->
 (x_adv, fooled)``. A stage runs only on the rows given to it (the rows still robust): those rows are
-gathered on the host, cut into batches of the fixed global batch size (the last batch padded with
-copies of a real row and masked out), placed with ``NamedSharding(mesh, P('data'))``, attacked, and
-the results scattered back. Compaction happens on the host *between* stages (attacks, restarts and
-target classes), never inside the iteration loops, which are all in compiled code. Every stage
-re-projects its output onto the eps-ball and [0, 1] and re-checks the prediction there, so a row only
-counts as broken on a verified adversarial example.
+gathered on the host, cut into as many batches as the global batch size needs, all of one size
+(``parallel.balanced_batch_size``: at most the global batch and one of at most 16 bucket sizes, so
+a stage compiles for a few shapes; the last batch padded with copies of a real row and masked out),
+placed with ``NamedSharding(mesh, P('data'))``, attacked, and the results scattered back.
+Compaction happens on the host *between* stages (attacks, restarts and target classes), never inside
+the iteration loops, which are all in compiled code. Every stage re-projects its output onto the
+eps-ball and [0, 1] and re-checks the prediction there, so a row only counts as broken on a verified
+adversarial example.
 
 The model parameters are an explicit (replicated) argument of the compiled functions rather than
 captured constants.
@@ -364,7 +366,8 @@ class Engine:
             bar.set_description(desc)
         done = 0
         put = lambda a: parallel.put_global(a, self.data)  # noqa: E731
-        for r, valid, n in parallel.padded_index_batches(rows, self.batch_size):
+        b = parallel.balanced_batch_size(len(rows), self.batch_size, self.mesh.shape[DATA_AXIS])
+        for r, valid, n in parallel.padded_index_batches(rows, b):
             # Padding rows repeat a real row; `valid` masks them out of the results.
             out_x, out_f = fn(
                 self.params,
