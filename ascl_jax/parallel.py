@@ -136,14 +136,17 @@ def balanced_batch_size(
 
     k = ceil(n / batch_size) batches of ceil(n / k) rows, rounded up to a multiple of the bucket
     width max(ceil(batch_size / buckets), min_width) (itself rounded up to a multiple of `multiple`,
-    the device count), and at most `batch_size`. A function compiled per shape therefore sees at
-    most `buckets` sizes (one, `batch_size`, when it is <= min_width), and a batch carries less than
-    one bucket width of padding instead of up to `batch_size - 1` rows.
-    Example: 660 rows at batch_size 500 run as 2 batches of 384 (768 rows computed, not 1000).
+    the device count, of which `batch_size` must be a multiple), and at most `batch_size`. A
+    function compiled per shape therefore sees at most `buckets` sizes (one, `batch_size`, when it
+    is <= min_width), and the k batches carry fewer than k bucket widths of padding in all (all of
+    it in the last batch) instead of up to `batch_size - 1` rows.
+    Examples at batch_size 500: 660 rows run as 2 batches of 384 (768 rows computed, not 1000), 513
+    as 2 of 320.
     """
-    if n <= 0 or batch_size <= 0 or multiple <= 0:
+    if n <= 0 or batch_size <= 0 or multiple <= 0 or batch_size % multiple:
         raise ValueError(
-            f"balanced_batch_size: n={n}, batch_size={batch_size}, multiple={multiple} must be > 0"
+            f"balanced_batch_size: n={n}, batch_size={batch_size}, multiple={multiple}: all must be > 0 "
+            "and batch_size a multiple of multiple"
         )
     width = _round_up(max(_round_up(batch_size, buckets) // buckets, min_width), multiple)
     k = _round_up(n, batch_size) // batch_size

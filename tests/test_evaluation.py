@@ -176,9 +176,25 @@ def test_balanced_batch_size_pads_less_in_as_many_batches(n, per_device, devices
     width = -(-max(-(-big // 16), 64) // devices) * devices
     assert b <= big and b % devices == 0
     assert -(-n // b) == k  # as many batches as before
-    assert b == big or k * b - n < k * width  # less than one bucket width of padding per batch
+    assert k * b - n < k * width  # fewer than k bucket widths of padding in all
     sizes = {parallel.balanced_batch_size(m, big, devices) for m in range(1, 3 * big + 1)}
     assert len(sizes) <= 16 and max(sizes) == big
+
+
+def test_balanced_batch_size_examples_and_bad_input():
+    from ascl_jax import parallel
+
+    assert [parallel.balanced_batch_size(n, 500) for n in (1, 500, 513, 660, 790, 10000)] == [
+        64,
+        500,
+        320,
+        384,
+        448,
+        500,
+    ]
+    assert parallel.balanced_batch_size(3, 64, 8) == 64 and parallel.balanced_batch_size(130, 256, 8) == 192
+    with pytest.raises(ValueError, match="multiple of multiple"):
+        parallel.balanced_batch_size(10, 100, 8)
 
 
 def test_linf_hyperplane_projection_matches_linprog():

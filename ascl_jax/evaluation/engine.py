@@ -148,7 +148,8 @@ def get_engine(
 
     The cache key is the function (its code and the objects its closure holds, see ``_fn_key``), the
     mesh, batch size and unroll; the parameters are swapped in, not part of the key (they are
-    arguments of the compiled functions), so a periodic evaluation compiles once per run.
+    arguments of the compiled functions), so a periodic evaluation compiles each stage once per run
+    and batch size (``parallel.balanced_batch_size``: a few sizes).
     At most ``_MAX_ENGINES`` engines are kept (least recently used dropped).
     """
     mesh = parallel.make_mesh() if mesh is None else mesh
