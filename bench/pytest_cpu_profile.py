@@ -3,7 +3,7 @@ test process (all threads: XLA compiles and runs) and of the child processes it 
 CLI, multi-process and emulator tests), and the wall seconds; and a summary per test file.
 
   PYTHONPATH=bench PYTEST_ADDOPTS="-p pytest_cpu_profile" CPU_PROFILE_OUT=/tmp/cpu.jsonl make test
-  python bench/pytest_cpu_profile.py /tmp/cpu.jsonl        # per-file and top-test sums
+  .venv/bin/python bench/pytest_cpu_profile.py /tmp/cpu.jsonl   # per-file and top-test sums
 
 Each xdist worker appends one JSON line per test ({id, self, children, wall}) to CPU_PROFILE_OUT
 (default cpu_profile.jsonl in the working directory). Children count once they are waited for, so a
@@ -17,6 +17,8 @@ import resource
 import sys
 import time
 
+import pytest
+
 
 def _cpu():
     own = resource.getrusage(resource.RUSAGE_SELF)
@@ -24,22 +26,16 @@ def _cpu():
     return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
-try:
-    import pytest
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_protocol(item, nextitem):
-        del nextitem
-        s0, c0 = _cpu()
-        t0 = time.time()
-        yield
-        s1, c1 = _cpu()
-        rec = dict(id=item.nodeid, self=s1 - s0, children=c1 - c0, wall=time.time() - t0)
-        with open(os.environ.get("CPU_PROFILE_OUT", "cpu_profile.jsonl"), "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-except ImportError:  # the summary needs no pytest
-    pass
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    del nextitem
+    s0, c0 = _cpu()
+    t0 = time.time()
+    yield
+    s1, c1 = _cpu()
+    rec = dict(id=item.nodeid, self=s1 - s0, children=c1 - c0, wall=time.time() - t0)
+    with open(os.environ.get("CPU_PROFILE_OUT", "cpu_profile.jsonl"), "a") as f:
+        f.write(json.dumps(rec) + "\n")
 
 
 def summary(path: str, top: int = 20) -> None:

@@ -166,8 +166,8 @@ def test_shared_row_helpers():
 @given(n=st.integers(1, 5000), per_device=st.integers(1, 300), devices=st.sampled_from([1, 2, 8]))
 def test_balanced_batch_size_pads_less_in_as_many_batches(n, per_device, devices):
     """The stage batch size: the same number of batches as the global batch needs, a multiple of
-    the device count, at most the global batch, padding below one bucket width per batch, and one
-    of at most 16 sizes for any row count."""
+    the device count, at most the global batch, fewer than k bucket widths of padding over its k
+    batches, and one of at most 16 sizes for any row count."""
     from ascl_jax import parallel
 
     big = per_device * devices  # the Engine's global batch: a multiple of the device count
