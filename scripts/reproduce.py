@@ -11,7 +11,9 @@ an interrupted run resumes from its last checkpoint) and its result files (repor
 metrics.jsonl, plots/ and reproduce.json: the config argument and each sitting's wall time) are
 copied to <results>/<run> (default results/fashion_mnist, committed; never checkpoints). A run whose
 results are there is skipped, so the set can be completed over several sittings; results made with a
-different config argument are refused, not overwritten. Then the Fashion-MNIST section of
+different config argument are refused, not overwritten. A sitting that ends by an exception, Ctrl-C or
+SIGTERM (exit code 143; in training the train loop's own handler checkpoints first) is recorded with
+its wall time before the process ends. Then the Fashion-MNIST section of
 REPRODUCTION.md is written from the result files alone (`fmnist_report`): per run clean / PGD-20 /
 mPGD / AutoAttack accuracy with 95% Wilson intervals, R-DIV, positives / negatives per anchor, the
 seed spread, and a verdict on each of the papers' orderings (`verdict` states the rule).
@@ -28,12 +30,15 @@ between its own markers and is replaced alone.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import pathlib
 import shutil
+import signal
 import sys
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -494,6 +499,32 @@ def _record_sitting(workdir, seconds, finished, cpu_seconds=None):
         json.dump({**state, "sittings": sittings}, f, indent=2)
 
 
+class SittingTerminated(SystemExit):
+    """SIGTERM outside the train loop (setup, evaluation): ends the sitting with exit code 143."""
+
+
+@contextlib.contextmanager
+def _sigterm_ends_sitting():
+    """SIGTERM raises SittingTerminated in the main thread, so the sitting is recorded (the caller's
+    `finally`) before the process ends. The train loop replaces this handler with its own while it
+    trains (`ascl_jax.train.preemption`: finish the step, checkpoint, raise `Preempted`) and puts
+    it back after. Outside the main thread nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from ascl_jax.train.preemption import PREEMPTED_EXIT_CODE
+
+    def on_sigterm(signum, frame):
+        del signum, frame
+        raise SittingTerminated(PREEMPTED_EXIT_CODE)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=None, source_fn=None, log=print):
     """Runs each run of FMNIST_RUNS (or `only`) whose results are missing; returns {run: status}
     with status 'skipped' (results present), 'copied' (finished in its workdir) or 'ran'.
@@ -541,7 +572,8 @@ def run_fmnist(results_root, workdir_root, *, only=(), smoke=False, train_fn=Non
             _note_source(wd, source_fn(c.data))
             t, cpu, finished = time.time(), time.process_time(), False
             try:
-                train_fn(c, wd)
+                with _sigterm_ends_sitting():
+                    train_fn(c, wd)
                 finished = True
             finally:
                 _record_sitting(wd, time.time() - t, finished, time.process_time() - cpu)
@@ -1066,8 +1098,15 @@ def main(argv=None):
         write_report(run_all())
         return
     if not args.report_only:
+        from ascl_jax.train import preemption
+
         only = tuple(filter(None, args.only.split(",")))
-        run_fmnist(args.results, args.workdir, only=only, smoke=args.smoke)
+        try:
+            run_fmnist(args.results, args.workdir, only=only, smoke=args.smoke)
+        except preemption.Preempted as e:  # SIGTERM in training: checkpointed, the sitting recorded
+            cmd = [sys.executable, __file__, *(sys.argv[1:] if argv is None else argv)]
+            print(f"{e}\nresume with: {' '.join(cmd)}", file=sys.stderr)
+            raise SystemExit(preemption.PREEMPTED_EXIT_CODE) from None
     write_section(args.out, "fashion_mnist", fmnist_report(args.results))
     print(f"wrote {args.out}")
 

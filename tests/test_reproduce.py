@@ -6,6 +6,9 @@ import json
 import math
 import os
 import pathlib
+import signal
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -239,3 +242,53 @@ def test_report_from_result_files(tmp_path):
     assert "Runs not (yet) in the results: ascl_soft_s0." in md
     assert "**not measured**" in _row(md, "Soft more robust than Global (PGD)")
     assert math.isfinite(rp.Z95)
+
+
+def test_sigterm_ends_the_sitting_and_records_it(tmp_path):
+    """A real SIGTERM to this process while a run is in its sitting (as in evaluation, outside the
+    train loop's own handler): SystemExit 143, the sitting recorded unfinished, no results copied,
+    the previous SIGTERM handler back in place; the next sitting finishes the run."""
+    assert threading.current_thread() is threading.main_thread()  # else the signal would end pytest
+    res, wd = str(tmp_path / "res"), str(tmp_path / "wd")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminated(c, w):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # the handler raises at the next bytecode, long before this ends
+        raise AssertionError("SIGTERM did not end the sitting")
+
+    with pytest.raises(SystemExit) as exc:
+        rp.run_fmnist(res, wd, only=("adv_s1",), source_fn=lambda d: "idx", train_fn=terminated)
+    assert exc.value.code == 143
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert not os.path.exists(os.path.join(res, "adv_s1"))
+    assert [s["finished"] for s in rp._sittings(os.path.join(wd, "adv_s1"))] == [False]
+    assert rp.run_fmnist(res, wd, only=("adv_s1",), source_fn=lambda d: "idx", train_fn=_fake_train([]))
+    meta = json.loads((pathlib.Path(res) / "adv_s1" / "reproduce.json").read_text())
+    assert [s["finished"] for s in meta["sittings"]] == [False, True]
+
+
+def test_preempted_training_exits_143_with_the_resume_command(tmp_path, monkeypatch, capsys):
+    """The train loop's Preempted (checkpoint saved) ends the script with 143 and the command."""
+    from ascl_jax.train import preemption
+
+    def preempted(*a, **k):
+        raise preemption.Preempted(7, str(tmp_path / "wd" / "adv_s1"))
+
+    monkeypatch.setattr(rp, "run_fmnist", preempted)
+    argv = [
+        "--dataset",
+        "fashion_mnist",
+        "--results",
+        str(tmp_path / "res"),
+        "--workdir",
+        str(tmp_path / "wd"),
+    ]
+    argv += ["--out", str(tmp_path / "REPRODUCTION.md")]  # never the checkout's
+    with pytest.raises(SystemExit) as exc:
+        rp.main(argv)
+    assert exc.value.code == preemption.PREEMPTED_EXIT_CODE
+    err = capsys.readouterr().err
+    assert "stopped after step 7" in err
+    assert err.rstrip().endswith("reproduce.py " + " ".join(argv))
+    assert not (tmp_path / "REPRODUCTION.md").exists()
