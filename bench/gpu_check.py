@@ -80,7 +80,7 @@ def _parse():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(BENCH, "results", "gpu_check.json"))
     ap.add_argument("--wheels", default=None, help="folder of .whl files to install (default <repo>/.whl)")
-    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (seconds)")
+    ap.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes (about a minute)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="overall wall-clock budget")
     ap.add_argument("--tests-cap-s", type=float, default=200.0, help="time cap of the core tests")
     ap.add_argument("--iters", type=int, default=10, help="timed steps per configuration")

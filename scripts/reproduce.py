@@ -901,7 +901,7 @@ CLAIMS = [
         "ASCL Global",
         "neg",
         "<",
-        "14.3 / 227",
+        "14.3 / 228.6",
     ),
     ("ASCL §2 (O1)", "ADV has a lower adversarial R-DIV than NAT", "ADV", "NAT", "rdiv", "<", "Fig. 2b"),
     ("ASCL §4.5", "Leaked-ASCL has a lower R-DIV than ADV", "ASCL Leaked", "ADV", "rdiv", "<", "Fig. 5"),

@@ -1,11 +1,12 @@
 """The package layout's contracts (docs/design.md): no import cycle (imports inside functions
 included), no use of another module's private name, modules of a bounded size, and the CPU speed
-layer reached only through `ascl_jax.xla_cpu`."""
+layer reached only through `ascl_jax.xla_cpu`; README's Layout table in the import order."""
 
 from __future__ import annotations
 
 import ast
 import pathlib
+import re
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PKG = ROOT / "ascl_jax"
@@ -211,3 +212,14 @@ def test_modules_import_only_earlier_layers():
         if d in top and rank[top[d]] > rank[top[n]]
     ]
     assert not back, "imports against the layer order:\n" + "\n".join(back)
+
+
+def test_readme_layout_table_lists_the_layers_in_order():
+    """README's Layout table is the import order this file enforces (LAYERS), row by row."""
+    text = (ROOT / "README.md").read_text()
+    table = text.split("\n## Layout\n", 1)[1].split("\n\n|", 1)[1].split("\n\n", 1)[0]
+    names = []
+    for row in table.splitlines()[2:]:  # after the header and the |---| line
+        cell = row.split("|")[1]
+        names += [m.rstrip("/").removesuffix(".py") for m in re.findall(r"`(?:ascl_jax/)?([\w./]+)`", cell)]
+    assert names == list(LAYERS)

@@ -192,6 +192,11 @@ def test_param_counts_by_hand():
     stage2 = (16 * 32 * 9 + 32 * 32 * 9 + 2 * 2 * 32 + 16 * 32 + 2 * 32) + 2 * (2 * 32 * 32 * 9 + 2 * 2 * 32)
     stage3 = (32 * 64 * 9 + 64 * 64 * 9 + 2 * 2 * 64 + 32 * 64 + 2 * 64) + 2 * (2 * 64 * 64 * 9 + 2 * 2 * 64)
     assert stem + stage1 + stage2 + stage3 + 64 * 10 + 10 == EXPECTED_COUNTS["resnet20"][0]
+    # The CNN on 8x8x1 digits (README, models docstring): 'SAME' convs there, so the flatten sees
+    # 2x2x64 instead of 32x32's 5x5x64 (the first dense layer), and conv1 has 1 input channel, not 3.
+    digits = _abstract_variables(_build((8, 8, 1), arch="cnn"), (8, 8, 1))
+    assert models.count_params(digits["params"]) == 158_602
+    assert EXPECTED_COUNTS["cnn"][0] - 158_602 == (5 * 5 - 2 * 2) * 64 * 200 + 3 * 3 * (3 - 1) * 32
     # PreAct ResNet-18 = Kuang-Liu's 11,171,146 + ASCL's final BN(512).
     assert EXPECTED_COUNTS["preact_resnet18"][0] == 11_171_146 + 2 * 512
     # Dual BN doubles exactly the BN affine parameters (= number of running-stat entries).
