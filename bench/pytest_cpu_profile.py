@@ -32,6 +32,7 @@ def _cpu():
 
 
 _JAX = collections.Counter()  # this process's compile figures so far (_listen)
+_LISTENING = []  # non-empty once the listeners are registered
 _EVENTS = {
     "/jax/core/compile/backend_compile_duration": "compile_s",
     "/jax/core/compile/jaxpr_trace_duration": "trace_s",
@@ -44,7 +45,7 @@ _EVENTS = {
 def _listen():
     """Registers the jax.monitoring listeners once, after the tests' conftest has imported JAX (an
     earlier import would read JAX's environment settings, e.g. the compilation cache, too soon)."""
-    if _JAX or "jax" not in sys.modules:
+    if _LISTENING or "jax" not in sys.modules:
         return
     from jax import monitoring
 
@@ -60,7 +61,7 @@ def _listen():
 
     monitoring.register_event_duration_secs_listener(on_duration)
     monitoring.register_event_listener(on_event)
-    _JAX["registered"] = 1
+    _LISTENING.append(True)
 
 
 @pytest.hookimpl(hookwrapper=True)
