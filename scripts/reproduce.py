@@ -35,6 +35,7 @@ import json
 import math
 import os
 import pathlib
+import platform
 import shutil
 import signal
 import sys
@@ -479,10 +480,26 @@ def _note_source(workdir, source):
         json.dump(state, f, indent=2)
 
 
+def cpu_name():
+    """The CPU this process runs on: /proc/cpuinfo's model name with its family and model numbers
+    (virtual machines often report a generic name), else `platform.processor()`."""
+    info = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                info.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    if info.get("model name"):
+        return f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
+    return platform.processor() or platform.machine()
+
+
 def _record_sitting(workdir, seconds, finished, cpu_seconds=None):
     """Appends one sitting: wall seconds, this process's CPU seconds (all threads; on a shared
-    machine wall time grows with the others' load, CPU time much less), the machine's CPU count and
-    1-minute load average at the end."""
+    machine wall time grows with the others' load, CPU time much less), the machine's CPU (name,
+    count) and 1-minute load average at the end."""
     os.makedirs(workdir, exist_ok=True)
     state = _read(os.path.join(workdir, "reproduce_sittings.json")) or {}
     sittings = _sittings(workdir) + [
@@ -491,6 +508,7 @@ def _record_sitting(workdir, seconds, finished, cpu_seconds=None):
             cpu_seconds=None if cpu_seconds is None else round(cpu_seconds, 1),
             finished=finished,
             cpus=os.cpu_count(),
+            cpu=cpu_name(),
             load_1min=round(os.getloadavg()[0], 2),
             at=time.strftime("%F %T"),
         )
@@ -1027,6 +1045,18 @@ def fmnist_report(results_root):
     )
     if results:
         lines += [f"Fashion-MNIST read from: {', '.join(sources_)} (IDX = the original files' order).", ""]
+    by_cpu = {}
+    for n in results:
+        sits = (_read(os.path.join(results_root, n, META)) or {}).get("sittings", [])
+        for c in sorted({x.get("cpu") or "not recorded" for x in sits} or {"not recorded"}):
+            by_cpu.setdefault(c, []).append(n)
+    if results:
+        lines += [
+            "CPU of the sittings (wall and CPU minutes hold for that CPU): "
+            + "; ".join(f"{c}: {', '.join(ns)}" for c, ns in sorted(by_cpu.items()))
+            + ".",
+            "",
+        ]
     if missing:
         lines += [f"Runs not (yet) in the results: {', '.join(missing)}.", ""]
     lines += [

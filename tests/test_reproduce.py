@@ -132,6 +132,7 @@ def test_runs_skip_resume_and_copy(tmp_path):
         )
         meta = json.loads((d / "reproduce.json").read_text())
         assert meta["config_arg"] == rp.run_arg(name, wd) and meta["sittings"][0]["finished"]
+        assert meta["sittings"][0]["cpu"] == rp.cpu_name() and rp.cpu_name()
     assert "pretrained=" + os.path.join(wd, "acl_ds_s0") in rp.run_arg("acl_ds_trades_s0", wd)
     # A second sitting: everything is skipped, nothing trains.
     calls.clear()
@@ -226,6 +227,7 @@ def test_report_from_result_files(tmp_path):
     # The seed spread of a two-seed method.
     assert "| ASCL Leaked | aa | 60.00 / 61.00 | 1.00 |" in md
     assert "Runs not (yet)" not in md and "read from: idx" in md
+    assert f"CPU of the sittings (wall and CPU minutes hold for that CPU): {rp.cpu_name()}: nat_s0, " in md
     # The section replaces only itself; the digits section stays below.
     out = tmp_path / "REPRODUCTION.md"
     out.write_text("# Reproduction report\n\nGenerated (digits).\n\n| run | clean |\n")
