@@ -1,11 +1,5 @@
-"""Test set-up: 8 simulated CPU devices, before JAX starts a backend; most XLA optimisations off;
-one compilation cache for the session; the slowest tests scheduled first.
-
-Optimisations: the tests' programs are small and compiling them is most of the suite's time, so
-JAX_DISABLE_MOST_OPTIMIZATIONS=1 (jax_disable_most_optimizations: XLA backend optimisation level 0,
-no expensive LLVM passes) is exported for the session and its subprocesses unless the caller set it.
-It changes how XLA compiles a program, not the program: the graph, the CPU speed layer's choices and
-the lowered modules (tests/test_export.py) are the same; results may differ in float rounding.
+"""Test set-up: 8 simulated CPU devices, before JAX starts a backend; one compilation cache for the
+session; the slowest tests scheduled first.
 
 Compilation cache: the first process of a session (pytest itself, or xdist's controller) creates a
 temporary persistent-cache directory and exports it (JAX_COMPILATION_CACHE_DIR); the xdist workers
@@ -27,7 +21,6 @@ from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402
 xla_flags.tune_cpu_flags()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
-os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _cache = tempfile.mkdtemp(prefix="ascl_jax_tests_jit_cache_")
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)

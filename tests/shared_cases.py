@@ -2,6 +2,16 @@
 
 import jax
 import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fast_compiles():
+    """Cheaper XLA compilations for tiny models (restored afterwards); a module imports it to use it."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
 
 
 def hyperplane_problems(seed: int, d: int, n_zero: int, noise: float):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from shared_cases import hyperplane_problems
+from shared_cases import fast_compiles, hyperplane_problems  # noqa: F401 (fast_compiles: an autouse fixture)
 
 from ascl_jax.evaluation import autoattack as aa
 from ascl_jax.evaluation import autoattack_api as aa_api

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from shared_cases import hyperplane_problems
+from shared_cases import fast_compiles, hyperplane_problems  # noqa: F401 (fast_compiles: an autouse fixture)
 
 from ascl_jax import evaluation
 from ascl_jax.evaluation import autoattack as aa

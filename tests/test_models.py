@@ -16,6 +16,16 @@ CIFAR = (32, 32, 3)
 DIGITS = (8, 8, 1)
 
 
+@pytest.fixture(autouse=True)
+def _fast_compile():
+    """Compile with most XLA optimisations off (as flax's example tests do); restored afterwards so
+    other test modules in the same worker are unaffected."""
+    old = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
 def _cfg(**kw):
     base = dict(
         arch="tiny", head="identity", proj_dim=128, bn="single", bn_momentum=0.9, normalization="cifar10"
