@@ -483,14 +483,15 @@ def _note_source(workdir, source):
 def cpu_name():
     """The CPU this process runs on: /proc/cpuinfo's model name with its family and model numbers
     (virtual machines often report a generic name), else `platform.processor()`."""
-    info = {}
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                info.setdefault(key.strip(), value.strip())
+            lines = f.readlines()
     except OSError:
-        pass
+        lines = []
+    info = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
     if info.get("model name"):
         return f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
     return platform.processor() or platform.machine()
@@ -1040,18 +1041,16 @@ def fmnist_report(results_root):
         "from the number of test images.",
         "",
     ]
-    sources_ = sorted(
-        {str((_read(os.path.join(results_root, n, META)) or {}).get("data_source")) for n in results}
-    )
-    if results:
-        lines += [f"Fashion-MNIST read from: {', '.join(sources_)} (IDX = the original files' order).", ""]
+    metas = {n: _read(os.path.join(results_root, n, META)) or {} for n in results}
+    sources_ = sorted({str(m.get("data_source")) for m in metas.values()})
     by_cpu = {}
-    for n in results:
-        sits = (_read(os.path.join(results_root, n, META)) or {}).get("sittings", [])
-        for c in sorted({x.get("cpu") or "not recorded" for x in sits} or {"not recorded"}):
+    for n, m in metas.items():
+        for c in sorted({x.get("cpu") or "not recorded" for x in m.get("sittings", [])} or {"not recorded"}):
             by_cpu.setdefault(c, []).append(n)
     if results:
         lines += [
+            f"Fashion-MNIST read from: {', '.join(sources_)} (IDX = the original files' order).",
+            "",
             "CPU of the sittings (wall and CPU minutes hold for that CPU): "
             + "; ".join(f"{c}: {', '.join(ns)}" for c, ns in sorted(by_cpu.items()))
             + ".",
