@@ -28,11 +28,16 @@ Sections (JSON keys; docs/gpu.md lists the fields):
   ``evaluation.run_autoattack``) on 1000 random CIFAR-shaped images, eps 8/255, ResNet-20 at
   initialisation with the model's own predictions as labels (every example starts correct, so
   every one is attacked): examples/s with and without the first call's compilation.
+- ``autoattack_all_robust``: the same at eps 1e-6, where no row is broken and every component
+  runs its whole budget on all 1000 rows (a model robust everywhere: AutoAttack's worst case);
+  the first call, on 500 rows (one batch), compiles. It runs last, after the tests, within what
+  is left of the budget (about 65 s on an H200; ``--only autoattack`` runs it with the other).
 - ``tests``: the core tests (``tests/core_tests.txt``, the set the Makefile also runs with
-  ``ASCL_JAX_CPU_FAST=0``) by pytest on the GPU, under a time cap: counts and every failure's
-  node id and last message line. Tests that need TensorFlow (the tf.data pipeline) or 8 devices
-  fail there by construction; each failure is classified (``needs_tensorflow``,
-  ``needs_8_devices``, ``other``).
+  ``ASCL_JAX_CPU_FAST=0``) by pytest on the GPU, under a time cap (at the cap pytest gets SIGINT
+  and reports the tests it finished): counts and every failure's node id and last message
+  line. Tests that need TensorFlow (the tf.data pipeline) or 8 devices fail there by
+  construction; each failure is classified (``needs_tensorflow``, ``needs_8_devices``,
+  ``other``).
 
 ``--dry-run``: the same code on the CPU at tiny sizes, with the speed layer off (the plain graph,
 as on the GPU) and every JAX section in one process: the 'tiny' encoder's ASCL step (float32,
@@ -48,6 +53,7 @@ import glob
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -58,6 +64,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 BLOCKED = ("tensorflow", "tensorflow_datasets", "clu")
 SECTIONS = ("jax_step", "torch_step", "autoattack", "tests")
+# AutoAttack's worst case: at this radius no row is broken, so all four components run their whole
+# budgets on every row (the cost of a model that is robust everywhere)
+ALL_ROBUST_EPS = 1e-6
 DRY_TEST = "tests/test_dtype.py::test_bad_dtype_is_a_config_error"  # the dry run's one test
 
 # The core tests (models, attacks, losses, every train step, the evaluation programs, 1 vs 8
@@ -185,12 +194,22 @@ def run_tests(selection, env, cap: float, dry: bool) -> dict:
     if not dry:
         cmd[4:4] = ["-n", "2"]
     t = time.time()
-    try:
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=cap, cwd=ROOT)
-        status, tail = ("ok" if r.returncode == 0 else "failures"), r.stdout[-1500:]
-    except subprocess.TimeoutExpired as e:
-        status, tail = "timeout", (e.stdout or b"")[-1500:]
-        tail = tail.decode(errors="replace") if isinstance(tail, bytes) else tail
+    with tempfile.TemporaryFile("w+") as log:
+        p = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, start_new_session=True
+        )
+        try:
+            status = "ok" if p.wait(timeout=cap) == 0 else "failures"
+        except subprocess.TimeoutExpired:  # SIGINT: pytest stops and still writes the JUnit XML
+            status = "timeout"
+            p.send_signal(signal.SIGINT)
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:  # the whole group: xdist's workers too
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        log.seek(0)
+        tail = log.read()[-1500:]
     out = {"status": status, "selection": list(selection), "cap_s": cap, "wall_s": round(time.time() - t, 1)}
     if selection and selection[0] == "@" + CORE_TESTS_FILE:
         out["core_tests"] = core_tests()
@@ -214,6 +233,8 @@ def run_tests(selection, env, cap: float, dry: bool) -> dict:
             counts["passed"] += 1
     os.remove(xml)
     out.update(counts, failures=failures)
+    # pytest's own last line (the XML may hold the test a SIGINT cut short as passed)
+    out["pytest_summary"] = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", tail)}
     return out
 
 
@@ -230,11 +251,11 @@ def main():
     if only - set(SECTIONS):
         raise SystemExit(f"--only {args.only!r}: choose among {list(SECTIONS)}")
     skipped = {"status": "skipped", "reason": "--only"}
-    report.update(jax_step=[skipped], torch_step=[skipped], autoattack=skipped)
+    report.update(jax_step=[skipped], torch_step=[skipped], autoattack=skipped, autoattack_all_robust=skipped)
     if args.dry_run:  # every JAX section in one process (one JAX start-up)
         dry = run_worker("dry", {"sections": sorted(only)}, env, min(170, left()))
         if "env" not in dry:  # the worker failed or ran out of time: its status everywhere
-            dry = {"env": dry, "jax_step": [dry], "autoattack": dry}
+            dry = {"env": dry, "jax_step": [dry], "autoattack": dry, "autoattack_all_robust": dry}
         report["dry_worker"] = {
             k: dry.pop(k) for k in ("status", "wall_s", "tensorflow_imported") if k in dry
         }
@@ -256,7 +277,7 @@ def main():
                 else:
                     cap = min(120, left())
                     t = run_torch(args.torch_python, arch, dtype, 128, args.iters, "cuda", env, cap)
-                report["torch_step"].append(dict(arch=arch, dtype=dtype, **t))
+                report["torch_step"].append({**t, "arch": arch, "dtype": dtype})
         if "autoattack" in only:
             report["autoattack"] = run_worker("autoattack", dict(n=1000, dry=False), env, min(180, left()))
     if args.skip_tests or "tests" not in only:
@@ -264,8 +285,12 @@ def main():
     else:
         selection = [DRY_TEST] if args.dry_run else ["@" + CORE_TESTS_FILE]
         report["tests"] = run_tests(selection, env, min(args.tests_cap_s, left() - 10), args.dry_run)
+    if not args.dry_run and "autoattack" in only:  # last: the section the budget may leave out
+        wargs = dict(n=1000, dry=False, eps=ALL_ROBUST_EPS, warmup_n=500)
+        report["autoattack_all_robust"] = run_worker("autoattack", wargs, env, min(120, left()))
     report["total_s"] = round(time.time() - t0, 1)
-    sections = [report["env"], report["autoattack"], *report["jax_step"], report.get("dry_worker", {})]
+    sections = [report["env"], report["autoattack"], report["autoattack_all_robust"], *report["jax_step"]]
+    sections.append(report.get("dry_worker", {}))
     report["tensorflow_imported"] = any(bool(x.get("tensorflow_imported")) for x in sections)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
@@ -321,6 +346,19 @@ def _dry(sections):
         out["jax_step"] = [dict(wargs, **_jax_step(**wargs))]
     if "autoattack" in sections:
         out["autoattack"] = _autoattack(8, True)
+        out["autoattack_all_robust"] = _autoattack(8, True, eps=ALL_ROBUST_EPS, warmup_n=8)
+    return out
+
+
+def _versions(*names) -> dict:
+    from importlib import metadata
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
     return out
 
 
@@ -336,6 +374,9 @@ def _env(with_torch: bool = True):
         "backend": jax.default_backend(),
         "devices": [str(x) for x in jax.devices()],
         "device_kind": d.device_kind,
+        "packages": _versions(
+            "flax", "optax", "orbax-checkpoint", "chex", "etils", "numpy", "ml_collections"
+        ),
     }
     if not with_torch:
         return out
@@ -419,7 +460,7 @@ def _jax_step(arch: str, dtype: str, batch: int, iters: int, dry: bool):
     }
 
 
-def _autoattack(n: int, dry: bool):
+def _autoattack(n: int, dry: bool, eps: float = 8 / 255, warmup_n: int | None = None):
     import jax
     import numpy as np
 
@@ -434,25 +475,29 @@ def _autoattack(n: int, dry: bool):
     logits_fn = lambda v, x: model.apply(v, x, train=False)["logits"]  # noqa: E731
     x = np.random.default_rng(0).random((n, 32, 32, 3), np.float32)
     y = np.asarray(jax.jit(lambda v, x: logits_fn(v, x).argmax(-1))(variables, x)).astype(np.int32)
-    kw = dict(eps=8 / 255, version="standard", params=variables, progress=False)
+    kw = dict(eps=eps, version="standard", params=variables, progress=False)
     kw.update(batch_size=n if dry else 500, mesh=parallel.make_mesh(jax.devices()[:1]))
     if dry:
         kw.update(n_iter=1, n_queries=1)
     runs = []
-    for _ in range(2):  # the first call compiles the four programs; the second is warm
+    # the first call compiles the four programs (on ``warmup_n`` rows: one batch compiles them all);
+    # the second, on all n rows, is warm
+    for m in (warmup_n or n, n):
         t = time.perf_counter()
-        res = evaluation.run_autoattack(logits_fn, x, y, jax.random.key(1), **kw)
+        res = evaluation.run_autoattack(logits_fn, x[:m], y[:m], jax.random.key(1), **kw)
         runs.append(time.perf_counter() - t)
     return {
         "arch": arch,
         "examples": n,
         "version": "standard",
+        "eps": eps,
+        "first_call_examples": warmup_n or n,
         "n_iter": kw.get("n_iter", 100),
         "n_queries": kw.get("n_queries", 5000),
         "first_call_s": round(runs[0], 2),
         "warm_call_s": round(runs[1], 2),
         "examples_per_s": n / runs[1],
-        "examples_per_s_with_compile": n / runs[0],
+        "examples_per_s_with_compile": (warmup_n or n) / runs[0],
         "accuracy": res["accuracy"],
         "peak_memory_bytes": _peak_memory(),
     }

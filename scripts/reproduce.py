@@ -276,6 +276,28 @@ PAPER_TABLES = [
 ]
 
 
+GPU_CHECK_JSON = ROOT / "bench" / "results" / "gpu_check_h200.json"
+
+
+def gpu_sentence() -> str:
+    """The accelerator sentence of the full-scale section: the ASCL step times of the GPU check's
+    JSON (``GPU_CHECK_JSON``, bench/gpu_check.sh on one GPU) when it is there."""
+    if not GPU_CHECK_JSON.exists():
+        return "No accelerator time was measured; the commands are the ones to run there."
+    report = json.loads(GPU_CHECK_JSON.read_text())
+    steps = {
+        s["arch"]: s for s in report["jax_step"] if s.get("dtype") == "float32" and s.get("status") == "ok"
+    }
+    names = {"resnet20": "ResNet-20", "resnet18": "ResNet-18"}
+    timed = [(names[a], steps[a]["ascl_step_ms"]) for a in names if a in steps]
+    return (
+        f"On one {report['env']['device_kind']} (bench/gpu_check.sh, float32, batch 128) the same step "
+        f"took {', '.join(f'{n} {ms:.1f} ms' for n, ms in timed)} "
+        f"({' and '.join(f'{390 * ms / 1000:.0f} s' for _, ms in timed)} per CIFAR-10 epoch of 390 steps); "
+        "nothing was trained on an accelerator."
+    )
+
+
 def write_report(reports):
     from ascl_jax import data
 
@@ -332,8 +354,7 @@ def write_report(reports):
             f"{step_ms:.0f} ms at batch 128, i.e. {390 * step_ms / 60000:.0f} min per CIFAR-10 epoch "
             "on this CPU. The last column scales that measurement by the architecture's "
             "FLOPs relative to ResNet-20 (ResNet-18 x13.6, WRN-34-10 x160): an estimate for "
-            "this CPU. No GPU or TPU was available to this project's sessions, so accelerator "
-            "times are not given; the commands are the ones to run there."
+            "this CPU. " + gpu_sentence()
         )
         lines.append("")
     flops = {"resnet20": 1.0, "resnet18": 13.6, "wrn34_10": 160.0}

@@ -65,6 +65,9 @@ def test_dry_run_autoattack_and_tests(tmp_path):
     assert list(aa["accuracy"]) == ["clean", "apgd-ce", "apgd-t", "fab-t", "square"]
     assert aa["accuracy"]["clean"] == 1.0  # labels are the model's own predictions
     assert aa["examples_per_s"] > 0 and aa["first_call_s"] >= aa["warm_call_s"] > 0
+    worst = report["autoattack_all_robust"]  # no row broken: every component ran on every row
+    assert worst["eps"] == 1e-6 and worst["examples"] == 8
+    assert set(worst["accuracy"].values()) == {1.0}, worst["accuracy"]
     tests = report["tests"]
     assert tests["status"] == "ok" and tests["passed"] == 1 and tests["failed"] == tests["errors"] == 0
 
