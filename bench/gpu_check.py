@@ -15,7 +15,8 @@ under a time cap, inside one overall budget (``--budget-s``, 480 s).
 
 Sections (JSON keys; docs/gpu.md lists the fields):
 
-- ``env``: python, jax and jaxlib versions, backend, devices, GPU name, torch version.
+- ``env``: python, jax, jaxlib and the other packages' versions, backend, devices, GPU name, the
+  driver and CPU (nvidia-smi, /proc/cpuinfo), torch version.
 - ``jax_step``: the ASCL Leaked PGD-10 train step (``train.steps.ascl_step`` under jax.jit, the
   state donated; bench/train_step.py's set-up) for ResNet-20 and ResNet-18, batch 128, float32
   and bfloat16 (``model.dtype``): compile seconds, step ms and images/s, the PGD-10 training attack
@@ -30,8 +31,10 @@ Sections (JSON keys; docs/gpu.md lists the fields):
   every one is attacked): examples/s with and without the first call's compilation.
 - ``autoattack_all_robust``: the same at eps 1e-6, where no row is broken and every component
   runs its whole budget on all 1000 rows (a model robust everywhere: AutoAttack's worst case);
-  the first call, on 500 rows (one batch), compiles. It runs last, after the tests, within what
-  is left of the budget (about 65 s on an H200; ``--only autoattack`` runs it with the other).
+  the first call, on 500 rows (one batch), compiles. On the GPU it runs last, after the tests,
+  within what is left of the budget: on an H200 the sections before it take about 430 s and it
+  about 65 s, so it needs ``--budget-s 540`` (or ``--only autoattack``); the default 480 s leaves
+  it out (status ``timeout``).
 - ``tests``: the core tests (``tests/core_tests.txt``, the set the Makefile also runs with
   ``ASCL_JAX_CPU_FAST=0``) by pytest on the GPU, under a time cap (at the cap pytest gets SIGINT
   and reports the tests it finished): counts and every failure's node id and last message
@@ -49,6 +52,7 @@ AutoAttack 'standard' on 8 images with 1 iteration / query, one test; about a mi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -182,10 +186,24 @@ def classify_failure(message: str) -> str:
     return "other"
 
 
+SIGINT_GRACE_S = 30  # how long pytest may take to stop after the SIGINT at its cap
+
+
+def pytest_summary(output: str) -> dict:
+    """The counts of pytest's final line (``3 failed, 69 passed in 88.01s``) in ``output``; the
+    JUnit XML may count the test that a SIGINT cut short as passed, this line does not."""
+    lines = [ln for ln in output.splitlines() if re.search(r"\bin [\d.]+s\b", ln)]
+    if not lines:
+        return {}
+    found = re.findall(r"(\d+) (passed|failed|errors?|skipped|deselected)", lines[-1])
+    return {("errors" if k.startswith("error") else k): int(n) for n, k in found}
+
+
 def run_tests(selection, env, cap: float, dry: bool) -> dict:
     """pytest on ``selection`` under ``cap`` seconds; counts and failures from its JUnit XML."""
     if cap <= 10:
         return {"status": "skipped", "reason": "overall time budget spent"}
+    out = {"status": None, "selection": list(selection), "cap_s": cap}
     xml = tempfile.mktemp(suffix=".xml", prefix="ascl_gpu_check_")
     env = dict(env, ASCL_JAX_CPU_FAST="0")
     if not dry:
@@ -203,17 +221,19 @@ def run_tests(selection, env, cap: float, dry: bool) -> dict:
         except subprocess.TimeoutExpired:  # SIGINT: pytest stops and still writes the JUnit XML
             status = "timeout"
             p.send_signal(signal.SIGINT)
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # the whole group: xdist's workers too
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(timeout=SIGINT_GRACE_S)
+        finally:  # whatever happened (this process interrupted too): no pytest or xdist worker left
+            if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
         log.seek(0)
         tail = log.read()[-1500:]
-    out = {"status": status, "selection": list(selection), "cap_s": cap, "wall_s": round(time.time() - t, 1)}
+    out.update(status=status, wall_s=round(time.time() - t, 1))
     if selection and selection[0] == "@" + CORE_TESTS_FILE:
         out["core_tests"] = core_tests()
     out["summary_tail"] = tail
+    out["pytest_summary"] = pytest_summary(tail)
     if not os.path.exists(xml):
         return out
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
@@ -233,8 +253,6 @@ def run_tests(selection, env, cap: float, dry: bool) -> dict:
             counts["passed"] += 1
     os.remove(xml)
     out.update(counts, failures=failures)
-    # pytest's own last line (the XML may hold the test a SIGINT cut short as passed)
-    out["pytest_summary"] = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|errors?|skipped)", tail)}
     return out
 
 
@@ -284,7 +302,8 @@ def main():
         report["tests"] = {"status": "skipped", "reason": "--skip-tests" if args.skip_tests else "--only"}
     else:
         selection = [DRY_TEST] if args.dry_run else ["@" + CORE_TESTS_FILE]
-        report["tests"] = run_tests(selection, env, min(args.tests_cap_s, left() - 10), args.dry_run)
+        cap = min(args.tests_cap_s, left() - 10 - SIGINT_GRACE_S)  # the whole section within the budget
+        report["tests"] = run_tests(selection, env, cap, args.dry_run)
     if not args.dry_run and "autoattack" in only:  # last: the section the budget may leave out
         wargs = dict(n=1000, dry=False, eps=ALL_ROBUST_EPS, warmup_n=500)
         report["autoattack_all_robust"] = run_worker("autoattack", wargs, env, min(120, left()))
@@ -362,6 +381,31 @@ def _versions(*names) -> dict:
     return out
 
 
+PACKAGES = ("flax", "optax", "orbax-checkpoint", "chex", "etils", "numpy", "ml_collections")
+PACKAGES += ("jax-cuda13-plugin", "jax-cuda12-plugin")
+
+
+def _nvidia_smi() -> str | None:
+    """'name, driver_version, memory.total' of each GPU by nvidia-smi (None without it)."""
+    cmd = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return r.stdout.strip() or None
+
+
+def _cpu() -> dict:
+    """The host CPU's model name (/proc/cpuinfo) and logical CPU count."""
+    name = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"model_name": name, "count": os.cpu_count()}
+
+
 def _env(with_torch: bool = True):
     import jax
     import jaxlib
@@ -374,9 +418,9 @@ def _env(with_torch: bool = True):
         "backend": jax.default_backend(),
         "devices": [str(x) for x in jax.devices()],
         "device_kind": d.device_kind,
-        "packages": _versions(
-            "flax", "optax", "orbax-checkpoint", "chex", "etils", "numpy", "ml_collections"
-        ),
+        "packages": _versions(*PACKAGES),
+        "nvidia_smi": _nvidia_smi(),
+        "cpu": _cpu(),
     }
     if not with_torch:
         return out

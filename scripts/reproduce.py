@@ -282,16 +282,19 @@ GPU_CHECK_JSON = ROOT / "bench" / "results" / "gpu_check_h200.json"
 def gpu_sentence() -> str:
     """The accelerator sentence of the full-scale section: the ASCL step times of the GPU check's
     JSON (``GPU_CHECK_JSON``, bench/gpu_check.sh on one GPU) when it is there."""
+    none = "No accelerator time was measured; the commands are the ones to run there."
     if not GPU_CHECK_JSON.exists():
-        return "No accelerator time was measured; the commands are the ones to run there."
+        return none
     report = json.loads(GPU_CHECK_JSON.read_text())
-    steps = {
-        s["arch"]: s for s in report["jax_step"] if s.get("dtype") == "float32" and s.get("status") == "ok"
-    }
+    ok = [s for s in report.get("jax_step", []) if s.get("dtype") == "float32" and s.get("status") == "ok"]
+    steps = {s["arch"]: s for s in ok}
     names = {"resnet20": "ResNet-20", "resnet18": "ResNet-18"}
     timed = [(names[a], steps[a]["ascl_step_ms"]) for a in names if a in steps]
+    device = report.get("env", {}).get("device_kind")
+    if not timed or not device:
+        return none
     return (
-        f"On one {report['env']['device_kind']} (bench/gpu_check.sh, float32, batch 128) the same step "
+        f"On one {device} (bench/gpu_check.sh, float32, batch 128) the same step "
         f"took {', '.join(f'{n} {ms:.1f} ms' for n, ms in timed)} "
         f"({' and '.join(f'{390 * ms / 1000:.0f} s' for _, ms in timed)} per CIFAR-10 epoch of 390 steps); "
         "nothing was trained on an accelerator."

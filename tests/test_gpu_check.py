@@ -89,3 +89,19 @@ def test_core_test_list_names_existing_tests():
     make = (ROOT / "Makefile").read_text()
     line = next(ln for ln in make.splitlines() if "@" + gpu_check.CORE_TESTS_FILE in ln)
     assert line.strip().startswith("ASCL_JAX_CPU_FAST=0 ") and "pytest -n 2" in line
+
+
+def test_pytest_summary_reads_the_final_line_only():
+    """The tests section's counts come from pytest's last line, not from counts quoted earlier in
+    the output (a failure message) and not from the JUnit XML of an interrupted session."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_check
+
+    out = "E   assert '7 passed' == x\n!!! KeyboardInterrupt !!!\n3 failed, 69 passed in 88.01s (0:01:28)\n"
+    assert gpu_check.pytest_summary(out) == {"failed": 3, "passed": 69}
+    assert gpu_check.pytest_summary("1 error, 2 passed, 1 deselected in 3.20s") == {
+        "errors": 1,
+        "passed": 2,
+        "deselected": 1,
+    }
+    assert gpu_check.pytest_summary("collecting ...") == {}

@@ -294,3 +294,22 @@ def test_preempted_training_exits_143_with_the_resume_command(tmp_path, monkeypa
     assert "stopped after step 7" in err
     assert err.rstrip().endswith("reproduce.py " + " ".join(argv))
     assert not (tmp_path / "REPRODUCTION.md").exists()
+
+
+def test_gpu_sentence_from_the_gpu_check_json(tmp_path, monkeypatch):
+    """The full-scale section's accelerator sentence: step times and per-epoch seconds (390 steps)
+    from the GPU check's JSON; the plain sentence when the file is absent or has no float32 step."""
+    path = tmp_path / "gpu_check.json"
+    monkeypatch.setattr(rp, "GPU_CHECK_JSON", path)
+    assert rp.gpu_sentence().startswith("No accelerator time was measured")
+    steps = [
+        {"arch": "resnet20", "dtype": "float32", "status": "ok", "ascl_step_ms": 20.0},
+        {"arch": "resnet20", "dtype": "bfloat16", "status": "ok", "ascl_step_ms": 5.0},
+        {"arch": "resnet18", "dtype": "float32", "status": "timeout"},
+    ]
+    path.write_text(json.dumps({"env": {"device_kind": "GPU X"}, "jax_step": steps}))
+    text = rp.gpu_sentence()
+    assert text.startswith("On one GPU X ") and "ResNet-20 20.0 ms (8 s per CIFAR-10 epoch" in text
+    assert "ResNet-18" not in text
+    path.write_text(json.dumps({"env": {"status": "failed"}, "jax_step": steps[1:]}))
+    assert rp.gpu_sentence().startswith("No accelerator time was measured")
