@@ -71,6 +71,7 @@ SECTIONS = ("jax_step", "torch_step", "autoattack", "tests")
 # AutoAttack's worst case: at this radius no row is broken, so all four components run their whole
 # budgets on every row (the cost of a model that is robust everywhere)
 ALL_ROBUST_EPS = 1e-6
+SIGINT_GRACE_S = 30  # how long the core tests' pytest may take to stop after the SIGINT at its cap
 DRY_TEST = "tests/test_dtype.py::test_bad_dtype_is_a_config_error"  # the dry run's one test
 
 # The core tests (models, attacks, losses, every train step, the evaluation programs, 1 vs 8
@@ -186,9 +187,6 @@ def classify_failure(message: str) -> str:
     return "other"
 
 
-SIGINT_GRACE_S = 30  # how long pytest may take to stop after the SIGINT at its cap
-
-
 def pytest_summary(output: str) -> dict:
     """The counts of pytest's final line (``3 failed, 69 passed in 88.01s``) in ``output``; the
     JUnit XML may count the test that a SIGINT cut short as passed, this line does not."""
@@ -203,7 +201,6 @@ def run_tests(selection, env, cap: float, dry: bool) -> dict:
     """pytest on ``selection`` under ``cap`` seconds; counts and failures from its JUnit XML."""
     if cap <= 10:
         return {"status": "skipped", "reason": "overall time budget spent"}
-    out = {"status": None, "selection": list(selection), "cap_s": cap}
     xml = tempfile.mktemp(suffix=".xml", prefix="ascl_gpu_check_")
     env = dict(env, ASCL_JAX_CPU_FAST="0")
     if not dry:
@@ -229,7 +226,7 @@ def run_tests(selection, env, cap: float, dry: bool) -> dict:
                 p.wait()
         log.seek(0)
         tail = log.read()[-1500:]
-    out.update(status=status, wall_s=round(time.time() - t, 1))
+    out = {"status": status, "selection": list(selection), "cap_s": cap, "wall_s": round(time.time() - t, 1)}
     if selection and selection[0] == "@" + CORE_TESTS_FILE:
         out["core_tests"] = core_tests()
     out["summary_tail"] = tail
@@ -308,7 +305,7 @@ def main():
         wargs = dict(n=1000, dry=False, eps=ALL_ROBUST_EPS, warmup_n=500)
         report["autoattack_all_robust"] = run_worker("autoattack", wargs, env, min(120, left()))
     report["total_s"] = round(time.time() - t0, 1)
-    sections = [report["env"], report["autoattack"], report["autoattack_all_robust"], *report["jax_step"]]
+    sections = [report[k] for k in ("env", "autoattack", "autoattack_all_robust")] + report["jax_step"]
     sections.append(report.get("dry_worker", {}))
     report["tensorflow_imported"] = any(bool(x.get("tensorflow_imported")) for x in sections)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -381,8 +378,17 @@ def _versions(*names) -> dict:
     return out
 
 
-PACKAGES = ("flax", "optax", "orbax-checkpoint", "chex", "etils", "numpy", "ml_collections")
-PACKAGES += ("jax-cuda13-plugin", "jax-cuda12-plugin")
+PACKAGES = (  # the versions env records (None where a package is absent)
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "chex",
+    "etils",
+    "numpy",
+    "ml_collections",
+    "jax-cuda13-plugin",
+    "jax-cuda12-plugin",
+)
 
 
 def _nvidia_smi() -> str | None:
@@ -396,14 +402,10 @@ def _nvidia_smi() -> str | None:
 
 
 def _cpu() -> dict:
-    """The host CPU's model name (/proc/cpuinfo) and logical CPU count."""
-    name = None
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), None)
-    except OSError:
-        pass
-    return {"model_name": name, "count": os.cpu_count()}
+    """The host CPU's name (bench/timing.py's ``cpu_name``) and logical CPU count."""
+    from timing import cpu_name  # bench/timing.py
+
+    return {"model_name": cpu_name(), "count": os.cpu_count()}
 
 
 def _env(with_torch: bool = True):
@@ -523,10 +525,9 @@ def _autoattack(n: int, dry: bool, eps: float = 8 / 255, warmup_n: int | None = 
     kw.update(batch_size=n if dry else 500, mesh=parallel.make_mesh(jax.devices()[:1]))
     if dry:
         kw.update(n_iter=1, n_queries=1)
+    first = warmup_n or n  # rows of the first call, which compiles (one batch compiles every program)
     runs = []
-    # the first call compiles the four programs (on ``warmup_n`` rows: one batch compiles them all);
-    # the second, on all n rows, is warm
-    for m in (warmup_n or n, n):
+    for m in (first, n):  # the second call, on all n rows, is warm
         t = time.perf_counter()
         res = evaluation.run_autoattack(logits_fn, x[:m], y[:m], jax.random.key(1), **kw)
         runs.append(time.perf_counter() - t)
@@ -535,13 +536,13 @@ def _autoattack(n: int, dry: bool, eps: float = 8 / 255, warmup_n: int | None = 
         "examples": n,
         "version": "standard",
         "eps": eps,
-        "first_call_examples": warmup_n or n,
+        "first_call_examples": first,
         "n_iter": kw.get("n_iter", 100),
         "n_queries": kw.get("n_queries", 5000),
         "first_call_s": round(runs[0], 2),
         "warm_call_s": round(runs[1], 2),
         "examples_per_s": n / runs[1],
-        "examples_per_s_with_compile": (warmup_n or n) / runs[0],
+        "examples_per_s_with_compile": first / runs[0],
         "accuracy": res["accuracy"],
         "peak_memory_bytes": _peak_memory(),
     }

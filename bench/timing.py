@@ -1,6 +1,7 @@
-"""Wall-clock timing shared by the bench scripts (standard library only, so the PyTorch script,
-run by another interpreter, imports it too)."""
+"""Wall-clock timing and the machine's name, shared by the bench scripts and scripts/reproduce.py
+(standard library only, so the PyTorch script, run by another interpreter, imports it too)."""
 
+import platform
 import statistics
 import time
 
@@ -15,3 +16,20 @@ def median_ms(call, iters: int, warmup: int = 2) -> float:
         call()
         ts.append(time.perf_counter() - t)
     return 1000 * statistics.median(ts)
+
+
+def cpu_name():
+    """The CPU this process runs on: /proc/cpuinfo's model name with its family and model numbers
+    (virtual machines often report a generic name), else `platform.processor()`."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.readlines()
+    except OSError:
+        lines = []
+    info = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        info.setdefault(key.strip(), value.strip())
+    if info.get("model name"):
+        return f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
+    return platform.processor() or platform.machine()

@@ -35,7 +35,6 @@ import json
 import math
 import os
 import pathlib
-import platform
 import shutil
 import signal
 import sys
@@ -48,6 +47,9 @@ from ascl_jax.xla_cpu import flags as xla_flags  # noqa: E402
 
 xla_flags.tune_cpu_flags()  # the XLA:CPU options `python -m ascl_jax.main` sets, before JAX computes
 from ascl_jax import config  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from timing import cpu_name  # noqa: E402 (bench/timing.py: the CPU's name, shared with the bench scripts)
 
 args = argparse.Namespace(workdir=str(ROOT / "runs" / "repro"), epochs=25, bench_json="", out="")
 
@@ -502,23 +504,6 @@ def _note_source(workdir, source):
     state["data_source"] = source
     with open(os.path.join(workdir, "reproduce_sittings.json"), "w") as f:
         json.dump(state, f, indent=2)
-
-
-def cpu_name():
-    """The CPU this process runs on: /proc/cpuinfo's model name with its family and model numbers
-    (virtual machines often report a generic name), else `platform.processor()`."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.readlines()
-    except OSError:
-        lines = []
-    info = {}
-    for line in lines:
-        key, _, value = line.partition(":")
-        info.setdefault(key.strip(), value.strip())
-    if info.get("model name"):
-        return f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
-    return platform.processor() or platform.machine()
 
 
 def _record_sitting(workdir, seconds, finished, cpu_seconds=None):
