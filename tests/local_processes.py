@@ -5,7 +5,9 @@ launch/local_multiprocess.sh (tests/test_multihost.py, tests/test_preemption.py)
 127.0.0.1 at a port that was free a moment before (`free_port`); the launcher prints each
 process's pid and exit status, which `pids` and `exit_statuses` read back from its output.
 `cache_env` shares a persistent compilation cache between the processes of a run (and between runs
-of the same programs).
+of the same programs). `TEST_XLA_FLAGS`: the XLA flag of every test compilation on a CPU-only
+session (tests/conftest.py appends it to XLA_FLAGS; the tests that start the CLI without the
+session's XLA_FLAGS pass it on).
 """
 
 import contextlib
@@ -23,6 +25,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 _PID = re.compile(r"^local_multiprocess: process (\d+) pid (\d+)$", re.M)
 _EXIT = re.compile(r"^local_multiprocess: process (\d+) exited with status (\d+)$", re.M)
 _GIVEN = set()
+# LLVM -O1 for the tests' compilations (tests/conftest.py says why)
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
 
 
 def free_port() -> int:

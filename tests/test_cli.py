@@ -5,12 +5,14 @@ import pathlib
 import subprocess
 import sys
 
+import local_processes
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = local_processes.TEST_XLA_FLAGS  # one device, the tests' -O1
     return subprocess.run(
         [sys.executable, "-m", "ascl_jax.main", *args],
         cwd=ROOT,

@@ -33,6 +33,7 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 
+import local_processes
 import numpy as np
 import pytest
 
@@ -228,7 +229,7 @@ def _env(store_env, sandbox, keras_home):
     """The CLI's environment: the store's client settings, cwd-independent imports, and every place
     a library writes by default moved into the sandbox (or, for caches, outside it)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = local_processes.TEST_XLA_FLAGS  # one device, the tests' -O1
     env.update(
         store_env,
         PYTHONPATH=str(ROOT),  # this checkout, though cwd is elsewhere
