@@ -5,8 +5,8 @@ XLA flags: each of ``--xla_force_host_platform_device_count=8`` and, on a CPU-on
 hidden, as below, unless the caller names one in CUDA_VISIBLE_DEVICES),
 ``local_processes.TEST_XLA_FLAGS`` (``--xla_backend_optimization_level=1``) is appended to
 XLA_FLAGS unless the caller's XLA_FLAGS already sets it. The tests compile far more than they run;
-LLVM's -O1 instead of XLA's default 3 takes about a third off the compilation-bound tests
-(tests/test_train.py on 2 cores: 145 s -> 100 s). It concerns code generation only: XLA's HLO
+LLVM's -O1 instead of XLA's default 3 takes a fifth off the suite's wall time (2 cores: 780 s ->
+629 s; docs/testing.md). It concerns code generation only: XLA's HLO
 passes and its float semantics (no fast-math) are the same at every level. The library itself and
 bench/ keep XLA's default.
 
