@@ -3,20 +3,21 @@ compilation cache for the session; the slowest tests scheduled first.
 
 XLA flags: each of ``--xla_force_host_platform_device_count=8`` and, on a CPU-only session (GPUs
 hidden, as below, unless the caller names one in CUDA_VISIBLE_DEVICES),
-``local_processes.TEST_XLA_FLAGS`` (``--xla_backend_optimization_level=1``) is appended to
+``local_processes.TEST_XLA_FLAG`` (``--xla_backend_optimization_level=1``) is appended to
 XLA_FLAGS unless the caller's XLA_FLAGS already sets it. The tests compile far more than they run;
 LLVM's -O1 instead of XLA's default 3 takes a fifth off the suite's wall time (2 cores: 780 s ->
-629 s; docs/testing.md). It concerns code generation only: XLA's HLO
-passes and its float semantics (no fast-math) are the same at every level. The library itself and
-bench/ keep XLA's default.
+629 s; docs/testing.md). The level sets LLVM's optimisation only, no HLO pass; results may differ
+from the default level's by float rounding. The library itself and bench/ keep XLA's default.
 
 Compilation cache: the first process of a session (pytest itself, or xdist's controller) creates a
 temporary persistent-cache directory and exports it (JAX_COMPILATION_CACHE_DIR); the xdist workers
-and every subprocess a test starts inherit it, so a program that one process compiled (the smoke
-config's train step, an evaluation program) is loaded by the next instead of compiled again. A hit
-is the same executable, so results are unchanged; the cache's file lock (on whenever its size limit
-is set) serialises concurrent writers. The directory is removed when that first process exits. A
-JAX_COMPILATION_CACHE_DIR set by the caller is used as it is and kept.
+and the subprocesses the tests start inherit it (except those given a cache of their own:
+tests/test_multihost.py, tests/test_preemption.py, tests/test_bench_profile.py), so a program that
+one process compiled (the smoke config's train step, an evaluation program) is loaded by the next
+instead of compiled again. A hit is the same executable, so results are unchanged; the cache's
+file lock (on whenever its size limit is set) serialises concurrent writers. The directory is
+removed when that first process exits. A JAX_COMPILATION_CACHE_DIR set by the caller is used as it
+is and kept.
 """
 
 import atexit
@@ -30,7 +31,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 _flags = os.environ.get("XLA_FLAGS", "")
 _wanted = ["--xla_force_host_platform_device_count=8"]
 if not os.environ["CUDA_VISIBLE_DEVICES"]:
-    _wanted.append(local_processes.TEST_XLA_FLAGS)
+    _wanted.append(local_processes.TEST_XLA_FLAG)
 for _flag in _wanted:
     if _flag.split("=")[0] + "=" not in _flags:
         _flags = f"{_flags} {_flag}".strip()

@@ -5,9 +5,9 @@ launch/local_multiprocess.sh (tests/test_multihost.py, tests/test_preemption.py)
 127.0.0.1 at a port that was free a moment before (`free_port`); the launcher prints each
 process's pid and exit status, which `pids` and `exit_statuses` read back from its output.
 `cache_env` shares a persistent compilation cache between the processes of a run (and between runs
-of the same programs). `TEST_XLA_FLAGS`: the XLA flag of every test compilation on a CPU-only
-session (tests/conftest.py appends it to XLA_FLAGS; the tests that start the CLI without the
-session's XLA_FLAGS pass it on).
+of the same programs). `TEST_XLA_FLAG`: the XLA flag that tests/conftest.py appends to XLA_FLAGS on
+a CPU-only session; `one_device_xla_flags`: the session's XLA_FLAGS for a CLI subprocess that runs
+on one CPU device, as a user's would.
 """
 
 import contextlib
@@ -26,7 +26,8 @@ _PID = re.compile(r"^local_multiprocess: process (\d+) pid (\d+)$", re.M)
 _EXIT = re.compile(r"^local_multiprocess: process (\d+) exited with status (\d+)$", re.M)
 _GIVEN = set()
 # LLVM -O1 for the tests' compilations (tests/conftest.py says why)
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=1"
+TEST_XLA_FLAG = "--xla_backend_optimization_level=1"
+_DEVICE_COUNT = "--xla_force_host_platform_device_count="
 
 
 def free_port() -> int:
@@ -49,6 +50,12 @@ def free_port() -> int:
         _GIVEN.add(port)
         return port
     raise RuntimeError(f"no free TCP port in [{low - 10000}, {low})")
+
+
+def one_device_xla_flags() -> str:
+    """This session's XLA_FLAGS without its simulated device count: a subprocess given it sees one
+    CPU device and compiles as the session does (tests/conftest.py)."""
+    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_COUNT))
 
 
 def cache_env(cache_dir) -> dict:

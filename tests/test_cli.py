@@ -12,7 +12,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def _run(*args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = local_processes.TEST_XLA_FLAGS  # one device, the tests' -O1
+    env["XLA_FLAGS"] = local_processes.one_device_xla_flags()
     return subprocess.run(
         [sys.executable, "-m", "ascl_jax.main", *args],
         cwd=ROOT,

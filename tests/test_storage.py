@@ -229,7 +229,7 @@ def _env(store_env, sandbox, keras_home):
     """The CLI's environment: the store's client settings, cwd-independent imports, and every place
     a library writes by default moved into the sandbox (or, for caches, outside it)."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = local_processes.TEST_XLA_FLAGS  # one device, the tests' -O1
+    env["XLA_FLAGS"] = local_processes.one_device_xla_flags()
     env.update(
         store_env,
         PYTHONPATH=str(ROOT),  # this checkout, though cwd is elsewhere
