@@ -29,7 +29,7 @@ import local_processes
 
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 _flags = os.environ.get("XLA_FLAGS", "")
-_wanted = ["--xla_force_host_platform_device_count=8"]
+_wanted = [local_processes.DEVICE_COUNT_FLAG + "8"]
 if not os.environ["CUDA_VISIBLE_DEVICES"]:
     _wanted.append(local_processes.TEST_XLA_FLAG)
 for _flag in _wanted:

@@ -27,7 +27,7 @@ _EXIT = re.compile(r"^local_multiprocess: process (\d+) exited with status (\d+)
 _GIVEN = set()
 # LLVM -O1 for the tests' compilations (tests/conftest.py says why)
 TEST_XLA_FLAG = "--xla_backend_optimization_level=1"
-_DEVICE_COUNT = "--xla_force_host_platform_device_count="
+DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count="  # + the number of simulated CPU devices
 
 
 def free_port() -> int:
@@ -55,7 +55,7 @@ def free_port() -> int:
 def one_device_xla_flags() -> str:
     """This session's XLA_FLAGS without its simulated device count: a subprocess given it sees one
     CPU device and compiles as the session does (tests/conftest.py)."""
-    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(_DEVICE_COUNT))
+    return " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_COUNT_FLAG))
 
 
 def cache_env(cache_dir) -> dict:

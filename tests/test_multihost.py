@@ -117,7 +117,7 @@ def _launch_chain(tmp_path):
                 os.environ,
                 **local_processes.cache_env(tmp_path / "cache_sp"),
                 PYTHONPATH=str(ROOT),
-                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=8",
+                XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {local_processes.DEVICE_COUNT_FLAG}8",
                 JAX_PLATFORMS="cpu",
             ),
             **kw,
